@@ -1,0 +1,130 @@
+"""Grouped-query self-attention with RoPE, tanh-clamped float32 logits and candidate isolation.
+
+Glossary: B batch, T sequence (= P + C), P prefix (user + history slots), C candidate slots,
+Hq query heads, Hkv key/value heads, G = Hq / Hkv query heads per key/value head, K key size,
+D model width.
+
+Two implementations of the same math, selected by `SequenceContext.attention`:
+  "isolated" (default): user+history queries attend over the P prefix keys; each candidate
+      query attends over the P prefix keys plus its own key. This is exactly the masked softmax
+      of `make_recsys_attn_mask` with the masked-out terms (which are exactly 0) left out, so it
+      costs O(C * P) instead of O(T**2) and every candidate is computed independently.
+  "dense": the reference formulation, one [T, T] masked softmax. Kept to prove the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from model.layers import Linear
+from model.mask import prefix_attn_mask, ranking_attn_mask
+from model.rope import apply_rope
+
+ATTN_LOGIT_CAP = 30.0  # logits are clamped to (-30, 30) by 30 * tanh(logits / 30)
+MASKED_LOGIT = -1e30
+
+
+class SequenceContext(NamedTuple):
+    """What every layer needs to know about the `[user, history, candidates]` sequence."""
+
+    padding_mask: jax.Array  # bool [B, T], True for real tokens.
+    positions: jax.Array  # float32 [B, T], RoPE positions.
+    candidate_start_offset: int  # P, static: index of the first candidate slot.
+    history_attention: str  # "causal" or "bidirectional" among user+history tokens.
+    attention: str = "isolated"  # "isolated" or "dense" (see the module docstring).
+
+
+def attention_weights(logits: jax.Array, mask: jax.Array, multiplier: float) -> jax.Array:
+    """Scaled, clamped, masked softmax over the last axis, always in float32.
+
+    Args:
+      logits: raw q.k dot products (any float dtype), [..., keys].
+      mask: bool, broadcastable to `logits`; False entries get probability 0.
+      multiplier: the model's `attn_output_multiplier`.
+    """
+    logits = logits.astype(jnp.float32) * multiplier
+    logits = ATTN_LOGIT_CAP * jnp.tanh(logits / ATTN_LOGIT_CAP)
+    logits = jnp.where(mask, logits, MASKED_LOGIT)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+class MultiHeadAttention(hk.Module):
+    """Self-attention over the ranking sequence; parameters query/key/value/linear."""
+
+    def __init__(
+        self,
+        num_q_heads: int,
+        num_kv_heads: int,
+        key_size: int,
+        attn_output_multiplier: float,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        self.num_q_heads = num_q_heads
+        self.num_kv_heads = num_kv_heads
+        self.key_size = key_size
+        self.multiplier = attn_output_multiplier
+
+    def __call__(self, x: jax.Array, ctx: SequenceContext) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]."""
+        b, t, d = x.shape
+        hkv, g, k = self.num_kv_heads, self.num_q_heads // self.num_kv_heads, self.key_size
+        q = Linear(self.num_q_heads * k, name="query")(x).reshape(b, t, hkv, g, k)
+        key = Linear(hkv * k, name="key")(x).reshape(b, t, hkv, k)
+        value = Linear(hkv * k, name="value")(x).reshape(b, t, hkv, k)
+        # RoPE needs a heads axis; query head h uses key/value head h // G.
+        q = apply_rope(q.reshape(b, t, hkv * g, k), ctx.positions).reshape(b, t, hkv, g, k)
+        key = apply_rope(key, ctx.positions)
+        if ctx.attention == "dense":
+            out = self._dense(q, key, value, ctx)
+        elif ctx.attention == "isolated":
+            out = self._isolated(q, key, value, ctx)
+        else:
+            raise ValueError(f"attention must be 'isolated' or 'dense', got {ctx.attention!r}")
+        return Linear(d)(out.reshape(b, t, hkv * g * k))  # [B, T, D]
+
+    def _attend(self, q, key, value, mask):
+        """q [B, Tq, Hkv, G, K], key/value [B, Tk, Hkv, K], mask bool [B, Tq, Tk]."""
+        logits = jnp.einsum("bthgk,bshk->bhgts", q, key, preferred_element_type=jnp.float32)
+        weights = attention_weights(logits, mask[:, None, None], self.multiplier)
+        return jnp.einsum("bhgts,bshk->bthgk", weights.astype(value.dtype), value)
+
+    def _dense(self, q, key, value, ctx: SequenceContext):
+        t = q.shape[1]
+        structure = ranking_attn_mask(t, ctx.candidate_start_offset, ctx.history_attention)
+        mask = structure[0] & ctx.padding_mask[:, None, :]  # [B, T, T]
+        return self._attend(q, key, value, mask)
+
+    def _isolated(self, q, key, value, ctx: SequenceContext):
+        p = ctx.candidate_start_offset
+        key_ok = ctx.padding_mask  # [B, T]
+        # User+history queries: only prefix keys are visible to them.
+        prefix_mask = prefix_attn_mask(p, ctx.history_attention)[None] & key_ok[:, None, :p]
+        prefix_out = self._attend(q[:, :p], key[:, :p], value[:, :p], prefix_mask)  # [B, P, Hkv, G, K]
+
+        # Candidate queries: the P prefix keys plus the candidate's own key.
+        q_c, k_c, v_c = q[:, p:], key[:, p:], value[:, p:]
+        to_prefix = jnp.einsum(
+            "bchgk,bphk->bhgcp", q_c, key[:, :p], preferred_element_type=jnp.float32
+        )  # [B, Hkv, G, C, P]
+        to_self = jnp.einsum(
+            "bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32
+        )[..., None]  # [B, Hkv, G, C, 1]
+        mask = jnp.concatenate(
+            [
+                jnp.broadcast_to(key_ok[:, None, :p], (q_c.shape[0], q_c.shape[1], p)),
+                key_ok[:, p:, None],
+            ],
+            axis=-1,
+        )  # [B, C, P + 1]
+        weights = attention_weights(
+            jnp.concatenate([to_prefix, to_self], axis=-1), mask[:, None, None], self.multiplier
+        ).astype(value.dtype)  # [B, Hkv, G, C, P + 1]
+        cand_out = jnp.einsum("bhgcp,bphk->bchgk", weights[..., :p], value[:, :p])
+        self_weight = jnp.transpose(weights[..., p], (0, 3, 1, 2))[..., None]  # [B, C, Hkv, G, 1]
+        cand_out = cand_out + self_weight * v_c[:, :, :, None, :]  # [B, C, Hkv, G, K]
+        return jnp.concatenate([prefix_out, cand_out], axis=1)  # [B, T, Hkv, G, K]

@@ -1,0 +1,100 @@
+"""The parameter tree: flat names, expected shapes, validation.
+
+A haiku params tree is `{module_path: {param_name: array}}`; its flat names are
+`module_path + "/" + param_name`, exactly the reference implementation's (see
+`shared/reference/checkpoint-interop.md`), plus our tables under `hash_embeddings/`. The
+expected names and shapes are read off the model itself (`jax.eval_shape` of its init), so
+validation can never drift from what the forward pass asks for.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import haiku as hk
+import jax
+import numpy as np
+
+from model.config import PhoenixModelConfig
+from model.embeddings import TableRows
+from model.features import empty_batch
+from model.ranker import make_forward
+from model.errors import (
+    MissingParameterError,
+    ParameterDtypeError,
+    ParameterShapeError,
+    UnexpectedParameterError,
+)
+
+TABLE_PREFIX = "hash_embeddings/"
+
+
+class TrainingState(NamedTuple):
+    """The reference's container for trained parameters (a haiku params tree)."""
+
+    params: hk.Params
+
+
+def flatten(params: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{module: {name: array}} -> {"module/name": array}."""
+    return {f"{m}/{n}": v for m, ps in params.items() for n, v in ps.items()}
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{"module/name": array} -> {module: {name: array}} (split at the last '/')."""
+    tree: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in flat.items():
+        module, _, name = key.rpartition("/")
+        tree.setdefault(module, {})[name] = value
+    return tree
+
+
+def table_rows(flat: Mapping[str, np.ndarray], where: str) -> TableRows:
+    """Hash table row counts read from the tables' shapes."""
+    counts = []
+    for table in TableRows._fields:
+        name = TABLE_PREFIX + table
+        if name not in flat:
+            raise MissingParameterError(f"{where}: missing parameter {name!r}")
+        shape = tuple(flat[name].shape)
+        if len(shape) != 2 or shape[0] < 2:
+            raise ParameterShapeError(
+                f"{where}: {name} has shape {shape}; expected [rows >= 2, emb_size]"
+            )
+        counts.append(shape[0])
+    return TableRows(*counts)
+
+
+def expected_shapes(config: PhoenixModelConfig, rows: TableRows) -> dict[str, tuple[int, ...]]:
+    """Flat name -> shape of every parameter the model with this config and these tables has."""
+    forward = make_forward(config, rows)
+    dummy = empty_batch(config, 1, 1, 1)
+    shapes = jax.eval_shape(forward.init, jax.random.PRNGKey(0), dummy)
+    return {name: tuple(s.shape) for name, s in flatten(shapes).items()}
+
+
+def validate(
+    flat: Mapping[str, np.ndarray], config: PhoenixModelConfig, where: str
+) -> TableRows:
+    """Check names, shapes and dtypes against the config; return the tables' row counts.
+
+    Raises MissingParameterError, UnexpectedParameterError, ParameterShapeError or
+    ParameterDtypeError, each naming the parameter and `where` (a file name).
+    """
+    rows = table_rows(flat, where)
+    expected = expected_shapes(config, rows)
+    missing = sorted(set(expected) - set(flat))
+    if missing:
+        raise MissingParameterError(f"{where}: missing parameter(s) {missing}")
+    unexpected = sorted(set(flat) - set(expected))
+    if unexpected:
+        raise UnexpectedParameterError(f"{where}: unexpected parameter(s) {unexpected}")
+    for name, shape in expected.items():
+        value = flat[name]
+        if tuple(value.shape) != shape:
+            raise ParameterShapeError(
+                f"{where}: {name} has shape {list(value.shape)}, the config needs {list(shape)}"
+            )
+        if value.dtype != np.float32:
+            raise ParameterDtypeError(f"{where}: {name} is {value.dtype}, expected float32")
+    return rows
