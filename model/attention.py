@@ -104,16 +104,18 @@ class MultiHeadAttention(hk.Module):
         key_ok = ctx.padding_mask  # [B, T]
         # User+history queries: only prefix keys are visible to them.
         prefix_mask = prefix_attn_mask(p, ctx.history_attention)[None] & key_ok[:, None, :p]
-        prefix_out = self._attend(q[:, :p], key[:, :p], value[:, :p], prefix_mask)  # [B, P, Hkv, G, K]
+        prefix_out = self._attend(
+            q[:, :p], key[:, :p], value[:, :p], prefix_mask
+        )  # [B, P, Hkv, G, K]
 
         # Candidate queries: the P prefix keys plus the candidate's own key.
         q_c, k_c, v_c = q[:, p:], key[:, p:], value[:, p:]
         to_prefix = jnp.einsum(
             "bchgk,bphk->bhgcp", q_c, key[:, :p], preferred_element_type=jnp.float32
         )  # [B, Hkv, G, C, P]
-        to_self = jnp.einsum(
-            "bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32
-        )[..., None]  # [B, Hkv, G, C, 1]
+        to_self = jnp.einsum("bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32)[
+            ..., None
+        ]  # [B, Hkv, G, C, 1]
         mask = jnp.concatenate(
             [
                 jnp.broadcast_to(key_ok[:, None, :p], (q_c.shape[0], q_c.shape[1], p)),

@@ -24,9 +24,9 @@ import mmap
 import os
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import safetensors.numpy
@@ -46,6 +46,14 @@ FORMAT = "phoenix-ranking-checkpoint"
 FORMAT_VERSION = "1"
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None, "I32": np.int32}
+
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "default" / "phoenix-default.safetensors"
+
+
+def default_checkpoint_path() -> Path:
+    """The embedded default model shipped inside the package."""
+    return DEFAULT_CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "config": config.to_json(),
         "model_version": model_version,
-        "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": created_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "content_sha256": content_sha256(flat),
     }
     path = Path(path)
@@ -181,7 +189,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(TrainingState(unflatten(flat)), config, rows, info)
 
 
-def _tensor_views(mm: mmap.mmap, header: dict, data_start: int, where: str) -> dict[str, np.ndarray]:
+def _tensor_views(
+    mm: mmap.mmap, header: dict, data_start: int, where: str
+) -> dict[str, np.ndarray]:
     """Read-only numpy views of every tensor, after checking its byte range."""
     size = len(mm)
     flat = {}

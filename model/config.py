@@ -153,9 +153,7 @@ def validate(config: PhoenixModelConfig) -> None:
             raise ConfigError(f"model.{name} must be a positive number, got {value!r}")
     _positive_int(config.emb_size, "emb_size")
     if config.emb_size != m.emb_size:
-        raise ConfigError(
-            f"emb_size ({config.emb_size}) must equal model.emb_size ({m.emb_size})"
-        )
+        raise ConfigError(f"emb_size ({config.emb_size}) must equal model.emb_size ({m.emb_size})")
     if config.num_actions != NUM_ACTIONS:
         raise ConfigError(
             f"num_actions is {config.num_actions}, but this code knows the {NUM_ACTIONS} "

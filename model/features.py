@@ -14,8 +14,9 @@ accelerator runs the current one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,12 +99,16 @@ class RawRequest:
                     self.history_author_ids,
                     self.history_actions,
                     self.history_surface,
+                    strict=True,
                 )
             ],
             "candidates": [
                 {"post_id": int(p), "author_id": int(a), "product_surface": int(s)}
                 for p, a, s in zip(
-                    self.candidate_post_ids, self.candidate_author_ids, self.candidate_surface
+                    self.candidate_post_ids,
+                    self.candidate_author_ids,
+                    self.candidate_surface,
+                    strict=True,
                 )
             ],
             "request_id": self.request_id,
@@ -124,7 +130,10 @@ class RawRequest:
                 "history.actions", f"shape {self.history_actions.shape} != ({n}, {NUM_ACTIONS})"
             )
         vocab = config.product_surface_vocab_size
-        for where, surfaces in (("history", self.history_surface), ("candidates", self.candidate_surface)):
+        for where, surfaces in (
+            ("history", self.history_surface),
+            ("candidates", self.candidate_surface),
+        ):
             bad = np.flatnonzero((surfaces < 0) | (surfaces >= vocab))
             if bad.size:
                 i = int(bad[0])
@@ -176,7 +185,9 @@ def encode(raw: RawRequest, config: PhoenixModelConfig, rows: TableRows) -> Enco
     return EncodedRequest(
         user_rows=hash_rows(np.array([raw.user_id], np.uint64), h.num_user_hashes, rows.user)[0],
         history_post_rows=hash_rows(raw.history_post_ids[keep], h.num_item_hashes, rows.post),
-        history_author_rows=hash_rows(raw.history_author_ids[keep], h.num_author_hashes, rows.author),
+        history_author_rows=hash_rows(
+            raw.history_author_ids[keep], h.num_author_hashes, rows.author
+        ),
         history_actions=np.ascontiguousarray(raw.history_actions[keep], dtype=np.uint8),
         history_surface=raw.history_surface[keep].astype(np.int32),
         candidate_post_rows=hash_rows(raw.candidate_post_ids, h.num_item_hashes, rows.post),

@@ -9,7 +9,7 @@ right-anchored positions those give the same logits, and the tests hold it to th
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,10 @@ class Ranker:
         for request in requests:
             request.validate(c)
             encoded = encode(request, c, self.rows)
-            pieces += [Piece(encoded, s, e) for s, e in windows(request.num_candidates, c.candidate_seq_len)]
+            pieces += [
+                Piece(encoded, s, e)
+                for s, e in windows(request.num_candidates, c.candidate_seq_len)
+            ]
         if not pieces:
             return [np.zeros((0, c.num_actions), np.float32) for _ in requests]
         num_rows = _next_power_of_two(len(pieces))  # bounded set of compiled shapes
@@ -66,7 +69,10 @@ class Ranker:
         rows = iter(range(len(pieces)))
         results = []
         for request in requests:
-            parts = [out[next(rows), : e - s] for s, e in windows(request.num_candidates, c.candidate_seq_len)]
+            parts = [
+                out[next(rows), : e - s]
+                for s, e in windows(request.num_candidates, c.candidate_seq_len)
+            ]
             results.append(
                 np.concatenate(parts) if parts else np.zeros((0, c.num_actions), np.float32)
             )

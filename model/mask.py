@@ -44,7 +44,9 @@ def prefix_attn_mask(prefix_len: int, history_attention: str) -> jnp.ndarray:
         return jnp.ones((prefix_len, prefix_len), dtype=bool)
     if history_attention == "causal":
         return jnp.tril(jnp.ones((prefix_len, prefix_len), dtype=bool))
-    raise ValueError(f"history_attention must be 'causal' or 'bidirectional', got {history_attention!r}")
+    raise ValueError(
+        f"history_attention must be 'causal' or 'bidirectional', got {history_attention!r}"
+    )
 
 
 def ranking_attn_mask(

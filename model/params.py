@@ -9,7 +9,8 @@ validation can never drift from what the forward pass asks for.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import haiku as hk
 import jax
@@ -17,14 +18,14 @@ import numpy as np
 
 from model.config import PhoenixModelConfig
 from model.embeddings import TableRows
-from model.features import empty_batch
-from model.ranker import make_forward
 from model.errors import (
     MissingParameterError,
     ParameterDtypeError,
     ParameterShapeError,
     UnexpectedParameterError,
 )
+from model.features import empty_batch
+from model.ranker import make_forward
 
 TABLE_PREFIX = "hash_embeddings/"
 
@@ -73,9 +74,7 @@ def expected_shapes(config: PhoenixModelConfig, rows: TableRows) -> dict[str, tu
     return {name: tuple(s.shape) for name, s in flatten(shapes).items()}
 
 
-def validate(
-    flat: Mapping[str, np.ndarray], config: PhoenixModelConfig, where: str
-) -> TableRows:
+def validate(flat: Mapping[str, np.ndarray], config: PhoenixModelConfig, where: str) -> TableRows:
     """Check names, shapes and dtypes against the config; return the tables' row counts.
 
     Raises MissingParameterError, UnexpectedParameterError, ParameterShapeError or

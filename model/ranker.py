@@ -79,7 +79,8 @@ class PhoenixModel(hk.Module):
         surfaces = self._param("product_surface_embedding_table", [c.product_surface_vocab_size, d])
 
         user = user_tokens(
-            tables.lookup("user", batch.user_rows), self._param("proj_mat_1", [h.num_user_hashes * d, d])
+            tables.lookup("user", batch.user_rows),
+            self._param("proj_mat_1", [h.num_user_hashes * d, d]),
         )  # [B, 1, D]
         history = history_tokens(
             tables.lookup("post", batch.history_post_rows),

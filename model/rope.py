@@ -86,7 +86,9 @@ def sequence_positions(
         positions = jnp.where(is_candidate, history_end + idx - candidate_start_offset, idx)
         positions = jnp.broadcast_to(positions, padding_mask.shape)
     else:
-        raise ValueError(f"rope_positions must be 'right_anchored' or 'plain', got {rope_positions!r}")
+        raise ValueError(
+            f"rope_positions must be 'right_anchored' or 'plain', got {rope_positions!r}"
+        )
     return positions.astype(jnp.float32)
 
 
