@@ -109,6 +109,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the model from a serving user
     try:
         safetensors.numpy.save_file(flat, tmp, metadata=metadata)
         os.replace(tmp, path)
