@@ -1,0 +1,209 @@
+"""Assembles the service and owns its lifecycle.
+
+start     bind gRPC (health NOT_SERVING) and /metrics, start the batcher
+warm_up   compile every batch shape off the event loop, then health SERVING
+shutdown  health NOT_SERVING, refuse new requests (UNAVAILABLE), let queued and in-flight
+          requests finish within the grace period, stop the servers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from model.checkpoint import default_checkpoint_path, load_checkpoint
+from server.batcher import Batcher, BatcherConfig
+from server.buckets import BucketPlan, make_plan
+from server.convert import Limits
+from server.metrics import Metrics
+from server.rpc import ranking_pb2, ranking_pb2_grpc
+from server.runner import ModelRunner, enable_compilation_cache
+from server.service import RankingService
+
+log = logging.getLogger("phoenix.server")
+
+LAME_DUCK_QUIET_SECONDS = 0.25
+SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "[::]"
+    port: int = 50051  # 0 picks a free port
+    metrics_port: int = 9090  # 0 picks a free port
+    checkpoint: Path | None = None  # None: the embedded default model
+    max_batch_size: int = 32  # rows per batch (a row = one request window)
+    max_batch_wait_ms: float = 2.0
+    max_queue: int = 256  # requests
+    grace_seconds: float = 10.0
+    candidate_buckets: tuple[int, ...] = (16, 64, 256, 1024)
+    history_buckets: tuple[int, ...] | None = None  # default: S/4 and S
+    max_batch_candidates: int | None = None  # default: 4 x the largest candidate bucket
+    limits: Limits = field(default_factory=Limits)
+    compute_dtype: str | None = None  # None: bfloat16 on accelerators, float32 on CPU
+    compilation_cache: str | None = None  # directory of JAX's persistent compilation cache
+
+
+def create_grpc_server(address: str, max_request_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """An aio server bound to `address` ("host:0" picks a port): (server, bound port)."""
+    server = grpc.aio.server(
+        options=[
+            # Transport limit above the service's own, so oversize requests reach validation
+            # and get INVALID_ARGUMENT naming the limit rather than a bare transport error.
+            ("grpc.max_receive_message_length", 2 * max_request_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC to {address}")
+    return server, port
+
+
+class RankingServer:
+    def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None):
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        if config.compilation_cache:
+            enable_compilation_cache(config.compilation_cache)
+        checkpoint = load_checkpoint(config.checkpoint or default_checkpoint_path())
+        model_config = checkpoint.config
+        self.plan: BucketPlan = make_plan(
+            model_config.history_seq_len,
+            config.max_batch_size,
+            config.candidate_buckets,
+            config.history_buckets,
+            config.max_batch_candidates,
+        )
+        self.runner = ModelRunner(
+            checkpoint, self.plan, config.compute_dtype, on_compile=self._compiled
+        )
+        self.port = self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_http = None
+        self._health = health_aio.HealthServicer()
+        self.batcher: Batcher | None = None
+        self.service: RankingService | None = None
+        info = checkpoint.info
+        self.metrics.model_info.labels(
+            info.model_version, info.file_sha256, self.runner.backend, self.runner.dtype.name,
+            str(model_config.history_seq_len), str(model_config.emb_size),
+            str(model_config.model.num_layers),
+        ).set(1)  # fmt: skip
+
+    def _compiled(self, shape, seconds: float) -> None:
+        self.metrics.compilations.inc()
+        self.metrics.compilation_seconds.inc(seconds)
+        if self.service is not None and self.service.ready:
+            log.warning("compiled batch shape %s after warm-up (%.2fs)", tuple(shape), seconds)
+
+    async def start(self) -> None:
+        c = self.config
+        self.batcher = Batcher(
+            self.runner,
+            BatcherConfig(max_batch_wait_ms=c.max_batch_wait_ms, max_queue=c.max_queue),
+            self.metrics,
+        )
+        self.batcher.start()
+        self.service = RankingService(self.runner, self.batcher, c.limits, self.metrics)
+        self._grpc, self.port = create_grpc_server(f"{c.host}:{c.port}", c.limits.max_request_bytes)
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self.service, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self._grpc,
+        )  # fmt: skip
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._grpc.start()
+        metrics_host = c.host.strip("[]")
+        metrics_host = "::" if metrics_host == "::" else metrics_host
+        self._metrics_http, _ = start_http_server(c.metrics_port, metrics_host, self.registry)
+        self.metrics_port = self._metrics_http.server_port
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def warm_up(self) -> float:
+        """Compile every planned shape (off the event loop), then report SERVING."""
+        seconds = await asyncio.get_running_loop().run_in_executor(None, self.runner.warmup)
+        self.metrics.warmup_seconds.set(seconds)
+        self.service.ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        return seconds
+
+    async def _lame_duck(self, deadline: float) -> None:
+        """Keep answering UNAVAILABLE until no call arrived for a quiet period (or deadline)."""
+        while True:
+            now = time.monotonic()
+            quiet_at = self.service.last_call + LAME_DUCK_QUIET_SECONDS
+            if now >= quiet_at or now >= deadline:
+                return
+            await asyncio.sleep(min(quiet_at, deadline) - now)
+
+    async def shutdown(self, grace: float | None = None) -> bool:
+        """Drain and stop; True if every accepted request finished within the grace period."""
+        grace = self.config.grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+        await self._health.enter_graceful_shutdown()
+        self.service.draining = True
+        self.batcher.close()
+        drained = await self.batcher.drain(grace)
+        if not drained:
+            log.warning("grace period of %.1fs ran out with requests still queued", grace)
+        await self._lame_duck(deadline)
+        # Handlers of drained requests only have to write their responses now.
+        await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        await self.batcher.stop()
+        self._metrics_http.shutdown()
+        self._metrics_http.server_close()
+        return drained
+
+
+async def serve(config: ServerConfig, announce=print) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    server = RankingServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "listening; warming up %d batch shapes",
+        len(server.plan.shapes()),
+        extra={"fields": {"port": server.port, "metrics_port": server.metrics_port}},
+    )
+    warm = loop.create_task(server.warm_up())
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if warm.done():
+        seconds = warm.result()
+        info = server.service.info
+        ready = {
+            "event": "serving",
+            "port": server.port,
+            "metrics_port": server.metrics_port,
+            "model_version": info.model_version,
+            "warmup_seconds": round(seconds, 2),
+        }
+        announce(json.dumps(ready), flush=True)
+        await stopped
+    log.info("shutting down (grace %.1fs)", config.grace_seconds)
+    drained = await server.shutdown()
+    warm.cancel()
+    log.info("stopped", extra={"fields": {"drained": drained}})
+    return 0

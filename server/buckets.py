@@ -1,0 +1,100 @@
+"""Batch shapes: the fixed set of padded shapes the runner compiles during warm-up.
+
+A batch is `[R rows, S' history slots, C' candidate slots]`. Each row holds one request's user
+and history and a window of up to C' of its candidates. With right-anchored positions every
+candidate sits at `history_end` and candidates never see each other, so neither C' nor the
+split of a request into windows changes a logit, and any S' >= the request's history works
+because positions are computed for the model's full `history_seq_len`. Shapes are therefore
+free to choose for speed: R, S' and C' each come from a short list of buckets, and a shape is
+compiled only if R * C' <= `max_batch_candidates` (the batcher never forms larger ones).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class BatchShape(NamedTuple):
+    rows: int  # R
+    history: int  # S'
+    candidates: int  # C'
+
+
+def powers_of_two_up_to(n: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to and including n (n itself even if not a power of two)."""
+    out = [1 << i for i in range(n.bit_length()) if 1 << i < n]
+    return (*out, n)
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    row_buckets: tuple[int, ...]  # batch rows R, ascending; the last is --max-batch-size
+    history_buckets: tuple[int, ...]  # S', ascending; the last is the model's history_seq_len
+    candidate_buckets: tuple[int, ...]  # C', ascending; the last is the window size
+    max_batch_candidates: int  # upper bound on R * C'
+
+    def __post_init__(self) -> None:
+        for name in ("row_buckets", "history_buckets", "candidate_buckets"):
+            values = getattr(self, name)
+            if not values or any(v <= 0 for v in values) or list(values) != sorted(set(values)):
+                raise ValueError(f"{name} must be distinct positive ascending ints, got {values}")
+        if self.max_batch_candidates < self.candidate_buckets[-1]:
+            raise ValueError(
+                f"max_batch_candidates ({self.max_batch_candidates}) must be at least the "
+                f"largest candidate bucket ({self.candidate_buckets[-1]})"
+            )
+
+    @property
+    def max_rows(self) -> int:
+        return self.row_buckets[-1]
+
+    @property
+    def window(self) -> int:
+        """Most candidates of one request in one row: requests are split into such windows."""
+        return self.candidate_buckets[-1]
+
+    def shape_for(self, rows: int, history: int, candidates: int) -> BatchShape | None:
+        """The smallest compiled shape that holds this content, or None if none does."""
+        r = _ceil_bucket(self.row_buckets, rows)
+        s = _ceil_bucket(self.history_buckets, history)
+        c = _ceil_bucket(self.candidate_buckets, candidates)
+        if r is None or s is None or c is None or r * c > self.max_batch_candidates:
+            return None
+        return BatchShape(r, s, c)
+
+    def shapes(self) -> list[BatchShape]:
+        """Every shape `shape_for` can return: what warm-up compiles."""
+        return [
+            BatchShape(r, s, c)
+            for r, s, c in itertools.product(
+                self.row_buckets, self.history_buckets, self.candidate_buckets
+            )
+            if r * c <= self.max_batch_candidates
+        ]
+
+
+def _ceil_bucket(buckets: tuple[int, ...], n: int) -> int | None:
+    i = bisect.bisect_left(buckets, max(n, 1))
+    return buckets[i] if i < len(buckets) else None
+
+
+def make_plan(
+    history_seq_len: int,
+    max_batch_size: int,
+    candidate_buckets: tuple[int, ...],
+    history_buckets: tuple[int, ...] | None = None,
+    max_batch_candidates: int | None = None,
+) -> BucketPlan:
+    """A plan for a model: history buckets end at its `history_seq_len` (default S/4 and S)."""
+    if history_buckets is None:
+        history_buckets = (max(1, history_seq_len // 4), history_seq_len)
+    history = tuple(sorted({min(s, history_seq_len) for s in history_buckets} | {history_seq_len}))
+    return BucketPlan(
+        row_buckets=powers_of_two_up_to(max_batch_size),
+        history_buckets=history,
+        candidate_buckets=tuple(candidate_buckets),
+        max_batch_candidates=max_batch_candidates or max(candidate_buckets) * 4,
+    )

@@ -1,0 +1,43 @@
+"""Service errors and their gRPC status codes: the one place where failures map to codes.
+
+InvalidArgument   INVALID_ARGUMENT    bad input; the message names the field
+QueueFull         RESOURCE_EXHAUSTED  overload; retry after `retry_after_ms`
+ShuttingDown      UNAVAILABLE         draining or warming up; retry elsewhere/later
+DeadlineExceeded  DEADLINE_EXCEEDED   the client deadline passed before compute
+anything else     INTERNAL            logged with the request id
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class QueueFull(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, depth: int, retry_after_ms: int):
+        super().__init__(
+            f"server overloaded: {depth} requests already queued; you may retry after "
+            f"~{retry_after_ms} ms with backoff"
+        )
+        self.retry_after_ms = retry_after_ms
+
+
+class ShuttingDown(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,81 @@
+"""Prometheus metrics of the service, created against an injected registry.
+
+All names carry the `phoenix_` prefix; histograms have explicit buckets chosen for a ranking
+service (sub-millisecond to seconds latencies, batch sizes up to a few hundred requests).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+CANDIDATE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2800, 4096)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.requests = Counter(
+            "phoenix_requests", "RPCs by method and final status code.", ["method", "code"],
+            registry=registry,
+        )  # fmt: skip
+        self.request_latency = Histogram(
+            "phoenix_request_latency_seconds", "Time from RPC start to response, by method.",
+            ["method"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "phoenix_requests_in_flight", "Rank RPCs being handled (queued, computing, replying).",
+            registry=registry,
+        )  # fmt: skip
+        self.request_candidates = Histogram(
+            "phoenix_request_candidates", "Candidates per accepted Rank request.",
+            buckets=CANDIDATE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "phoenix_queue_wait_seconds", "Time a request waits before its first batch runs.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "phoenix_queue_depth", "Requests accepted and waiting for a batch.", registry=registry
+        )
+        self.batch_size = Histogram(
+            "phoenix_batch_size", "Distinct requests per executed batch.",
+            buckets=BATCH_SIZE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "phoenix_batch_rows", "Occupied rows (request windows) per executed batch.",
+            buckets=BATCH_SIZE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_padding_ratio = Histogram(
+            "phoenix_batch_padding_ratio",
+            "Fraction of a batch's candidate slots that are padding (0 = perfectly full).",
+            buckets=RATIO_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "phoenix_inference_seconds", "Device time of one batch (forward pass and transfer).",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.candidates_scored = Counter(
+            "phoenix_candidates_scored", "Candidates whose logits were returned.", registry=registry
+        )
+        self.compilations = Counter(
+            "phoenix_compilations",
+            "XLA compilations of the forward pass (all during warm-up unless a bug).",
+            registry=registry,
+        )
+        self.compilation_seconds = Counter(
+            "phoenix_compilation_seconds", "Time spent compiling.", registry=registry
+        )
+        self.warmup_seconds = Gauge(
+            "phoenix_warmup_seconds", "Duration of the start-up warm-up.", registry=registry
+        )
+        self.model_info = Gauge(
+            "phoenix_model_info", "The served model (value is always 1).",
+            ["version", "checkpoint_sha256", "backend", "dtype", "history_seq_len", "emb_size",
+             "num_layers"],
+            registry=registry,
+        )  # fmt: skip
