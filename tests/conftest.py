@@ -45,3 +45,9 @@ def parity_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("parity") / "parity.safetensors"
     import_exchange(PARITY_DIR / "params.npz", PARITY_DIR / "config.json", out, "reference-parity")
     return out
+
+
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory) -> dict[str, str]:
+    """Servers started by one test session share JAX's persistent compilation cache."""
+    return {"PHOENIX_COMPILATION_CACHE": str(tmp_path_factory.mktemp("jax-cache"))}

@@ -19,6 +19,7 @@ from model import (
     make_forward,
     pack_rows,
 )
+from tests.helpers import with_candidates
 
 ATOL = 1e-5
 SETTINGS = settings(
@@ -63,16 +64,6 @@ def requests(draw, min_candidates=1, max_candidates=20):
     )  # fmt: skip
 
 
-def select(request: RawRequest, index) -> RawRequest:
-    """The same user and history with candidates `index` (any order, repeats allowed)."""
-    index = np.asarray(index, dtype=np.int64)
-    return RawRequest(
-        request.user_id, request.history_post_ids, request.history_author_ids,
-        request.history_actions, request.history_surface, request.candidate_post_ids[index],
-        request.candidate_author_ids[index], request.candidate_surface[index],
-    )  # fmt: skip
-
-
 @SETTINGS
 @given(request=requests(), data=st.data())
 def test_removing_and_permuting_candidates_changes_nothing(model, request, data):
@@ -80,9 +71,11 @@ def test_removing_and_permuting_candidates_changes_nothing(model, request, data)
     full = ranker.logits(request)
     m = request.num_candidates
     index = data.draw(st.lists(st.integers(0, m - 1), min_size=1, max_size=m, unique=True))
-    np.testing.assert_allclose(ranker.logits(select(request, index)), full[index], atol=ATOL)
+    np.testing.assert_allclose(
+        ranker.logits(with_candidates(request, index)), full[index], atol=ATOL
+    )
     perm = np.random.default_rng(len(index)).permutation(m)
-    np.testing.assert_allclose(ranker.logits(select(request, perm)), full[perm], atol=ATOL)
+    np.testing.assert_allclose(ranker.logits(with_candidates(request, perm)), full[perm], atol=ATOL)
 
 
 @SETTINGS

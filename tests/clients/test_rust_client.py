@@ -1,0 +1,54 @@
+"""The Rust home-mixer client crate, built from scratch and tested against the real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.server.harness import phoenix_ranker
+
+pytestmark = [pytest.mark.rust, pytest.mark.slow]
+CRATE = ROOT / "clients" / "rust"
+
+
+def cargo() -> str:
+    found = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    if not Path(found).exists():
+        pytest.fail("cargo is required (rustup installs it; .ci/run does on machines without it)")
+    return found
+
+
+def test_cargo_test_against_the_live_server(compilation_cache):
+    command = phoenix_ranker()
+    assert len(command) == 1, "the Rust tests start the server through the installed console script"
+    env = {
+        **os.environ,
+        **compilation_cache,
+        "PHOENIX_RANKER": command[0],
+        "PHOENIX_PYTHON": sys.executable,
+        "CARGO_TERM_COLOR": "never",
+    }
+    started = time.monotonic()
+    build = subprocess.run([cargo(), "test", "--locked", "--no-run"], cwd=CRATE, env=env,
+                           capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-5000:]
+    print(f"cargo build of the client crate and its tests: {time.monotonic() - started:.0f}s")
+    run = subprocess.run([cargo(), "test", "--locked"], cwd=CRATE, env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-8000:]
+    assert "test result: ok" in output
+    for name in (
+        "contract_against_a_live_server",
+        "a_stopped_server_is_unavailable_after_the_retries",
+        "fields_follow_names_not_positions",
+        "splitmix64_matches_the_hashing_contract",
+    ):
+        assert f"{name} ... ok" in output, name  # fmt: skip

@@ -1,0 +1,121 @@
+"""Start the real `phoenix-ranker serve` on ephemeral ports and talk to it over real gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.client import RankingClient
+
+STARTUP_TIMEOUT = 300  # seconds: warm-up compiles every batch shape
+
+
+def phoenix_ranker() -> list[str]:
+    """The project's own command (the console script of this environment)."""
+    script = Path(sys.executable).with_name("phoenix-ranker")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("phoenix-ranker")
+    return [found] if found else [sys.executable, "-m", "server.cli"]
+
+
+class ServerProcess:
+    """`phoenix-ranker serve --port 0 --metrics-port 0 ...`, ready once it announces SERVING."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.stderr = tempfile.NamedTemporaryFile("w+", prefix="phoenix-serve-", suffix=".log")
+        cmd = [
+            *phoenix_ranker(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        while True:
+            try:
+                line = lines.get(timeout=STARTUP_TIMEOUT)
+            except queue.Empty:
+                self.kill()
+                raise TimeoutError(
+                    f"server did not start in {STARTUP_TIMEOUT}s:\n{self.log()}"
+                ) from None
+            if line is None:
+                raise RuntimeError(f"server exited with {self.proc.wait()}:\n{self.log()}")
+            if line.startswith("{"):
+                event = json.loads(line)
+                if event.get("event") == "serving":
+                    break
+        self.port = event["port"]
+        self.metrics_port = event["metrics_port"]
+        self.target = f"127.0.0.1:{self.port}"
+        self.client = RankingClient(self.target)
+
+    def log(self) -> str:
+        self.stderr.flush()
+        return Path(self.stderr.name).read_text()
+
+    def metrics_text(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample as {"name{label=value,...}": value} (labels sorted)."""
+        samples = {}
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return samples
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.terminate()
+        finally:
+            self.kill()
+            self.stderr.close()

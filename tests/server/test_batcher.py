@@ -1,0 +1,226 @@
+"""The batcher alone, against a fake runner whose logits can be worked out by hand.
+
+FakeRunner's logit for candidate j of a request, action a, is `post_row[j] + a / 100`, so a
+result in the wrong slot or request is visible. A gate lets a test hold the device busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from model import HashConfig, PhoenixModelConfig, TransformerConfig
+from model.features import EncodedRequest
+from server.batcher import Batcher, BatcherConfig
+from server.buckets import BucketPlan
+from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from server.metrics import Metrics
+
+A = 19
+CONFIG = PhoenixModelConfig(
+    model=TransformerConfig(emb_size=8, key_size=4, num_q_heads=2, num_kv_heads=1, num_layers=1),
+    emb_size=8,
+    history_seq_len=4,
+    candidate_seq_len=4,
+    hash_config=HashConfig(1, 1, 1),
+)
+
+
+@dataclass(frozen=True)
+class FakePacked:
+    shape: tuple
+    pieces: tuple
+
+
+class FakeRunner:
+    config = CONFIG
+
+    def __init__(
+        self, plan: BucketPlan | None = None, gated: bool = False, poison: int | None = None
+    ):
+        self.plan = plan or BucketPlan((1, 2, 4, 8), (4,), (4, 8), 64)
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self.started = threading.Event()
+        self.batches: list[list[int]] = []  # user rows of the requests in each batch
+        self.poison = poison
+
+    def pack(self, pieces):
+        shape = self.plan.shape_for(len(pieces), 1, max(p.stop - p.start for p in pieces))
+        assert shape is not None, "the batcher formed a batch that fits no planned shape"
+        return FakePacked(shape, tuple(pieces))
+
+    def run(self, packed: FakePacked) -> np.ndarray:
+        self.started.set()
+        self.gate.wait(10)
+        users = [int(p.request.user_rows[0]) for p in packed.pieces]
+        self.batches.append(users)
+        if self.poison in users:
+            raise RuntimeError("poisoned batch")
+        rows, _, slots = packed.shape
+        out = np.full((rows, slots, A), np.nan, np.float32)
+        for r, p in enumerate(packed.pieces):
+            post = p.request.candidate_post_rows[p.start : p.stop, 0]
+            out[r, : p.stop - p.start] = post[:, None] + np.arange(A) / 100
+        return out
+
+
+def request(user: int, m: int) -> EncodedRequest:
+    return EncodedRequest(
+        user_rows=np.array([user], np.int32),
+        history_post_rows=np.zeros((0, 1), np.int32),
+        history_author_rows=np.zeros((0, 1), np.int32),
+        history_actions=np.zeros((0, A), np.uint8),
+        history_surface=np.zeros(0, np.int32),
+        candidate_post_rows=(1000 * user + np.arange(m, dtype=np.int32))[:, None],
+        candidate_author_rows=np.ones((m, 1), np.int32),
+        candidate_surface=np.zeros(m, np.int32),
+    )
+
+
+def expected(user: int, m: int) -> np.ndarray:
+    return (1000 * user + np.arange(m))[:, None] + np.arange(A)[None] / 100
+
+
+def make(runner, **config) -> Batcher:
+    batcher = Batcher(runner, BatcherConfig(**config), Metrics(CollectorRegistry()))
+    batcher.start()
+    return batcher
+
+
+async def wait_started(runner: FakeRunner) -> None:
+    assert await asyncio.to_thread(runner.started.wait, 10), "the device thread never started"
+
+
+def test_windows_are_scattered_back_in_request_order():
+    async def main():
+        runner = FakeRunner()
+        batcher = make(runner)
+        logits = await batcher.submit(request(3, 21))  # windows of 8: 8 + 8 + 5
+        np.testing.assert_allclose(logits, expected(3, 21))
+        assert sorted(sum(runner.batches, [])) == [3, 3, 3]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_concurrent_requests_share_batches():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, max_batch_wait_ms=50)
+        first = batcher.submit(request(1, 2))
+        await wait_started(runner)  # the device is busy with request 1
+        futures = [batcher.submit(request(u, 3)) for u in range(2, 8)]
+        runner.gate.set()
+        results = await asyncio.gather(first, *futures)
+        for u, logits in zip(range(1, 8), results, strict=True):
+            np.testing.assert_allclose(logits, expected(u, 2 if u == 1 else 3))
+        assert max(len(b) for b in runner.batches) > 1
+        assert batcher.batches_run < 7
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_full_queue_is_refused_at_once():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, max_queue=2, pipeline_depth=1, retry_after_ms=25)
+        running = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        queued = [batcher.submit(request(2, 1)), batcher.submit(request(3, 1))]
+        with pytest.raises(QueueFull, match="retry") as refused:
+            batcher.submit(request(4, 1))
+        assert refused.value.retry_after_ms == 25
+        runner.gate.set()
+        await asyncio.gather(running, *queued)
+        assert 4 not in sum(runner.batches, [])
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_expired_and_cancelled_requests_are_not_computed():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, pipeline_depth=1)
+        running = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        expired = batcher.submit(request(2, 1), deadline=time.monotonic() - 1)
+        cancelled = batcher.submit(request(3, 1))
+        alive = batcher.submit(request(4, 1), deadline=time.monotonic() + 60)
+        cancelled.cancel()
+        runner.gate.set()
+        await running
+        with pytest.raises(DeadlineExceeded, match="not computed"):
+            await expired
+        np.testing.assert_allclose(await alive, expected(4, 1))
+        assert sorted(sum(runner.batches, [])) == [1, 4]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failing_batch_fails_only_its_requests():
+    async def main():
+        runner = FakeRunner(poison=13)
+        batcher = make(runner)
+        with pytest.raises(RuntimeError, match="poisoned"):
+            await batcher.submit(request(13, 2))
+        np.testing.assert_allclose(await batcher.submit(request(14, 2)), expected(14, 2))
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_close_refuses_new_work_and_drain_waits_for_accepted():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner)
+        accepted = [batcher.submit(request(u, 9)) for u in (1, 2, 3)]
+        batcher.close()
+        with pytest.raises(ShuttingDown):
+            batcher.submit(request(4, 1))
+        assert not await batcher.drain(0.01)  # the device is still held
+        runner.gate.set()
+        assert await batcher.drain(10)
+        for u, f in zip((1, 2, 3), accepted, strict=True):
+            np.testing.assert_allclose(f.result(), expected(u, 9))
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_no_candidates_resolves_immediately():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner)
+        assert (await batcher.submit(request(1, 0))).shape == (0, A)
+        assert runner.batches == []
+        runner.gate.set()
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_batches_respect_the_candidate_budget():
+    async def main():
+        # 8 rows of 8 candidates would be 64 slots; the budget allows 32.
+        runner = FakeRunner(BucketPlan((1, 2, 4, 8), (4,), (4, 8), 32), gated=True)
+        batcher = make(runner, max_batch_wait_ms=50)
+        first = batcher.submit(request(1, 8))
+        await wait_started(runner)
+        futures = [batcher.submit(request(u, 8)) for u in range(2, 10)]
+        runner.gate.set()
+        await asyncio.gather(first, *futures)
+        assert max(len(b) for b in runner.batches) == 4
+        await batcher.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,131 @@
+"""Overload, refusal of unservable models, and graceful shutdown under load."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from model import PhoenixModelConfig
+from server.client import RankingClient
+from server.convert import raw_request_to_pb
+from tests.conftest import PARITY_DIR
+from tests.helpers import random_request
+from tests.server.conftest import SMALL_PLAN
+from tests.server.harness import ServerProcess, phoenix_ranker
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_plain_positions_model_is_refused(tmp_path):
+    config = PhoenixModelConfig.from_json((PARITY_DIR / "config.json").read_text())
+    plain = json.loads(config.to_json()) | {"rope_positions": "plain"}
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    checkpoint = tmp_path / "plain.safetensors"
+    run = [*phoenix_ranker(), "import", "--params", str(PARITY_DIR / "params.npz"),
+           "--config", str(tmp_path / "plain.json"), "--out", str(checkpoint)]  # fmt: skip
+    assert subprocess.run(run, capture_output=True, timeout=120).returncode == 0
+    served = subprocess.run(
+        [*phoenix_ranker(), "serve", "--checkpoint", str(checkpoint), "--port", "0", "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert served.returncode == 2
+    assert "plain" in served.stderr and "right_anchored" in served.stderr
+
+
+def test_queue_overflow_is_resource_exhausted_with_a_retry_hint(compilation_cache):
+    with ServerProcess(*SMALL_PLAN, "--max-queue", "2", env=compilation_cache) as server:
+        heavy = raw_request_to_pb(random_request(np.random.default_rng(0), 64, 2800))
+        codes, pushback = [], []
+
+        def call():
+            call = server.client.stub.Rank.with_call
+            try:
+                call(heavy, timeout=120)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+                pushback.extend(
+                    v for k, v in e.trailing_metadata() or () if k == "grpc-retry-pushback-ms"
+                )
+
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            for f in [pool.submit(call) for _ in range(24)]:
+                f.result()
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) > 0, "the queue never filled"
+        assert codes.count(grpc.StatusCode.OK) >= 2  # the queue holds two
+        assert pushback and all(int(ms) > 0 for ms in pushback)
+        assert server.client.health() == "SERVING"
+        m = server.metrics()
+        assert m["phoenix_requests_total{code=RESOURCE_EXHAUSTED,method=Rank}"] == codes.count(
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+
+
+def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(compilation_cache):
+    # One-row batches of 8 candidates: a 2800-candidate request takes 350 batches, so it is
+    # certainly still queued when SIGTERM lands, and must be finished, not dropped.
+    server = ServerProcess("--max-batch-size", "2", "--candidate-buckets", "8",
+                           "--grace-seconds", "30", env=compilation_cache)  # fmt: skip
+    outcomes: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    first_ok = threading.Event()
+    clients = 12
+
+    def client_loop(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with RankingClient(server.target) as client:
+            while not stop.is_set():
+                request = raw_request_to_pb(random_request(rng, 30, int(rng.integers(1, 40))))
+                try:
+                    client.rank(request, timeout=60)
+                    code = grpc.StatusCode.OK
+                    first_ok.set()
+                except grpc.RpcError as e:
+                    code = e.code()
+                with lock:
+                    outcomes.append(code)
+                if code != grpc.StatusCode.OK:
+                    return  # the server is going away
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    big = raw_request_to_pb(random_request(np.random.default_rng(99), 64, 2800))
+    big_client = RankingClient(server.target)
+    try:
+        for t in threads:
+            t.start()
+        assert first_ok.wait(60), "no request succeeded before shutdown"
+        queued = [big_client.stub.Rank.future(big, timeout=120) for _ in range(3)]
+        # Each load client has at most one call in flight: one more means a big one arrived.
+        while server.metrics()["phoenix_requests_in_flight"] <= clients:
+            assert not all(q.done() for q in queued)
+        started = time.monotonic()
+        exit_code = server.terminate(timeout=60)
+        elapsed = time.monotonic() - started
+        big_outcomes = []
+        for q in queued:
+            try:
+                big_outcomes.append(grpc.StatusCode.OK if len(q.result().scores) == 2800 else None)
+            except grpc.RpcError as e:
+                big_outcomes.append(e.code())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        big_client.close()
+        server.kill()
+    assert exit_code == 0, server.log()
+    assert elapsed < 30 + 5
+    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(outcomes)
+    assert outcomes.count(grpc.StatusCode.OK) > 0
+    assert set(big_outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, big_outcomes
+    assert grpc.StatusCode.OK in big_outcomes, "a request queued at SIGTERM was not finished"
+    assert "shutting down" in server.log() and "stopped" in server.log()

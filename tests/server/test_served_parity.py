@@ -1,0 +1,39 @@
+"""The reference-parity fixture, imported with the CLI and served end to end."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from server.convert import logits_from_pb, raw_request_to_pb
+from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_DIR, PARITY_RTOL
+from tests.server.harness import ServerProcess, phoenix_ranker
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def parity_server(tmp_path_factory, compilation_cache):
+    checkpoint = tmp_path_factory.mktemp("served-parity") / "parity.safetensors"
+    imported = subprocess.run(
+        [*phoenix_ranker(), "import", "--params", str(PARITY_DIR / "params.npz"),
+         "--config", str(PARITY_DIR / "config.json"), "--out", str(checkpoint)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    # Windows of 5 and 12 candidates, not the reference's 8, and history buckets 4 and 16.
+    with ServerProcess("--checkpoint", str(checkpoint), "--max-batch-size", "4",
+                       "--candidate-buckets", "5,12", "--history-buckets", "4,16",
+                       env=compilation_cache) as server:  # fmt: skip
+        yield server
+
+
+@pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.id)
+def test_served_logits_reproduce_the_reference(parity_server, case):
+    response = parity_server.client.rank(raw_request_to_pb(case.request))
+    got = logits_from_pb(response)
+    assert got.shape == case.expected.shape
+    np.testing.assert_allclose(got, case.expected, atol=PARITY_ATOL, rtol=PARITY_RTOL)
+    assert response.model_version == "imported:params"
