@@ -1,0 +1,188 @@
+//! Per-action probabilities as named fields, and the home-mixer's weighted score.
+
+/// One candidate's action probabilities, named as the home-mixer names them.
+///
+/// Filled by action *name* from `ModelInfo.actions`, never by position, so a server whose model
+/// orders (or adds) actions differently still fills the right fields. A field the model does not
+/// predict stays `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PhoenixScores {
+    pub favorite_score: Option<f64>,
+    pub reply_score: Option<f64>,
+    pub repost_score: Option<f64>,
+    pub photo_expand_score: Option<f64>,
+    pub click_score: Option<f64>,
+    pub profile_click_score: Option<f64>,
+    pub vqv_score: Option<f64>,
+    pub share_score: Option<f64>,
+    pub share_via_dm_score: Option<f64>,
+    pub share_via_copy_link_score: Option<f64>,
+    pub dwell_score: Option<f64>,
+    pub quote_score: Option<f64>,
+    pub quoted_click_score: Option<f64>,
+    pub follow_author_score: Option<f64>,
+    pub not_interested_score: Option<f64>,
+    pub block_author_score: Option<f64>,
+    pub mute_author_score: Option<f64>,
+    pub report_score: Option<f64>,
+    pub dwell_time: Option<f64>,
+}
+
+impl PhoenixScores {
+    /// The field an action name maps to (`None` for names this client does not know).
+    fn field_mut(&mut self, action: &str) -> Option<&mut Option<f64>> {
+        Some(match action {
+            "favorite" => &mut self.favorite_score,
+            "reply" => &mut self.reply_score,
+            "repost" => &mut self.repost_score,
+            "photo_expand" => &mut self.photo_expand_score,
+            "click" => &mut self.click_score,
+            "profile_click" => &mut self.profile_click_score,
+            "video_quality_view" => &mut self.vqv_score,
+            "share" => &mut self.share_score,
+            "share_via_dm" => &mut self.share_via_dm_score,
+            "share_via_copy_link" => &mut self.share_via_copy_link_score,
+            "dwell" => &mut self.dwell_score,
+            "quote" => &mut self.quote_score,
+            "quoted_click" => &mut self.quoted_click_score,
+            "follow_author" => &mut self.follow_author_score,
+            "not_interested" => &mut self.not_interested_score,
+            "block_author" => &mut self.block_author_score,
+            "mute_author" => &mut self.mute_author_score,
+            "report" => &mut self.report_score,
+            "dwell_time" => &mut self.dwell_time,
+            _ => return None,
+        })
+    }
+
+    /// Scores from probabilities whose i-th value belongs to `actions[i]`.
+    pub fn from_named(actions: &[String], probabilities: &[f32]) -> Self {
+        let mut scores = Self::default();
+        for (name, p) in actions.iter().zip(probabilities) {
+            if let Some(field) = scores.field_mut(name) {
+                *field = Some(f64::from(*p));
+            }
+        }
+        scores
+    }
+
+    /// (action name, probability) for every action the model predicted.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        let fields = [
+            ("favorite", self.favorite_score),
+            ("reply", self.reply_score),
+            ("repost", self.repost_score),
+            ("photo_expand", self.photo_expand_score),
+            ("click", self.click_score),
+            ("profile_click", self.profile_click_score),
+            ("video_quality_view", self.vqv_score),
+            ("share", self.share_score),
+            ("share_via_dm", self.share_via_dm_score),
+            ("share_via_copy_link", self.share_via_copy_link_score),
+            ("dwell", self.dwell_score),
+            ("quote", self.quote_score),
+            ("quoted_click", self.quoted_click_score),
+            ("follow_author", self.follow_author_score),
+            ("not_interested", self.not_interested_score),
+            ("block_author", self.block_author_score),
+            ("mute_author", self.mute_author_score),
+            ("report", self.report_score),
+            ("dwell_time", self.dwell_time),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .collect()
+    }
+}
+
+/// Weights of the home-mixer's score `sum(weight[action] * probability[action])`.
+///
+/// Defaults follow the proportions of the weights X published for its 2023 heavy ranker:
+/// positive for engagement (a reply or profile click ~25x a favorite), strongly negative for
+/// not-interested, block, mute and report. They match the Python client's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights(pub Vec<(String, f64)>);
+
+impl Default for Weights {
+    fn default() -> Self {
+        let pairs = [
+            ("favorite", 0.5),
+            ("reply", 13.5),
+            ("repost", 1.0),
+            ("photo_expand", 0.1),
+            ("click", 11.0),
+            ("profile_click", 12.0),
+            ("video_quality_view", 0.005),
+            ("share", 1.0),
+            ("share_via_dm", 1.0),
+            ("share_via_copy_link", 1.0),
+            ("dwell", 0.1),
+            ("quote", 1.0),
+            ("quoted_click", 0.5),
+            ("follow_author", 4.0),
+            ("not_interested", -74.0),
+            ("block_author", -74.0),
+            ("mute_author", -74.0),
+            ("report", -369.0),
+            ("dwell_time", 0.1),
+        ];
+        Weights(pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect())
+    }
+}
+
+impl Weights {
+    /// The weight of an action (0 when it has none).
+    pub fn get(&self, action: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(n, _)| n == action)
+            .map_or(0.0, |(_, w)| *w)
+    }
+
+    /// Replace one action's weight.
+    pub fn with(mut self, action: &str, weight: f64) -> Self {
+        match self.0.iter_mut().find(|(n, _)| n == action) {
+            Some(entry) => entry.1 = weight,
+            None => self.0.push((action.to_string(), weight)),
+        }
+        self
+    }
+
+    /// The weighted score of one candidate; actions the model did not predict count 0.
+    pub fn score(&self, scores: &PhoenixScores) -> f64 {
+        scores
+            .named()
+            .into_iter()
+            .map(|(name, p)| self.get(name) * p)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_follow_names_not_positions() {
+        let actions: Vec<String> = ["report", "favorite", "unheard_of"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = PhoenixScores::from_named(&actions, &[0.25, 0.5, 0.75]);
+        assert_eq!(scores.report_score, Some(0.25));
+        assert_eq!(scores.favorite_score, Some(0.5));
+        assert_eq!(scores.reply_score, None);
+        assert_eq!(scores.named().len(), 2);
+    }
+
+    #[test]
+    fn weighted_score_uses_negative_weights() {
+        let weights = Weights::default().with("favorite", 2.0);
+        let actions = vec!["favorite".to_string(), "report".to_string()];
+        let scores = PhoenixScores::from_named(&actions, &[0.5, 0.5]);
+        assert!((weights.score(&scores) - (2.0 * 0.5 - 369.0 * 0.5)).abs() < 1e-12);
+        assert!(Weights::default().get("block_author") < 0.0);
+        assert!(Weights::default().get("reply") > 0.0);
+    }
+}

@@ -1,0 +1,262 @@
+//! The Rust client against the real Python server (started with the project's own command).
+//!
+//! Environment: `PHOENIX_RANKER` (the `phoenix-ranker` command, default: from PATH) and
+//! `PHOENIX_PYTHON` (a Python with the project installed, for the cross-language check).
+//! `tests/clients/test_rust_client.py` sets both and runs `cargo test`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use phoenix_client::{pb, synthetic, ClientConfig, ClientError, PhoenixClient};
+use tonic::Code;
+
+struct Server {
+    child: Child,
+    target: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let command = std::env::var("PHOENIX_RANKER").unwrap_or_else(|_| "phoenix-ranker".into());
+        let mut child = Command::new(&command)
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+            ])
+            .args(["--max-batch-size", "8", "--candidate-buckets", "8,32"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = loop {
+            let line = lines.next().expect("server exited before serving").unwrap();
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                if event["event"] == "serving" {
+                    break event["port"].as_u64().unwrap();
+                }
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop)); // keep draining stdout
+        Server {
+            child,
+            target: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "server exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The request in the JSON layout `phoenix-ranker rank --request` and RawRequest.from_dict read.
+fn request_json(request: &pb::RankRequest, actions: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "user_id": request.user_id,
+        "request_id": request.request_id,
+        "history": request.history.iter().map(|e| serde_json::json!({
+            "post_id": e.post_id,
+            "author_id": e.author_id,
+            "actions": e.actions.iter().map(|a| actions[*a as usize - 1].clone()).collect::<Vec<_>>(),
+            "product_surface": e.product_surface,
+        })).collect::<Vec<_>>(),
+        "candidates": request.candidates.iter().map(|c| serde_json::json!({
+            "post_id": c.post_id, "author_id": c.author_id, "product_surface": c.product_surface,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+const PYTHON_RANK: &str = r#"
+import json, struct, sys
+from model.features import RawRequest
+from server.client import RankingClient
+from server.convert import raw_request_to_pb
+raw = RawRequest.from_dict(json.load(open(sys.argv[2])))
+with RankingClient(sys.argv[1]) as client:
+    response = client.rank(raw_request_to_pb(raw))
+bits = lambda x: struct.unpack("<I", struct.pack("<f", x))[0]
+print(json.dumps([[bits(x) for x in s.logits] for s in response.scores]))
+"#;
+
+fn python_logit_bits(target: &str, request: &serde_json::Value) -> Vec<Vec<u32>> {
+    let python = std::env::var("PHOENIX_PYTHON").unwrap_or_else(|_| "python3".into());
+    let path = std::env::temp_dir().join(format!("phoenix-rust-{}.json", std::process::id()));
+    std::fs::write(&path, request.to_string()).unwrap();
+    let target = target.trim_start_matches("http://");
+    let out = Command::new(python)
+        .args(["-c", PYTHON_RANK, target])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_against_a_live_server() {
+    let server = Server::start();
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(30),
+        ..ClientConfig::default()
+    };
+    let client = PhoenixClient::connect(&server.target, config)
+        .await
+        .unwrap();
+    let info = client.model_info().clone();
+    assert_eq!(info.actions.len(), 19);
+    assert_eq!(info.actions[0], "favorite");
+
+    // Rust and Python clients get bit-identical logits for the same request.
+    let request = synthetic::request(11, 40, 45);
+    let ranked = client
+        .rank(request.user_id, &request.history, &request.candidates)
+        .await
+        .unwrap();
+    let ours: Vec<Vec<u32>> = ranked
+        .iter()
+        .map(|c| c.logits.iter().map(|x| x.to_bits()).collect())
+        .collect();
+    let theirs = python_logit_bits(&server.target, &request_json(&request, &info.actions));
+    assert_eq!(ours, theirs, "Rust and Python logits differ");
+    for c in &ranked {
+        let fav = c.scores.favorite_score.unwrap();
+        let from_logit = 1.0 / (1.0 + (-f64::from(c.logits[0])).exp());
+        assert!(
+            (fav - from_logit).abs() < 1e-6,
+            "favorite_score is not sigmoid(logits[0])"
+        );
+        assert!((c.weighted_score - client.config().weights.score(&c.scores)).abs() < 1e-9);
+    }
+
+    // Candidate isolation seen from Rust: alone == inside the larger (multi-window) request.
+    for index in [0usize, 20, 44] {
+        let alone = client
+            .rank(
+                request.user_id,
+                &request.history,
+                &request.candidates[index..=index],
+            )
+            .await
+            .unwrap();
+        for (a, b) in alone[0].logits.iter().zip(&ranked[index].logits) {
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "candidate {index}: {a} alone vs {b} in the request"
+            );
+        }
+    }
+
+    // Errors surface with their status and message, and are not retried.
+    let mut bad = request.candidates[..3].to_vec();
+    bad[1].product_surface = 99;
+    match client.rank(request.user_id, &request.history, &bad).await {
+        Err(ClientError::Status { status, attempts }) => {
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().contains("candidates[1].product_surface"),
+                "{}",
+                status.message()
+            );
+            assert_eq!(attempts, 1, "INVALID_ARGUMENT must not be retried");
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+
+    // The load generator runs against the server at concurrency 8 with zero errors.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--target",
+            &server.target,
+            "--concurrency",
+            "8",
+            "--duration-secs",
+            "3",
+        ])
+        .args([
+            "--warmup-secs",
+            "0.5",
+            "--history",
+            "32",
+            "--candidates",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+
+    // The example binary ranks and prints the candidates sorted by weighted score.
+    let out = Command::new(env!("CARGO_BIN_EXE_rank"))
+        .args(["--target", &server.target, "--candidates", "6"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let scores: Vec<f64> = text
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 6, "{text}");
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_unavailable_after_the_retries() {
+    let mut server = Server::start();
+    let client = PhoenixClient::connect(&server.target, ClientConfig::default())
+        .await
+        .unwrap();
+    let request = synthetic::request(5, 3, 2);
+    client
+        .rank(request.user_id, &request.history, &request.candidates)
+        .await
+        .unwrap();
+    server.stop();
+    let started = std::time::Instant::now();
+    match client
+        .rank(request.user_id, &request.history, &request.candidates)
+        .await
+    {
+        Err(ClientError::Status { status, attempts }) => {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert_eq!(attempts, client.config().retry.max_attempts);
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
