@@ -27,9 +27,9 @@ from server.batcher import Batcher, BatcherConfig
 from server.buckets import BucketPlan, make_plan
 from server.convert import Limits
 from server.metrics import Metrics
-from server.rpc import ranking_pb2, ranking_pb2_grpc
+from server.rpc import ranking_pb2
 from server.runner import ModelRunner, enable_compilation_cache
-from server.service import RankingService
+from server.service import RankingService, add_to_server
 
 log = logging.getLogger("phoenix.server")
 
@@ -120,7 +120,7 @@ class RankingServer:
         self.batcher.start()
         self.service = RankingService(self.runner, self.batcher, c.limits, self.metrics)
         self._grpc, self.port = create_grpc_server(f"{c.host}:{c.port}", c.limits.max_request_bytes)
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self.service, self._grpc)
+        add_to_server(self.service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -4,13 +4,17 @@ Concurrency design, step by step (everything except step 4 runs on the asyncio e
 the batcher's own state needs no locks):
 
 1. `submit` (called by a gRPC handler with an already validated, hashed request) splits the
-   request's candidates into windows of at most `plan.window` and appends them, as pieces, to
-   one FIFO deque. If `max_queue` requests are already waiting it raises `QueueFull` at once;
+   request's candidates into windows (`plan.window_for`: the bucket that scores it in the fewest
+   padded tokens) and appends them, as pieces, to one FIFO deque. If `max_queue` requests are already waiting it raises `QueueFull` at once;
    after `close()` it raises `ShuttingDown`. It returns a future of the request's logits.
-2. One batching task waits for the first piece, then keeps the batch open until it is full
-   (`plan.max_rows` rows, or `plan.max_batch_candidates` candidate slots) or
-   `max_batch_wait_ms` has passed since that piece arrived, whichever comes first.
-3. It then takes pieces in FIFO order while they fit a planned shape, dropping pieces of
+2. One batching task waits for the first piece. If the device is idle it dispatches at once
+   (a lone request never waits for company). Otherwise the request would wait for the device
+   anyway, so the batch stays open, collecting arrivals, until it is full (`plan.max_rows`
+   rows or `plan.max_batch_candidates` candidate slots), the device goes idle, or
+   `max_batch_wait_ms` has passed since its first piece arrived, whichever comes first.
+3. It then takes pieces in FIFO order while they fit a planned shape and cost the batch at
+   most twice what they would cost alone (a 32-candidate window does not ride in a row padded
+   to 1024; it starts the next batch instead), dropping pieces of
    requests that were cancelled (their future is done) or whose deadline has passed (their
    future fails with `DeadlineExceeded`, before any compute), and pads them on the host
    (`runner.pack`).
@@ -106,7 +110,8 @@ class Batcher:
         self._pieces: collections.deque[_QueuedPiece] = collections.deque()
         self._queued_requests = 0
         self._queued_candidates = 0
-        self._arrived = asyncio.Event()
+        self._wakeup = asyncio.Event()  # a piece arrived or a batch finished
+        self._in_flight = 0  # batches handed to the device thread and not finished
         self._slots = asyncio.Semaphore(config.pipeline_depth)
         self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
         self._accepting = True
@@ -156,7 +161,7 @@ class Batcher:
             raise QueueFull(self._queued_requests, self.config.retry_after_ms)
         loop = asyncio.get_running_loop()
         m = encoded.num_candidates
-        window = self.runner.plan.window
+        window = self.runner.plan.window_for(m, encoded.num_history)
         spans = [(s, min(s + window, m)) for s in range(0, m, window)]
         request = _Request(
             encoded=encoded,
@@ -178,7 +183,7 @@ class Batcher:
         self._stats.outstanding += 1
         self._stats.idle.clear()
         request.future.add_done_callback(self._resolved)
-        self._arrived.set()
+        self._wakeup.set()
         return request.future
 
     def _resolved(self, _future: asyncio.Future) -> None:
@@ -196,18 +201,18 @@ class Batcher:
         )
 
     async def _wait_for_batch(self) -> None:
-        """Return once the queue holds a full batch or its oldest piece waited long enough."""
+        """Return once there is work and the batch should close (see step 2 above)."""
         while not self._pieces:
-            self._arrived.clear()
-            await self._arrived.wait()
+            self._wakeup.clear()
+            await self._wakeup.wait()
         close_at = self._pieces[0].request.enqueued_at + self.config.max_batch_wait_ms / 1000
-        while not self._full():
+        while self._in_flight and not self._full():
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 return
-            self._arrived.clear()
+            self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 return
 
@@ -240,8 +245,15 @@ class Batcher:
                 continue
             history = max(longest_history, request.encoded.num_history)
             window = max(longest_window, piece.stop - piece.start)
-            if plan.shape_for(len(taken) + 1, history, window) is None:
+            shape = plan.shape_for(len(taken) + 1, history, window)
+            if shape is None:
                 break
+            if taken:
+                before = plan.shape_for(len(taken), longest_history, longest_window)
+                added = (len(taken) + 1) * shape.row_tokens - len(taken) * before.row_tokens
+                alone = plan.shape_for(1, request.encoded.num_history, piece.stop - piece.start)
+                if added > 2 * alone.row_tokens:
+                    break  # mostly padding here: this piece starts the next batch
             longest_history, longest_window = history, window
             taken.append(self._pop())
         self.metrics.queue_depth.set(self._queued_requests)
@@ -271,6 +283,7 @@ class Batcher:
                         p.request.future.set_exception(e)
                 continue
             self._observe_dispatch(taken, packed)
+            self._in_flight += 1
             started = time.perf_counter()
             result = loop.run_in_executor(self._device, self.runner.run, packed)
             result.add_done_callback(lambda f, t=taken, s=started: self._complete(f, t, s))
@@ -290,6 +303,8 @@ class Batcher:
 
     def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], started: float) -> None:
         self._slots.release()
+        self._in_flight -= 1
+        self._wakeup.set()
         self._stats.batches += 1
         try:
             logits = result.result()

@@ -22,6 +22,11 @@ class BatchShape(NamedTuple):
     history: int  # S'
     candidates: int  # C'
 
+    @property
+    def row_tokens(self) -> int:
+        """Sequence positions of one row: 1 (user) + S' + C'."""
+        return 1 + self.history + self.candidates
+
 
 def powers_of_two_up_to(n: int) -> tuple[int, ...]:
     """1, 2, 4, ... up to and including n (n itself even if not a power of two)."""
@@ -64,6 +69,16 @@ class BucketPlan:
         if r is None or s is None or c is None or r * c > self.max_batch_candidates:
             return None
         return BatchShape(r, s, c)
+
+    def window_for(self, num_candidates: int, num_history: int) -> int:
+        """The window to split a request into: the candidate bucket that scores it in the
+        fewest padded tokens, each row costing its user + history slots plus its window."""
+        history = _ceil_bucket(self.history_buckets, num_history) or self.history_buckets[-1]
+
+        def tokens(window: int) -> int:
+            return -(-num_candidates // window) * BatchShape(1, history, window).row_tokens
+
+        return min(self.candidate_buckets, key=tokens)
 
     def shapes(self) -> list[BatchShape]:
         """Every shape `shape_for` can return: what warm-up compiles."""

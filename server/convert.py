@@ -6,6 +6,7 @@ Validation errors are `InvalidArgument` naming the field, using the proto's fiel
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,18 +55,7 @@ def raw_request_from_pb(
     hist = np.array(
         [(e.post_id, e.author_id, e.product_surface) for e in request.history], dtype=np.uint64
     ).reshape(n, 3)
-    actions = np.zeros((n, NUM_ACTIONS), np.uint8)
-    for i, event in enumerate(request.history):
-        for j, value in enumerate(event.actions):
-            if not 1 <= value <= NUM_ACTIONS:
-                what = (
-                    "ACTION_UNSPECIFIED is not an action"
-                    if value == 0
-                    else (f"{value} is not a defined Action (1..{NUM_ACTIONS})")
-                )
-                raise InvalidArgument(f"history[{i}].actions[{j}]", what)
-            actions[i, value - 1] = 1
-
+    actions = _multi_hot_actions(request.history)
     raw = RawRequest(
         user_id=request.user_id,
         history_post_ids=hist[:, 0],
@@ -82,6 +72,30 @@ def raw_request_from_pb(
     except RequestError as e:
         raise InvalidArgument(e.field, e.message) from None
     return raw
+
+
+def _multi_hot_actions(history) -> np.ndarray:
+    """uint8 [n, A] multi-hot of every event's actions; InvalidArgument on a bad value."""
+    n = len(history)
+    counts = np.fromiter((len(e.actions) for e in history), np.int64, n)
+    values = np.fromiter(
+        itertools.chain.from_iterable(e.actions for e in history), np.int64, int(counts.sum())
+    )
+    bad = np.flatnonzero((values < 1) | (values > NUM_ACTIONS))
+    if bad.size:
+        ends = np.cumsum(counts)
+        i = int(np.searchsorted(ends, bad[0], side="right"))
+        j = int(bad[0] - (ends[i] - counts[i]))
+        value = int(values[bad[0]])
+        what = (
+            "ACTION_UNSPECIFIED is not an action"
+            if value == 0
+            else f"{value} is not a defined Action (1..{NUM_ACTIONS})"
+        )
+        raise InvalidArgument(f"history[{i}].actions[{j}]", what)
+    actions = np.zeros((n, NUM_ACTIONS), np.uint8)
+    actions[np.repeat(np.arange(n), counts), values - 1] = 1
+    return actions
 
 
 def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
@@ -117,19 +131,53 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float32 sigmoid without overflow, and relatively exact for very negative logits."""
     x = np.asarray(logits, dtype=np.float32)
     e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    negative = (x < 0).astype(np.float32)
+    # 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, without np.where (8x slower here).
+    return (e * negative + (1 - negative)) / (1 + e)
 
 
-def rank_response(
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _string_field(number: int, text: str) -> bytes:
+    data = text.encode()
+    return _varint(number << 3 | 2) + _varint(len(data)) + data if data else b""
+
+
+def rank_response_bytes(
     post_ids: np.ndarray, logits: np.ndarray, model_version: str, request_id: str
-) -> pb.RankResponse:
-    """Scores in request order: post ids uint64 [m], logits float32 [m, A]."""
-    response = pb.RankResponse(model_version=model_version, request_id=request_id)
-    probabilities = sigmoid(logits).tolist()
-    add = response.scores.add
-    for post_id, lg, pr in zip(post_ids.tolist(), logits.tolist(), probabilities, strict=True):
-        add(post_id=post_id, logits=lg, probabilities=pr)
-    return response
+) -> bytes:
+    """A serialized RankResponse, built with numpy instead of one message per candidate.
+
+    Every CandidateScores has the same size (post_id fixed64, then `logits` and
+    `probabilities` as packed floats), so the m entries are one [m, record] byte array: ~100x
+    faster than filling 2,800 messages. Parses to exactly the message the protobuf runtime
+    would build (tests/server/test_convert.py).
+    """
+    m, a = logits.shape
+    floats = _varint(2 << 3 | 2) + _varint(4 * a)  # header of packed field 2 (logits)
+    inner = 9 + 2 * (len(floats) + 4 * a)  # post_id + logits + probabilities
+    prefix = _varint(1 << 3 | 2) + _varint(inner)  # RankResponse.scores entry header
+    head = prefix + b"\x09"  # ... then CandidateScores.post_id's tag
+    record = np.empty((m, len(head) + inner - 1), np.uint8)
+    c = 0
+    for part, width in (
+        (np.frombuffer(head, np.uint8), len(head)),
+        (post_ids.astype("<u8").view(np.uint8).reshape(m, 8), 8),
+        (np.frombuffer(floats, np.uint8), len(floats)),
+        (logits.astype("<f4").view(np.uint8).reshape(m, 4 * a), 4 * a),
+        (np.frombuffer(_varint(3 << 3 | 2) + _varint(4 * a), np.uint8), len(floats)),
+        (sigmoid(logits).astype("<f4").view(np.uint8).reshape(m, 4 * a), 4 * a),
+    ):
+        record[:, c : c + width] = part
+        c += width
+    return record.tobytes() + _string_field(2, model_version) + _string_field(3, request_id)
 
 
 def logits_from_pb(response: pb.RankResponse) -> np.ndarray:

@@ -61,6 +61,24 @@ def model_info(runner: ModelRunner, limits: convert.Limits) -> pb.ModelInfo:
     )
 
 
+def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
+    """Register the service like the generated `add_RankingServiceServicer_to_server`, except
+    that Rank returns its response already serialized (see `convert.rank_response_bytes`)."""
+    name = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
+    handlers = {
+        "Rank": grpc.unary_unary_rpc_method_handler(
+            service.Rank, request_deserializer=pb.RankRequest.FromString
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetModelInfo,
+            request_deserializer=pb.GetModelInfoRequest.FromString,
+            response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     def __init__(
         self, runner: ModelRunner, batcher: Batcher, limits: convert.Limits, metrics: Metrics
@@ -92,7 +110,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             logits = await self.batcher.submit(encoded, deadline)
             if raw.num_candidates:
                 self.metrics.request_candidates.observe(raw.num_candidates)
-            return convert.rank_response(
+            return convert.rank_response_bytes(
                 raw.candidate_post_ids, logits, self.info.model_version, request_id
             )
         except ServiceError as e:

@@ -224,3 +224,32 @@ def test_batches_respect_the_candidate_budget():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_an_idle_device_takes_a_lone_request_at_once():
+    async def main():
+        runner = FakeRunner()
+        batcher = make(runner, max_batch_wait_ms=60_000)
+        # With the device idle, nothing is worth waiting for: no minute-long batching delay.
+        logits = await asyncio.wait_for(batcher.submit(request(1, 3)), timeout=10)
+        np.testing.assert_allclose(logits, expected(1, 3))
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_small_window_does_not_ride_in_a_row_padded_for_a_big_one():
+    async def main():
+        runner = FakeRunner(BucketPlan((1, 2, 4, 8), (4,), (4, 64), 256), gated=True)
+        batcher = make(runner, max_batch_wait_ms=50)
+        first = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        big, small, small2 = (batcher.submit(request(2, 64)), batcher.submit(request(3, 1)),
+                              batcher.submit(request(4, 1)))  # fmt: skip
+        runner.gate.set()
+        await asyncio.gather(first, big, small, small2)
+        # [2] alone (one row of 64); [3, 4] together (rows of 4): not [2, 3, 4] in rows of 64.
+        assert runner.batches == [[1], [2], [3, 4]]
+        await batcher.stop()
+
+    asyncio.run(main())

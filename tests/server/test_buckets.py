@@ -41,3 +41,11 @@ def test_make_plan_ends_history_buckets_at_the_model_length():
 def test_bad_plans_are_rejected(args):
     with pytest.raises(ValueError):
         BucketPlan(*args)
+
+
+def test_window_for_minimises_padded_tokens():
+    plan = BucketPlan((1, 2, 4), (16, 64), (16, 64, 256, 1024), 4096)
+    assert plan.window_for(512, 64) == 256  # 2 x (1+64+256) = 642 < 1 x (1+64+1024) = 1089
+    assert plan.window_for(2800, 64) == 1024  # 3 x 1089 = 3267 < 11 x 321 = 3531
+    assert plan.window_for(32, 64) == 64  # 129 < 2 x 81
+    assert plan.window_for(8, 0) == 16
