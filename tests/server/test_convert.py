@@ -1,0 +1,89 @@
+"""Proto <-> domain conversion: validation messages and the byte-level response encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.checkpoint import load_checkpoint
+from server.convert import (
+    Limits,
+    logits_from_pb,
+    rank_response_bytes,
+    raw_request_from_pb,
+    raw_request_to_pb,
+    sigmoid,
+)
+from server.errors import InvalidArgument
+from server.rpc import ranking_pb2 as pb
+from tests.helpers import random_request
+
+
+@pytest.fixture(scope="module")
+def config(parity_checkpoint):
+    return load_checkpoint(parity_checkpoint).config
+
+
+@pytest.mark.parametrize("m", [0, 1, 7, 2800])
+def test_response_bytes_parse_to_the_protobuf_message(m):
+    rng = np.random.default_rng(m)
+    post_ids = rng.integers(0, 2**64 - 1, size=m, dtype=np.uint64, endpoint=True)
+    if m:
+        post_ids[0] = 0
+        post_ids[-1] = 2**64 - 1
+    logits = (rng.normal(size=(m, 19)) * 20).astype(np.float32)
+    expected = pb.RankResponse(
+        model_version="v-1",
+        request_id="r\u00e9q",
+        scores=[
+            pb.CandidateScores(post_id=int(p), logits=lg.tolist(), probabilities=pr.tolist())
+            for p, lg, pr in zip(post_ids, logits, sigmoid(logits), strict=True)
+        ],
+    )
+    got = pb.RankResponse.FromString(rank_response_bytes(post_ids, logits, "v-1", "r\u00e9q"))
+    assert got == expected
+    np.testing.assert_array_equal(logits_from_pb(got), logits)
+
+
+def test_sigmoid_is_accurate_over_the_float32_range():
+    x = np.linspace(-80, 80, 100_001, dtype=np.float32)
+    reference = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(sigmoid(x), reference, rtol=5e-7)
+    assert sigmoid(np.array([-1e4, 1e4], np.float32)).tolist() == [0.0, 1.0]
+
+
+def test_request_round_trip(config):
+    raw = random_request(np.random.default_rng(0), 9, 5, "rid")
+    back = raw_request_from_pb(raw_request_to_pb(raw), config, Limits())
+    assert back.user_id == raw.user_id and back.request_id == "rid"
+    for name in ("history_post_ids", "history_actions", "history_surface", "candidate_post_ids",
+                 "candidate_author_ids", "candidate_surface"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(back, name), getattr(raw, name), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "actions, field, message",
+    [
+        ([[1], [2, 0]], "history[1].actions[1]", "ACTION_UNSPECIFIED"),
+        ([[], [3, 20]], "history[1].actions[1]", "20 is not a defined Action"),
+        ([[99], []], "history[0].actions[0]", "99"),
+    ],
+)
+def test_bad_actions_name_the_event_and_position(config, actions, field, message):
+    request = pb.RankRequest(
+        history=[pb.HistoryEvent(post_id=1, actions=a) for a in actions],
+        candidates=[pb.Candidate(post_id=2)],
+    )
+    with pytest.raises(InvalidArgument, match=message) as error:
+        raw_request_from_pb(request, config, Limits())
+    assert error.value.field == field
+
+
+def test_limits_name_their_field(config):
+    request = pb.RankRequest(candidates=[pb.Candidate(post_id=i) for i in range(11)])
+    with pytest.raises(InvalidArgument, match="max_candidates_per_request=10") as error:
+        raw_request_from_pb(request, config, Limits(max_candidates_per_request=10))
+    assert error.value.field == "candidates"
+    with pytest.raises(InvalidArgument, match="exceeds the server's limit") as error:
+        raw_request_from_pb(request, config, Limits(max_request_bytes=50))
+    assert error.value.field == "request"
