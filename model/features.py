@@ -14,7 +14,7 @@ accelerator runs the current one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,32 +84,40 @@ class RawRequest:
             request_id=str(data.get("request_id", "")),
         )
 
+    def history_rows(self) -> Iterator[tuple[int, int, list[int], int]]:
+        """(post_id, author_id, indices of the actions taken, product_surface) per event."""
+        for p, a, acts, s in zip(
+            self.history_post_ids,
+            self.history_author_ids,
+            self.history_actions,
+            self.history_surface,
+            strict=True,
+        ):
+            yield int(p), int(a), np.flatnonzero(acts).tolist(), int(s)
+
+    def candidate_rows(self) -> Iterator[tuple[int, int, int]]:
+        """(post_id, author_id, product_surface) per candidate."""
+        for p, a, s in zip(
+            self.candidate_post_ids, self.candidate_author_ids, self.candidate_surface, strict=True
+        ):
+            yield int(p), int(a), int(s)
+
     def to_dict(self) -> dict[str, Any]:
+        """The JSON layout `from_dict` reads."""
         return {
             "user_id": int(self.user_id),
             "history": [
                 {
-                    "post_id": int(p),
-                    "author_id": int(a),
-                    "actions": [ACTIONS[j] for j in np.flatnonzero(acts)],
-                    "product_surface": int(s),
+                    "post_id": p,
+                    "author_id": a,
+                    "actions": [ACTIONS[j] for j in acts],
+                    "product_surface": s,
                 }
-                for p, a, acts, s in zip(
-                    self.history_post_ids,
-                    self.history_author_ids,
-                    self.history_actions,
-                    self.history_surface,
-                    strict=True,
-                )
+                for p, a, acts, s in self.history_rows()
             ],
             "candidates": [
-                {"post_id": int(p), "author_id": int(a), "product_surface": int(s)}
-                for p, a, s in zip(
-                    self.candidate_post_ids,
-                    self.candidate_author_ids,
-                    self.candidate_surface,
-                    strict=True,
-                )
+                {"post_id": p, "author_id": a, "product_surface": s}
+                for p, a, s in self.candidate_rows()
             ],
             "request_id": self.request_id,
         }

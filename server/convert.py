@@ -104,24 +104,13 @@ def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
         user_id=int(raw.user_id),
         history=[
             pb.HistoryEvent(
-                post_id=int(p),
-                author_id=int(a),
-                actions=[int(j) + 1 for j in np.flatnonzero(acts)],
-                product_surface=int(s),
+                post_id=p, author_id=a, actions=[j + 1 for j in acts], product_surface=s
             )
-            for p, a, acts, s in zip(
-                raw.history_post_ids,
-                raw.history_author_ids,
-                raw.history_actions,
-                raw.history_surface,
-                strict=True,
-            )
+            for p, a, acts, s in raw.history_rows()
         ],
         candidates=[
-            pb.Candidate(post_id=int(p), author_id=int(a), product_surface=int(s))
-            for p, a, s in zip(
-                raw.candidate_post_ids, raw.candidate_author_ids, raw.candidate_surface, strict=True
-            )
+            pb.Candidate(post_id=p, author_id=a, product_surface=s)
+            for p, a, s in raw.candidate_rows()
         ],
         request_id=raw.request_id,
     )

@@ -113,6 +113,17 @@ fn python_logit_bits(target: &str, request: &serde_json::Value) -> Vec<Vec<u32>>
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs a command, asserts it succeeded, and returns its standard output.
+fn stdout_of(command: &mut Command) -> Vec<u8> {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_against_a_live_server() {
     let server = Server::start();
@@ -184,45 +195,32 @@ async fn contract_against_a_live_server() {
     }
 
     // The load generator runs against the server at concurrency 8 with zero errors.
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--target",
-            &server.target,
-            "--concurrency",
-            "8",
-            "--duration-secs",
-            "3",
-        ])
-        .args([
-            "--warmup-secs",
-            "0.5",
-            "--history",
-            "32",
-            "--candidates",
-            "40",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = stdout_of(Command::new(env!("CARGO_BIN_EXE_loadgen")).args([
+        "--target",
+        &server.target,
+        "--concurrency",
+        "8",
+        "--duration-secs",
+        "3",
+        "--warmup-secs",
+        "0.5",
+        "--history",
+        "32",
+        "--candidates",
+        "40",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
     assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
 
     // The example binary ranks and prints the candidates sorted by weighted score.
-    let out = Command::new(env!("CARGO_BIN_EXE_rank"))
-        .args(["--target", &server.target, "--candidates", "6"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(stdout_of(Command::new(env!("CARGO_BIN_EXE_rank")).args([
+        "--target",
+        &server.target,
+        "--candidates",
+        "6",
+    ])))
+    .unwrap();
     let scores: Vec<f64> = text
         .lines()
         .skip(2)
