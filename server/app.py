@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,13 @@ from server.buckets import BucketPlan, make_plan
 from server.convert import Limits
 from server.metrics import Metrics
 from server.rpc import ranking_pb2
-from server.runner import ModelRunner, enable_compilation_cache
+from server.runner import ModelRunner, WarmupAborted, enable_compilation_cache
 from server.service import RankingService, add_to_server
 
 log = logging.getLogger("phoenix.server")
 
 LAME_DUCK_QUIET_SECONDS = 0.25
+MIN_WRITE_SECONDS = 0.5  # least time answered handlers get to write their responses on stop
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -138,9 +140,10 @@ class RankingServer:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, status)
 
-    async def warm_up(self) -> float:
+    async def warm_up(self, abort: threading.Event | None = None) -> float:
         """Compile every planned shape (off the event loop), then report SERVING."""
-        seconds = await asyncio.get_running_loop().run_in_executor(None, self.runner.warmup)
+        loop = asyncio.get_running_loop()
+        seconds = await loop.run_in_executor(None, self.runner.warmup, abort)
         self.metrics.warmup_seconds.set(seconds)
         self.service.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -166,9 +169,10 @@ class RankingServer:
         if not drained:
             log.warning("grace period of %.1fs ran out with requests still queued", grace)
         await self._lame_duck(deadline)
-        # Handlers of drained requests only have to write their responses now.
-        await self._grpc.stop(max(0.0, deadline - time.monotonic()))
-        await self.batcher.stop()
+        # Handlers of drained requests only have to write their responses now; even when the
+        # drain used up the grace period, give them a moment rather than aborting them.
+        await self._grpc.stop(max(MIN_WRITE_SECONDS, deadline - time.monotonic()))
+        await self.batcher.stop(wait_for_device=drained)
         self._metrics_http.shutdown()
         self._metrics_http.server_close()
         return drained
@@ -187,23 +191,29 @@ async def serve(config: ServerConfig, announce=print) -> int:
         len(server.plan.shapes()),
         extra={"fields": {"port": server.port, "metrics_port": server.metrics_port}},
     )
-    warm = loop.create_task(server.warm_up())
+    abort_warmup = threading.Event()
+    warm = loop.create_task(server.warm_up(abort_warmup))
     stopped = loop.create_task(stop.wait())
     await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if warm.done():
-        seconds = warm.result()
+    exit_code = 0
+    if not warm.done():  # SIGTERM during warm-up: stop compiling at the next shape
+        abort_warmup.set()
+        await asyncio.wait({warm})
+    if warm.exception() is None and not stop.is_set():
         info = server.service.info
         ready = {
             "event": "serving",
             "port": server.port,
             "metrics_port": server.metrics_port,
             "model_version": info.model_version,
-            "warmup_seconds": round(seconds, 2),
+            "warmup_seconds": round(warm.result(), 2),
         }
         announce(json.dumps(ready), flush=True)
         await stopped
+    elif warm.exception() is not None and not isinstance(warm.exception(), WarmupAborted):
+        log.error("warm-up failed; not serving", exc_info=warm.exception())
+        exit_code = 1
     log.info("shutting down (grace %.1fs)", config.grace_seconds)
     drained = await server.shutdown()
-    warm.cancel()
     log.info("stopped", extra={"fields": {"drained": drained}})
-    return 0
+    return exit_code

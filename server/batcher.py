@@ -28,6 +28,12 @@ the batcher's own state needs no locks):
    batch fails exactly the requests in it; the loop carries on.
 6. `close()` stops accepting; `drain(timeout)` waits until every accepted request has been
    resolved, so shutdown never loses or strands an accepted request.
+
+Bookkeeping: a request counts toward `max_queue` (and the `phoenix_queue_depth` gauge) from
+`submit` until its last piece is dispatched or its future resolves, whichever is first, so
+cancelled or expired requests stop taking queue space at once even though their pieces are only
+swept from the deque when batch formation reaches them. If the batching task ever dies, every
+waiting request fails and `submit` refuses new ones, rather than hanging.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -46,7 +52,7 @@ import numpy as np
 from model.config import PhoenixModelConfig
 from model.features import EncodedRequest, Piece
 from server.buckets import BucketPlan
-from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from server.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDown
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -65,15 +71,21 @@ class Runner(Protocol):
         ...
 
 
+class BatchFailed(RuntimeError):
+    """The batch holding this request failed (the cause is chained); other batches go on."""
+
+
 @dataclass(eq=False)
 class _Request:
     encoded: EncodedRequest
     deadline: float | None  # time.monotonic() seconds, or None
     future: asyncio.Future
     logits: np.ndarray  # float32 [m, A], filled piece by piece
-    pieces_left: int
+    pieces_left: int  # pieces whose logits have not landed
     enqueued_at: float
-    undispatched: int  # pieces still in the deque
+    queued_pieces: int  # pieces still in the deque
+    queued_candidates: int  # their candidates
+    counted: bool = True  # still counted in the queue totals
     started: bool = False
 
     def expired(self, now: float) -> bool:
@@ -89,17 +101,10 @@ class _QueuedPiece:
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_batch_wait_ms: float = 2.0  # how long a batch stays open for more requests
+    max_batch_wait_ms: float = 2.0  # how long a batch stays open while the device is busy
     max_queue: int = 256  # requests waiting for a batch before RESOURCE_EXHAUSTED
     pipeline_depth: int = 2  # batches in flight (1 computing + 1 ready)
     retry_after_ms: int = 50  # the hint given with RESOURCE_EXHAUSTED
-
-
-@dataclass(eq=False)
-class _Stats:
-    batches: int = 0
-    outstanding: int = 0  # accepted requests not yet resolved
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Batcher:
@@ -108,21 +113,27 @@ class Batcher:
         self.config = config
         self.metrics = metrics
         self._pieces: collections.deque[_QueuedPiece] = collections.deque()
+        # Totals over counted requests (see "Bookkeeping" above).
         self._queued_requests = 0
+        self._queued_pieces = 0
         self._queued_candidates = 0
         self._wakeup = asyncio.Event()  # a piece arrived or a batch finished
         self._in_flight = 0  # batches handed to the device thread and not finished
         self._slots = asyncio.Semaphore(config.pipeline_depth)
         self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
         self._accepting = True
-        self._stats = _Stats()
-        self._stats.idle.set()
+        self._broken: BaseException | None = None  # why the batching task died, if it did
+        self._outstanding = 0  # accepted requests not yet resolved
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._batches = 0
         self._task: asyncio.Task | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+        self._task.add_done_callback(self._loop_ended)
 
     def close(self) -> None:
         """Stop accepting requests; those already accepted still complete."""
@@ -131,17 +142,19 @@ class Batcher:
     async def drain(self, timeout: float) -> bool:
         """Wait until every accepted request is resolved; False if `timeout` ran out."""
         try:
-            await asyncio.wait_for(self._stats.idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
             return True
         except TimeoutError:
             return False
 
-    async def stop(self) -> None:
+    async def stop(self, wait_for_device: bool = True) -> None:
         """Cancel the batching task and release the device thread (after drain)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._device.shutdown(wait=True)
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        self._device.shutdown(wait=wait_for_device, cancel_futures=True)
 
     @property
     def queued_requests(self) -> int:
@@ -149,54 +162,66 @@ class Batcher:
 
     @property
     def batches_run(self) -> int:
-        return self._stats.batches
+        return self._batches
 
     # -- submission ----------------------------------------------------------------------
 
     def submit(self, encoded: EncodedRequest, deadline: float | None = None) -> asyncio.Future:
         """Queue a request; the future resolves to float32 logits [m, A] in request order."""
+        if self._broken is not None:
+            raise ShuttingDown(f"batcher stopped after an internal error: {self._broken!r}")
         if not self._accepting:
             raise ShuttingDown("server is shutting down; retry on another replica")
         if self._queued_requests >= self.config.max_queue:
             raise QueueFull(self._queued_requests, self.config.retry_after_ms)
-        loop = asyncio.get_running_loop()
         m = encoded.num_candidates
         window = self.runner.plan.window_for(m, encoded.num_history)
         spans = [(s, min(s + window, m)) for s in range(0, m, window)]
         request = _Request(
             encoded=encoded,
             deadline=deadline,
-            future=loop.create_future(),
+            future=asyncio.get_running_loop().create_future(),
             logits=np.empty((m, self.runner.config.num_actions), np.float32),
             pieces_left=len(spans),
             enqueued_at=time.monotonic(),
-            undispatched=len(spans),
+            queued_pieces=len(spans),
+            queued_candidates=m,
         )
         if not spans:
             request.future.set_result(request.logits)
             return request.future
-        for start, stop in spans:
-            self._pieces.append(_QueuedPiece(request, start, stop))
+        self._pieces.extend(_QueuedPiece(request, start, stop) for start, stop in spans)
         self._queued_requests += 1
+        self._queued_pieces += len(spans)
         self._queued_candidates += m
         self.metrics.queue_depth.set(self._queued_requests)
-        self._stats.outstanding += 1
-        self._stats.idle.clear()
-        request.future.add_done_callback(self._resolved)
+        self._outstanding += 1
+        self._idle.clear()
+        request.future.add_done_callback(lambda _, r=request: self._resolved(r))
         self._wakeup.set()
         return request.future
 
-    def _resolved(self, _future: asyncio.Future) -> None:
-        self._stats.outstanding -= 1
-        if self._stats.outstanding == 0:
-            self._stats.idle.set()
+    def _uncount(self, request: _Request) -> None:
+        """Remove a request from the queue totals (once)."""
+        if request.counted:
+            request.counted = False
+            self._queued_requests -= 1
+            self._queued_pieces -= request.queued_pieces
+            self._queued_candidates -= request.queued_candidates
+            self.metrics.queue_depth.set(self._queued_requests)
+
+    def _resolved(self, request: _Request) -> None:
+        self._uncount(request)  # cancelled or failed while queued: free its queue space now
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()
 
     # -- batch formation -----------------------------------------------------------------
 
     def _full(self) -> bool:
         plan = self.runner.plan
         return (
-            len(self._pieces) >= plan.max_rows
+            self._queued_pieces >= plan.max_rows
             or self._queued_candidates >= plan.max_batch_candidates
         )
 
@@ -211,25 +236,30 @@ class Batcher:
             if remaining <= 0:
                 return
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stop() sends, which would leave this task running forever.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 return
 
     def _pop(self) -> _QueuedPiece:
         piece = self._pieces.popleft()
-        request = piece.request
-        request.undispatched -= 1
-        self._queued_candidates -= piece.stop - piece.start
-        if request.undispatched == 0:
-            self._queued_requests -= 1
+        request, size = piece.request, piece.stop - piece.start
+        request.queued_pieces -= 1
+        request.queued_candidates -= size
+        if request.counted:
+            self._queued_pieces -= 1
+            self._queued_candidates -= size
+            if request.queued_pieces == 0:
+                self._uncount(request)
         return piece
 
-    def _take_batch(self) -> list[_QueuedPiece]:
-        """Pop live pieces in FIFO order while they fit a planned shape."""
+    def _take_batch(self, taken: list[_QueuedPiece]) -> None:
+        """Pop live pieces into `taken`, in FIFO order, while they fit (step 3 above)."""
         plan = self.runner.plan
         now = time.monotonic()
-        taken: list[_QueuedPiece] = []
         longest_history = longest_window = 0
         while self._pieces:
             piece = self._pieces[0]
@@ -256,37 +286,60 @@ class Batcher:
                     break  # mostly padding here: this piece starts the next batch
             longest_history, longest_window = history, window
             taken.append(self._pop())
-        self.metrics.queue_depth.set(self._queued_requests)
-        return taken
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()
             taken: list[_QueuedPiece] = []
+            dispatched = False
             try:
                 await self._wait_for_batch()
-                taken = self._take_batch()
-                if not taken:
-                    self._slots.release()
-                    continue
-                packed = self.runner.pack(
-                    [Piece(p.request.encoded, p.start, p.stop) for p in taken]
-                )
+                self._take_batch(taken)
+                if taken:
+                    packed = self.runner.pack(
+                        [Piece(p.request.encoded, p.start, p.stop) for p in taken]
+                    )
+                    self._observe_dispatch(taken, packed)
+                    started = time.perf_counter()
+                    result = loop.run_in_executor(self._device, self.runner.run, packed)
+                    self._in_flight += 1
+                    dispatched = True
+                    result.add_done_callback(lambda f, t=taken, s=started: self._complete(f, t, s))
             except asyncio.CancelledError:
+                self._fail(taken, ShuttingDown("server stopped before this request ran"))
                 raise
-            except Exception as e:  # packing bug: fail these requests, keep serving
-                log.exception("failed to form a batch")
-                self._slots.release()
-                for p in taken:
-                    if not p.request.future.done():
-                        p.request.future.set_exception(e)
+            except Exception as e:  # a bug in forming a batch: fail it, keep serving
+                log.exception("failed to form a batch of %d pieces", len(taken))
+                self._fail(taken, e)
+            finally:
+                if not dispatched:
+                    self._slots.release()
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """The batching task ended: expected on stop(); otherwise fail everything queued."""
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            error = ShuttingDown("server stopped before this request ran")
+        else:
+            log.critical("the batching task died; refusing new requests", exc_info=error)
+        self._broken = error
+        while self._pieces:
+            piece = self._pieces.popleft()
+            if not piece.request.future.done():
+                piece.request.future.set_exception(error)
+
+    def _fail(self, pieces: list[_QueuedPiece], error: BaseException) -> None:
+        """Fail the requests of these pieces (service errors as they are, bugs as BatchFailed)."""
+        for p in pieces:
+            if p.request.future.done():
                 continue
-            self._observe_dispatch(taken, packed)
-            self._in_flight += 1
-            started = time.perf_counter()
-            result = loop.run_in_executor(self._device, self.runner.run, packed)
-            result.add_done_callback(lambda f, t=taken, s=started: self._complete(f, t, s))
+            if isinstance(error, ServiceError):
+                p.request.future.set_exception(error)
+            else:  # one exception object per request, so their tracebacks stay apart
+                failure = BatchFailed(repr(error))
+                failure.__cause__ = error
+                p.request.future.set_exception(failure)
 
     def _observe_dispatch(self, taken: list[_QueuedPiece], packed) -> None:
         now = time.monotonic()
@@ -304,23 +357,20 @@ class Batcher:
     def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], started: float) -> None:
         self._slots.release()
         self._in_flight -= 1
+        self._batches += 1
         self._wakeup.set()
-        self._stats.batches += 1
         try:
             logits = result.result()
-        except Exception as e:
-            log.exception("batch of %d rows failed on the device", len(taken))
-            for p in taken:
-                if not p.request.future.done():
-                    p.request.future.set_exception(e)
-            return
-        self.metrics.inference.observe(time.perf_counter() - started)
-        for row, p in enumerate(taken):
-            request = p.request
-            if request.future.done():
-                continue
-            request.logits[p.start : p.stop] = logits[row, : p.stop - p.start]
-            request.pieces_left -= 1
-            if request.pieces_left == 0:
-                self.metrics.candidates_scored.inc(len(request.logits))
-                request.future.set_result(request.logits)
+            self.metrics.inference.observe(time.perf_counter() - started)
+            for row, p in enumerate(taken):
+                request = p.request
+                if request.future.done():
+                    continue
+                request.logits[p.start : p.stop] = logits[row, : p.stop - p.start]
+                request.pieces_left -= 1
+                if request.pieces_left == 0:
+                    self.metrics.candidates_scored.inc(len(request.logits))
+                    request.future.set_result(request.logits)
+        except (Exception, asyncio.CancelledError) as e:
+            log.exception("batch of %d rows failed", len(taken))
+            self._fail(taken, e)

@@ -16,6 +16,7 @@ windows against it only needs different `pack`/`run` bodies; the batcher is unaf
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class WarmupAborted(RuntimeError):
+    """Warm-up was asked to stop before every shape was compiled."""
 
 
 class UnservableModelError(ValueError):
@@ -79,10 +84,16 @@ class ModelRunner:
         self._executables: dict[BatchShape, Callable] = {}
         self._on_compile = on_compile
 
-    def warmup(self) -> float:
-        """Compile (and run once) every shape of the plan; returns the seconds it took."""
+    def warmup(self, abort: threading.Event | None = None) -> float:
+        """Compile (and run once) every shape of the plan; returns the seconds it took.
+
+        Setting `abort` (e.g. on SIGTERM) stops after the shape being compiled, raising
+        WarmupAborted, so a shutdown need not wait for the whole warm-up.
+        """
         start = time.perf_counter()
         for shape in self.plan.shapes():
+            if abort is not None and abort.is_set():
+                raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
             out = self._executable(shape)(self.params, empty_batch(self.config, *shape))
             jax.block_until_ready(out)
         return time.perf_counter() - start

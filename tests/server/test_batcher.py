@@ -253,3 +253,63 @@ def test_a_small_window_does_not_ride_in_a_row_padded_for_a_big_one():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_cancelled_requests_free_their_queue_space_at_once():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, max_queue=4, pipeline_depth=1)
+        first = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        for u in range(2, 6):
+            batcher.submit(request(u, 1)).cancel()  # callers gave up while queued
+        await asyncio.sleep(0)  # let the futures' done-callbacks run
+        assert batcher.queued_requests == 0
+        accepted = batcher.submit(request(9, 1))  # not QueueFull: the queue holds only the dead
+        runner.gate.set()
+        await asyncio.gather(first, accepted)
+        assert sorted(sum(runner.batches, [])) == [1, 9]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3])
+def test_stop_is_not_lost_when_a_wakeup_races_it(ticks):
+    """asyncio.wait_for on Python 3.11 can swallow a cancel; stop() must still end the task."""
+
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, max_batch_wait_ms=10_000)
+        first = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        batcher.submit(request(2, 1)).cancel()  # the loop now waits, with a batch in flight
+        await asyncio.sleep(0)
+        batcher._wakeup.set()
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        runner.gate.set()
+        await asyncio.wait_for(batcher.stop(), timeout=10)
+        assert batcher._task.done()
+        await first
+
+    asyncio.run(main())
+
+
+def test_a_dead_batching_task_fails_waiters_and_refuses_work():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, pipeline_depth=1)
+        first = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        waiting = batcher.submit(request(2, 1))
+        batcher._task.cancel()  # stands in for any way the task could end
+        with pytest.raises(ShuttingDown):
+            await waiting
+        with pytest.raises(ShuttingDown):
+            batcher.submit(request(3, 1))
+        runner.gate.set()
+        await first
+        await batcher.stop()
+
+    asyncio.run(main())

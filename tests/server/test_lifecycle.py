@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -129,3 +131,24 @@ def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(compilatio
     assert set(big_outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, big_outcomes
     assert grpc.StatusCode.OK in big_outcomes, "a request queued at SIGTERM was not finished"
     assert "shutting down" in server.log() and "stopped" in server.log()
+
+
+def test_sigterm_during_warm_up_exits_promptly():
+    """Compiling the default plan's 40 shapes takes tens of seconds; SIGTERM must not wait."""
+    proc = subprocess.Popen(
+        [*phoenix_ranker(), "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "PHOENIX_COMPILATION_CACHE"},
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:
+            if "warming up" in line:
+                break
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started < 15
+        assert '"event": "serving"' not in proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()
