@@ -1,0 +1,75 @@
+"""The gRPC layer in-process, over a real channel: unexpected errors become INTERNAL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from model import hash_rows, load_checkpoint
+from server.app import create_grpc_server
+from server.batcher import Batcher, BatcherConfig
+from server.buckets import make_plan
+from server.convert import Limits, logits_from_pb, raw_request_to_pb
+from server.metrics import Metrics
+from server.rpc import ranking_pb2_grpc
+from server.runner import ModelRunner
+from server.service import RankingService, add_to_server
+from tests.helpers import random_request
+
+POISON_USER = 666
+
+
+class FlakyRunner(ModelRunner):
+    """The real runner, except that a batch holding the poison user's request blows up."""
+
+    def run(self, packed):
+        if any(int(p.request.user_rows[0]) == self.poison_row for p in packed.pieces):
+            raise ValueError("simulated bug in the runner")
+        return super().run(packed)
+
+
+@pytest.fixture(scope="module")
+def runner(parity_checkpoint):
+    ckpt = load_checkpoint(parity_checkpoint)
+    runner = FlakyRunner(ckpt, make_plan(ckpt.config.history_seq_len, 2, (8,)))
+    runner.poison_row = int(hash_rows(np.array([POISON_USER], np.uint64), 2, ckpt.rows.user)[0, 0])
+    runner.warmup()
+    return runner
+
+
+def test_unexpected_errors_are_internal_with_the_request_id(runner, caplog):
+    async def main():
+        metrics = Metrics(CollectorRegistry())
+        batcher = Batcher(runner, BatcherConfig(), metrics)
+        batcher.start()
+        service = RankingService(runner, batcher, Limits(), metrics)
+        service.ready = True
+        server, port = create_grpc_server("127.0.0.1:0", Limits().max_request_bytes)
+        add_to_server(service, server)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = ranking_pb2_grpc.RankingServiceStub(channel)
+                poison = raw_request_to_pb(random_request(np.random.default_rng(1), 3, 5))
+                poison.user_id, poison.request_id = POISON_USER, "req-poison"
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.Rank(poison)
+                assert error.value.code() == grpc.StatusCode.INTERNAL
+                assert "req-poison" in error.value.details()
+                assert "simulated" not in error.value.details()  # no internals leak out
+                good = raw_request_to_pb(random_request(np.random.default_rng(2), 3, 5))
+                assert logits_from_pb(await stub.Rank(good)).shape == (5, 19)
+        finally:
+            await server.stop(0)
+            await batcher.stop()
+
+    asyncio.run(main())
+    logged = [
+        r for r in caplog.records if r.levelname == "ERROR" and "Rank failed" in r.getMessage()
+    ]
+    assert logged and logged[0].fields["request_id"] == "req-poison"
+    assert "simulated bug" in caplog.text
