@@ -14,7 +14,8 @@ the batcher's own state needs no locks):
    `max_batch_wait_ms` has passed since its first piece arrived, whichever comes first.
 3. It then takes pieces in FIFO order while they fit a planned shape and cost the batch at
    most twice what they would cost alone (a 32-candidate window does not ride in a row padded
-   to 1024; it starts the next batch instead), dropping pieces of
+   to 1024; it starts the next batch instead), and cuts the batch back to a full row bucket
+   when more than `MAX_PADDING_ROWS` of its rows would be padding, dropping pieces of
    requests that were cancelled (their future is done) or whose deadline has passed (their
    future fails with `DeadlineExceeded`, before any compute), and pads them on the host
    (`runner.pack`).
@@ -56,6 +57,11 @@ from server.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDow
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# A batch whose row bucket would be more than this fraction padding rows is cut back to the
+# largest bucket it fills: the rest runs in the next batch, which costs a device call, not
+# whole rows of padding.
+MAX_PADDING_ROWS = 0.2
 
 
 class Runner(Protocol):
@@ -226,8 +232,8 @@ class Batcher:
         )
 
     async def _wait_for_batch(self) -> None:
-        """Return once there is work and the batch should close (see step 2 above)."""
-        while not self._pieces:
+        """Return once there is live work and the batch should close (see step 2 above)."""
+        while not self._sweep_front(time.monotonic()):
             self._wakeup.clear()
             await self._wakeup.wait()
         close_at = self._pieces[0].request.enqueued_at + self.config.max_batch_wait_ms / 1000
@@ -256,36 +262,54 @@ class Batcher:
                 self._uncount(request)
         return piece
 
-    def _take_batch(self, taken: list[_QueuedPiece]) -> None:
-        """Pop live pieces into `taken`, in FIFO order, while they fit (step 3 above)."""
-        plan = self.runner.plan
-        now = time.monotonic()
-        longest_history = longest_window = 0
+    def _sweep_front(self, now: float) -> bool:
+        """Drop dead pieces from the head of the queue; True if a live piece remains."""
         while self._pieces:
-            piece = self._pieces[0]
-            request = piece.request
+            request = self._pieces[0].request
             if request.future.done():  # cancelled by the client, or already failed
                 self._pop()
-                continue
-            if request.expired(now):
+            elif request.expired(now):
                 self._pop()
                 request.future.set_exception(
                     DeadlineExceeded("deadline expired while queued; not computed")
                 )
-                continue
+            else:
+                return True
+        return False
+
+    def _take_batch(self, taken: list[_QueuedPiece]) -> None:
+        """Pop live pieces into `taken`, in FIFO order, while they fit (step 3 above)."""
+        now = time.monotonic()
+        count = self._batch_size(now)
+        while len(taken) < count and self._sweep_front(now):
+            taken.append(self._pop())
+
+    def _batch_size(self, now: float) -> int:
+        """How many of the live pieces at the head of the queue the next batch should take."""
+        plan = self.runner.plan
+        count = longest_history = longest_window = 0
+        for piece in self._pieces:
+            request = piece.request
+            if request.future.done() or request.expired(now):
+                continue  # dropped when popped
             history = max(longest_history, request.encoded.num_history)
             window = max(longest_window, piece.stop - piece.start)
-            shape = plan.shape_for(len(taken) + 1, history, window)
+            shape = plan.shape_for(count + 1, history, window)
             if shape is None:
                 break
-            if taken:
-                before = plan.shape_for(len(taken), longest_history, longest_window)
-                added = (len(taken) + 1) * shape.row_tokens - len(taken) * before.row_tokens
+            if count:
+                before = plan.shape_for(count, longest_history, longest_window)
+                added = (count + 1) * shape.row_tokens - count * before.row_tokens
                 alone = plan.shape_for(1, request.encoded.num_history, piece.stop - piece.start)
                 if added > 2 * alone.row_tokens:
                     break  # mostly padding here: this piece starts the next batch
-            longest_history, longest_window = history, window
-            taken.append(self._pop())
+            count, longest_history, longest_window = count + 1, history, window
+        if count:
+            rows = plan.shape_for(count, longest_history, longest_window).rows
+            if rows - count > MAX_PADDING_ROWS * rows:
+                # e.g. 3 windows would run as 4 rows, one of them padding: run 2, then 1.
+                count = max(r for r in plan.row_buckets if r <= count)
+        return count
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

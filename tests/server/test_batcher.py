@@ -313,3 +313,43 @@ def test_a_dead_batching_task_fails_waiters_and_refuses_work():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_batches_are_cut_back_rather_than_padded_with_whole_rows():
+    async def main():
+        runner = FakeRunner(BucketPlan((1, 2, 4, 8), (4,), (4,), 64), gated=True)
+        batcher = make(runner, max_batch_wait_ms=50)
+        first = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        three_windows = batcher.submit(request(2, 12))  # would be 3 rows padded to 4
+        runner.gate.set()
+        np.testing.assert_allclose(await three_windows, expected(2, 12))
+        await first
+        assert runner.batches == [[1], [2, 2], [2]]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_queue_of_only_dead_requests_leaves_the_loop_idle():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher = make(runner, pipeline_depth=2)
+        first = batcher.submit(request(1, 1))
+        await wait_started(runner)
+        dead = [batcher.submit(request(u, 1)) for u in (2, 3)]
+        for f in dead:
+            f.cancel()
+        # If the batching task spun on the dead pieces it would never yield, and this
+        # coroutine (on the same loop) could not resume.
+        await asyncio.wait_for(asyncio.sleep(0.01), timeout=5)
+        runner.gate.set()
+        await first
+        assert sorted(sum(runner.batches, [])) == [1]
+        await batcher.stop()
+
+    # Run the loop in a thread: a spinning batcher would hang asyncio.run, not fail it.
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the batching task spun on dead pieces without yielding"
