@@ -67,7 +67,7 @@ def main() -> None:
                     out = subprocess.run(
                         [str(binary), "--target", f"http://{server.target}",
                          "--concurrency", str(concurrency), "--duration-secs", str(args.duration),
-                         "--warmup-secs", "2", "--history", str(args.history),
+                         "--warmup-secs", "5", "--history", str(args.history),
                          "--candidates", str(candidates)],
                         check=True, capture_output=True, text=True,
                     ).stdout  # fmt: skip
