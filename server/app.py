@@ -3,7 +3,13 @@
 start     bind gRPC (health NOT_SERVING) and /metrics, start the batcher
 warm_up   compile every batch shape off the event loop, then health SERVING
 shutdown  health NOT_SERVING, refuse new requests (UNAVAILABLE), let queued and in-flight
-          requests finish within the grace period, stop the servers
+          requests finish within the grace period, stay in lame-duck mode (answering
+          UNAVAILABLE) until callers go quiet, then stop the servers
+
+Why the lame-duck phase: gRPC's C core cancels (status CANCELLED) every call that reached the
+transport but was not yet handed to a handler when the server stops. Stopping only once no
+call has arrived for `LAME_DUCK_QUIET_SECONDS` (bounded by the grace period) means callers
+that are still sending see UNAVAILABLE, which they know to retry elsewhere, not CANCELLED.
 """
 
 from __future__ import annotations
@@ -75,6 +81,17 @@ def create_grpc_server(address: str, max_request_bytes: int) -> tuple[grpc.aio.S
     return server, port
 
 
+def _start_metrics_http(host: str, port: int, registry: CollectorRegistry):
+    """Serve /metrics; "::" falls back to IPv4 on hosts without IPv6, as gRPC itself does."""
+    try:
+        server, _ = start_http_server(port, host, registry)
+    except OSError:
+        if host != "::":
+            raise
+        server, _ = start_http_server(port, "0.0.0.0", registry)
+    return server
+
+
 class RankingServer:
     def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None):
         self.config = config
@@ -132,9 +149,7 @@ class RankingServer:
         )  # fmt: skip
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._grpc.start()
-        metrics_host = c.host.strip("[]")
-        metrics_host = "::" if metrics_host == "::" else metrics_host
-        self._metrics_http, _ = start_http_server(c.metrics_port, metrics_host, self.registry)
+        self._metrics_http = _start_metrics_http(c.host.strip("[]"), c.metrics_port, self.registry)
         self.metrics_port = self._metrics_http.server_port
 
     async def _set_health(self, status) -> None:
