@@ -97,6 +97,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self.last_call = time.monotonic()
         request_id = request.request_id or uuid.uuid4().hex
         code = grpc.StatusCode.OK
+        prepared = start  # when validation and hashing were done
         self.metrics.in_flight.inc()
         try:
             if self.draining:
@@ -105,6 +106,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 raise ShuttingDown("server is warming up; retry shortly")
             raw = convert.raw_request_from_pb(request, self.runner.config, self.limits)
             encoded = encode(raw, self.runner.config, self.runner.checkpoint.rows)
+            prepared = time.perf_counter()
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             logits = await self.batcher.submit(encoded, deadline)
@@ -139,6 +141,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                             "code": code.name,
                             "candidates": len(request.candidates),
                             "history": len(request.history),
+                            "prepare_ms": round((prepared - start) * 1000, 3),
                             "latency_ms": round(elapsed * 1000, 3),
                         }
                     },
