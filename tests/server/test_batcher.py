@@ -99,6 +99,14 @@ async def wait_started(runner: FakeRunner) -> None:
     assert await asyncio.to_thread(runner.started.wait, 10), "the device thread never started"
 
 
+async def busy(runner: FakeRunner, **config) -> tuple[Batcher, asyncio.Future]:
+    """A batcher whose (gated) device is busy with a first request, of user 1."""
+    batcher = make(runner, **config)
+    first = batcher.submit(request(1, 1))
+    await wait_started(runner)
+    return batcher, first
+
+
 def test_windows_are_scattered_back_in_request_order():
     async def main():
         runner = FakeRunner()
@@ -132,9 +140,7 @@ def test_concurrent_requests_share_batches():
 def test_full_queue_is_refused_at_once():
     async def main():
         runner = FakeRunner(gated=True)
-        batcher = make(runner, max_queue=2, pipeline_depth=1, retry_after_ms=25)
-        running = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, running = await busy(runner, max_queue=2, pipeline_depth=1, retry_after_ms=25)
         queued = [batcher.submit(request(2, 1)), batcher.submit(request(3, 1))]
         with pytest.raises(QueueFull, match="retry") as refused:
             batcher.submit(request(4, 1))
@@ -150,9 +156,7 @@ def test_full_queue_is_refused_at_once():
 def test_expired_and_cancelled_requests_are_not_computed():
     async def main():
         runner = FakeRunner(gated=True)
-        batcher = make(runner, pipeline_depth=1)
-        running = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, running = await busy(runner, pipeline_depth=1)
         expired = batcher.submit(request(2, 1), deadline=time.monotonic() - 1)
         cancelled = batcher.submit(request(3, 1))
         alive = batcher.submit(request(4, 1), deadline=time.monotonic() + 60)
@@ -241,9 +245,7 @@ def test_an_idle_device_takes_a_lone_request_at_once():
 def test_a_small_window_does_not_ride_in_a_row_padded_for_a_big_one():
     async def main():
         runner = FakeRunner(BucketPlan((1, 2, 4, 8), (4,), (4, 64), 256), gated=True)
-        batcher = make(runner, max_batch_wait_ms=50)
-        first = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, first = await busy(runner, max_batch_wait_ms=50)
         big, small, small2 = (batcher.submit(request(2, 64)), batcher.submit(request(3, 1)),
                               batcher.submit(request(4, 1)))  # fmt: skip
         runner.gate.set()
@@ -258,9 +260,7 @@ def test_a_small_window_does_not_ride_in_a_row_padded_for_a_big_one():
 def test_cancelled_requests_free_their_queue_space_at_once():
     async def main():
         runner = FakeRunner(gated=True)
-        batcher = make(runner, max_queue=4, pipeline_depth=1)
-        first = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, first = await busy(runner, max_queue=4, pipeline_depth=1)
         for u in range(2, 6):
             batcher.submit(request(u, 1)).cancel()  # callers gave up while queued
         await asyncio.sleep(0)  # let the futures' done-callbacks run
@@ -280,9 +280,7 @@ def test_stop_is_not_lost_when_a_wakeup_races_it(ticks):
 
     async def main():
         runner = FakeRunner(gated=True)
-        batcher = make(runner, max_batch_wait_ms=10_000)
-        first = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, first = await busy(runner, max_batch_wait_ms=10_000)
         batcher.submit(request(2, 1)).cancel()  # the loop now waits, with a batch in flight
         await asyncio.sleep(0)
         batcher._wakeup.set()
@@ -299,9 +297,7 @@ def test_stop_is_not_lost_when_a_wakeup_races_it(ticks):
 def test_a_dead_batching_task_fails_waiters_and_refuses_work():
     async def main():
         runner = FakeRunner(gated=True)
-        batcher = make(runner, pipeline_depth=1)
-        first = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, first = await busy(runner, pipeline_depth=1)
         waiting = batcher.submit(request(2, 1))
         batcher._task.cancel()  # stands in for any way the task could end
         with pytest.raises(ShuttingDown):
@@ -318,9 +314,7 @@ def test_a_dead_batching_task_fails_waiters_and_refuses_work():
 def test_batches_are_cut_back_rather_than_padded_with_whole_rows():
     async def main():
         runner = FakeRunner(BucketPlan((1, 2, 4, 8), (4,), (4,), 64), gated=True)
-        batcher = make(runner, max_batch_wait_ms=50)
-        first = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, first = await busy(runner, max_batch_wait_ms=50)
         three_windows = batcher.submit(request(2, 12))  # would be 3 rows padded to 4
         runner.gate.set()
         np.testing.assert_allclose(await three_windows, expected(2, 12))
@@ -334,9 +328,7 @@ def test_batches_are_cut_back_rather_than_padded_with_whole_rows():
 def test_a_queue_of_only_dead_requests_leaves_the_loop_idle():
     async def main():
         runner = FakeRunner(gated=True)
-        batcher = make(runner, pipeline_depth=2)
-        first = batcher.submit(request(1, 1))
-        await wait_started(runner)
+        batcher, first = await busy(runner, pipeline_depth=2)
         dead = [batcher.submit(request(u, 1)) for u in (2, 3)]
         for f in dead:
             f.cancel()
