@@ -75,3 +75,16 @@ def test_every_padding_size_gives_the_same_logits(parity_checkpoint):
                 np.testing.assert_allclose(got, case.expected, atol=PARITY_ATOL, rtol=PARITY_RTOL)
                 worst = max(worst, float(np.abs(got - case.expected).max()))
     assert worst < PARITY_ATOL
+
+
+def test_bfloat16_forward_stays_close_to_the_reference(parity_checkpoint):
+    """The accelerator dtype, run here on CPU: parameters stay float32, activations bfloat16,
+    softmax and norms float32. bfloat16 keeps ~3 significant digits, hence the looser bound."""
+    import jax.numpy as jnp
+
+    bf16 = Ranker.from_checkpoint(parity_checkpoint, dtype=jnp.bfloat16)
+    got = np.concatenate(bf16.logits_many([c.request for c in PARITY_CASES]))
+    want = np.concatenate([c.expected for c in PARITY_CASES])
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() < 0.15
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
