@@ -93,7 +93,8 @@ def save_checkpoint(
     model_version: str,
     created_at: str | None = None,
 ) -> CheckpointInfo:
-    """Validate `params` against `config` and write them atomically to `path`."""
+    """Validate `params` against `config`, write them atomically to `path`, and read the file
+    back through `load_checkpoint` (so a checkpoint that was written is known to load)."""
     tree = params.params if isinstance(params, TrainingState) else params
     flat = {name: np.ascontiguousarray(np.asarray(v)) for name, v in flatten(tree).items()}
     validate(flat, config, where=str(path))
