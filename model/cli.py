@@ -21,6 +21,18 @@ def manifest_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".manifest.json")
 
 
+def synthetic_sample(checkpoint: Path, history_seq_len: int, candidates: int, seed: int):
+    """One synthetic request (a `Dataset` of 1) from the world the checkpoint was trained on,
+    or the default world when it has no manifest."""
+    from model.synthetic import World, WorldConfig
+
+    path = manifest_path(checkpoint)
+    config = (
+        WorldConfig(**json.loads(path.read_text())["world"]) if path.exists() else WorldConfig()
+    )
+    return World(config).sample(1, history_seq_len, candidates, seed=1000 + seed)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="exchange .npz + config JSON -> checkpoint")
     p.add_argument("--params", required=True, type=Path, help="exchange .npz (flat names)")
@@ -211,16 +223,10 @@ def cmd_demo(args) -> int:
     from model.checkpoint import default_checkpoint_path, load_checkpoint
     from model.inference import Ranker
     from model.scoring import format_ranking, parse_weights
-    from model.synthetic import World, WorldConfig
 
     checkpoint = args.checkpoint or default_checkpoint_path()
     ckpt = load_checkpoint(checkpoint)
-    path = manifest_path(checkpoint)
-    world_config = (
-        WorldConfig(**json.loads(path.read_text())["world"]) if path.exists() else WorldConfig()
-    )
-    world = World(world_config)
-    sample = world.sample(1, ckpt.config.history_seq_len, args.candidates, seed=1000 + args.seed)
+    sample = synthetic_sample(checkpoint, ckpt.config.history_seq_len, args.candidates, args.seed)
     request = sample.request(0)
     logits = Ranker(ckpt.state.params, ckpt.config).logits(request)
     probabilities = 1.0 / (1.0 + np.exp(-logits))

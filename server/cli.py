@@ -197,46 +197,32 @@ def _add_client_commands(sub) -> None:
     p.set_defaults(func=cmd_health)
 
 
-def _synthetic_request(info, seed: int, candidates: int):
-    from model.checkpoint import default_checkpoint_path
-    from model.cli import manifest_path
-    from model.synthetic import World, WorldConfig
-
-    manifest = manifest_path(default_checkpoint_path())
-    world = (
-        WorldConfig(**json.loads(manifest.read_text())["world"])
-        if manifest.exists()
-        else WorldConfig()
-    )
-    world = World(world)
-    return world.sample(1, info.history_seq_len, candidates, seed=1000 + seed).request(0)
-
-
 def cmd_rank(args) -> int:
-    import numpy as np
     from google.protobuf import json_format
 
+    from model.checkpoint import default_checkpoint_path
     from model.features import RawRequest
     from model.scoring import format_ranking, parse_weights
     from server.client import RankingClient
-    from server.convert import raw_request_to_pb, sigmoid
+    from server.convert import probabilities_from_pb, raw_request_to_pb
 
     with RankingClient(args.target, timeout=args.timeout) as client:
         info = client.model_info()
         if args.request:
             raw = RawRequest.from_dict(json.loads(args.request.read_text()))
         else:
-            raw = _synthetic_request(info, args.seed, args.candidates)
+            sample = model_cli.synthetic_sample(
+                default_checkpoint_path(), info.history_seq_len, args.candidates, args.seed
+            )
+            raw = sample.request(0)
         response = client.rank(raw_request_to_pb(raw))
     if args.json:
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
         return 0
-    logits = np.array([s.logits for s in response.scores], np.float32).reshape(
-        -1, len(info.actions)
-    )
+    probabilities = probabilities_from_pb(response, len(info.actions))
     print(f"{args.target} model {response.model_version}: {raw.num_candidates} candidates, "
           f"{raw.num_history} history events, request_id {response.request_id}")  # fmt: skip
-    print(format_ranking(raw.candidate_post_ids, raw.candidate_author_ids, sigmoid(logits),
+    print(format_ranking(raw.candidate_post_ids, raw.candidate_author_ids, probabilities,
                          actions=list(info.actions), weights=parse_weights(args.weights), top=args.top))  # fmt: skip
     return 0
 

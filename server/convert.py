@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.actions import ACTIONS, NUM_ACTIONS
+from model.actions import NUM_ACTIONS
 from model.config import PhoenixModelConfig
 from model.features import RawRequest, RequestError
 from server.errors import InvalidArgument
@@ -169,6 +169,16 @@ def rank_response_bytes(
     return record.tobytes() + _string_field(2, model_version) + _string_field(3, request_id)
 
 
-def logits_from_pb(response: pb.RankResponse) -> np.ndarray:
+def logits_from_pb(response: pb.RankResponse, num_actions: int = NUM_ACTIONS) -> np.ndarray:
     """float32 [m, A] logits of a RankResponse."""
-    return np.array([s.logits for s in response.scores], np.float32).reshape(-1, len(ACTIONS))
+    return _per_action(response, "logits", num_actions)
+
+
+def probabilities_from_pb(response: pb.RankResponse, num_actions: int = NUM_ACTIONS) -> np.ndarray:
+    """float32 [m, A] probabilities of a RankResponse (as the server computed them)."""
+    return _per_action(response, "probabilities", num_actions)
+
+
+def _per_action(response: pb.RankResponse, field: str, num_actions: int) -> np.ndarray:
+    values = [getattr(s, field) for s in response.scores]
+    return np.array(values, np.float32).reshape(-1, num_actions)
