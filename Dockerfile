@@ -14,7 +14,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY model ./model
+COPY request ./request
 COPY server ./server
+COPY training ./training
 RUN pip install . && rm -rf /src
 
 RUN useradd --system --uid 10001 --home-dir /home/phoenix --create-home phoenix \

@@ -20,7 +20,7 @@ import numpy as np
 
 from model import load_checkpoint, make_forward
 from model.checkpoint import default_checkpoint_path
-from model.features import empty_batch
+from request.layout import empty_batch
 
 
 def filled_batch(config, rows: int, candidates: int, seed: int = 0):

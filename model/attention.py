@@ -1,7 +1,7 @@
 """Grouped-query self-attention with RoPE, tanh-clamped float32 logits and candidate isolation.
 
 Glossary: B batch, T sequence (= P + C), P prefix (user + history slots), C candidate slots,
-Hq query heads, Hkv key/value heads, G = Hq / Hkv query heads per key/value head, K key size,
+H query heads, G key/value heads, Q = H / G query heads per key/value head, K key size,
 D model width.
 
 Two implementations of the same math, selected by `SequenceContext.attention`:
@@ -76,7 +76,7 @@ class MultiHeadAttention(hk.Module):
         q = Linear(self.num_q_heads * k, name="query")(x).reshape(b, t, hkv, g, k)
         key = Linear(hkv * k, name="key")(x).reshape(b, t, hkv, k)
         value = Linear(hkv * k, name="value")(x).reshape(b, t, hkv, k)
-        # RoPE needs a heads axis; query head h uses key/value head h // G.
+        # RoPE needs a heads axis; query head h uses key/value head h // Q.
         q = apply_rope(q.reshape(b, t, hkv * g, k), ctx.positions).reshape(b, t, hkv, g, k)
         key = apply_rope(key, ctx.positions)
         if ctx.attention == "dense":
@@ -88,7 +88,7 @@ class MultiHeadAttention(hk.Module):
         return Linear(d)(out.reshape(b, t, hkv * g * k))  # [B, T, D]
 
     def _attend(self, q, key, value, mask):
-        """q [B, Tq, Hkv, G, K], key/value [B, Tk, Hkv, K], mask bool [B, Tq, Tk]."""
+        """q [B, Tq, G, Q, K], key/value [B, Tk, G, K], mask bool [B, Tq, Tk]."""
         logits = jnp.einsum("bthgk,bshk->bhgts", q, key, preferred_element_type=jnp.float32)
         weights = attention_weights(logits, mask[:, None, None], self.multiplier)
         return jnp.einsum("bhgts,bshk->bthgk", weights.astype(value.dtype), value)
@@ -106,16 +106,16 @@ class MultiHeadAttention(hk.Module):
         prefix_mask = prefix_attn_mask(p, ctx.history_attention)[None] & key_ok[:, None, :p]
         prefix_out = self._attend(
             q[:, :p], key[:, :p], value[:, :p], prefix_mask
-        )  # [B, P, Hkv, G, K]
+        )  # [B, P, G, Q, K]
 
         # Candidate queries: the P prefix keys plus the candidate's own key.
         q_c, k_c, v_c = q[:, p:], key[:, p:], value[:, p:]
         to_prefix = jnp.einsum(
             "bchgk,bphk->bhgcp", q_c, key[:, :p], preferred_element_type=jnp.float32
-        )  # [B, Hkv, G, C, P]
+        )  # [B, G, Q, C, P]
         to_self = jnp.einsum("bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32)[
             ..., None
-        ]  # [B, Hkv, G, C, 1]
+        ]  # [B, G, Q, C, 1]
         mask = jnp.concatenate(
             [
                 jnp.broadcast_to(key_ok[:, None, :p], (q_c.shape[0], q_c.shape[1], p)),
@@ -125,8 +125,8 @@ class MultiHeadAttention(hk.Module):
         )  # [B, C, P + 1]
         weights = attention_weights(
             jnp.concatenate([to_prefix, to_self], axis=-1), mask[:, None, None], self.multiplier
-        ).astype(value.dtype)  # [B, Hkv, G, C, P + 1]
+        ).astype(value.dtype)  # [B, G, Q, C, P + 1]
         cand_out = jnp.einsum("bhgcp,bphk->bchgk", weights[..., :p], value[:, :p])
-        self_weight = jnp.transpose(weights[..., p], (0, 3, 1, 2))[..., None]  # [B, C, Hkv, G, 1]
-        cand_out = cand_out + self_weight * v_c[:, :, :, None, :]  # [B, C, Hkv, G, K]
-        return jnp.concatenate([prefix_out, cand_out], axis=1)  # [B, T, Hkv, G, K]
+        self_weight = jnp.transpose(weights[..., p], (0, 3, 1, 2))[..., None]  # [B, C, G, Q, 1]
+        cand_out = cand_out + self_weight * v_c[:, :, :, None, :]  # [B, C, G, Q, K]
+        return jnp.concatenate([prefix_out, cand_out], axis=1)  # [B, T, G, Q, K]

@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from model.config import ConfigError, PhoenixModelConfig
-from model.embeddings import TableRows
+from model.config import ConfigError, PhoenixModelConfig, TableRows
 from model.errors import (
     ChecksumMismatchError,
     IncompatibleConfigError,

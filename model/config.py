@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from model.actions import NUM_ACTIONS
 
@@ -173,3 +173,16 @@ def validate(config: PhoenixModelConfig) -> None:
             f"history_attention must be one of {HISTORY_ATTENTION}, "
             f"got {config.history_attention!r}"
         )
+
+
+class TableRows(NamedTuple):
+    """Row counts of the three hash tables (read from the parameters' shapes)."""
+
+    user: int
+    post: int
+    author: int
+
+    @classmethod
+    def from_params(cls, params) -> TableRows:
+        tables = params["hash_embeddings"]
+        return cls(*(int(tables[name].shape[0]) for name in cls._fields))

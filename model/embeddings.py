@@ -1,7 +1,7 @@
 """Hash-embedding tables and the three token builders (user, history, candidate).
 
 Glossary: B batch, S history slots, C candidate slots, D model width, A actions (19),
-U / I / Au hashes per user / post / author id, V product surfaces, R table rows.
+U / I / Au hashes per user / post / author id, V product surfaces, N table rows.
 
 Row 0 of every table is padding: a slot whose first post row (first user row for the user) is
 0 is masked out. The tables live under `hash_embeddings/` in the parameter tree; the reference
@@ -10,28 +10,15 @@ keeps them outside the model, which is why the token builders below take looked-
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
-
-class TableRows(NamedTuple):
-    """Row counts of the three hash tables (read from the parameters' shapes)."""
-
-    user: int
-    post: int
-    author: int
-
-    @classmethod
-    def from_params(cls, params) -> TableRows:
-        tables = params["hash_embeddings"]
-        return cls(*(int(tables[name].shape[0]) for name in cls._fields))
+from model.config import TableRows
 
 
 class HashEmbeddings(hk.Module):
-    """The user, post and author tables, float32 [R, D] each."""
+    """The user, post and author tables, float32 [N, D] each."""
 
     def __init__(self, rows: TableRows, emb_size: int, name: str = "hash_embeddings"):
         super().__init__(name=name)

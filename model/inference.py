@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.checkpoint import load_checkpoint
-from model.config import PhoenixModelConfig
-from model.embeddings import TableRows
-from model.features import Piece, RawRequest, encode, pack_rows, windows
+from model.config import PhoenixModelConfig, TableRows
 from model.ranker import make_forward
+from request.encoding import encode
+from request.layout import Piece, pack_rows, windows
+from request.raw import RawRequest
 
 
 def _next_power_of_two(n: int) -> int:

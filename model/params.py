@@ -16,16 +16,15 @@ import haiku as hk
 import jax
 import numpy as np
 
-from model.config import PhoenixModelConfig
-from model.embeddings import TableRows
+from model.config import PhoenixModelConfig, TableRows
 from model.errors import (
     MissingParameterError,
     ParameterDtypeError,
     ParameterShapeError,
     UnexpectedParameterError,
 )
-from model.features import empty_batch
 from model.ranker import make_forward
+from request.layout import empty_batch
 
 TABLE_PREFIX = "hash_embeddings/"
 

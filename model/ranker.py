@@ -1,13 +1,13 @@
 """The Phoenix ranking model: hashed ids of one user, their history and candidates -> logits.
 
-Glossary: B batch rows, S' history slots in this batch (<= history_seq_len), C' candidate
-slots, T = 1 + S' + C', D model width, A actions.
+Glossary: B batch rows, S history slots in this batch (<= history_seq_len), C candidate
+slots per row, T = 1 + S + C, D model width, A actions.
 
     user token       [B, 1, D]   proj_mat_1 . concat(user hash embeddings)
-    history tokens   [B, S', D]  proj_mat_3 . concat(post, author, action, surface embeddings)
-    candidate tokens [B, C', D]  proj_mat_2 . concat(post, author, surface embeddings)
+    history tokens   [B, S, D]  proj_mat_3 . concat(post, author, action, surface embeddings)
+    candidate tokens [B, C, D]  proj_mat_2 . concat(post, author, surface embeddings)
     transformer over [user, history, candidates] with candidate isolation
-    logits           [B, C', A]  unembeddings . rms_norm(candidate outputs)
+    logits           [B, C, A]  unembeddings . rms_norm(candidate outputs)
 
 `make_forward` wraps this in `hk.transform`; `forward.apply(params, batch)` is one pure
 function from a `RankingBatch` of table rows to float32 logits, ready for `jax.jit`.
@@ -15,17 +15,14 @@ function from a `RankingBatch` of table rows to float32 logits, ready for `jax.j
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
 from model.attention import SequenceContext
-from model.config import PhoenixModelConfig
+from model.config import PhoenixModelConfig, TableRows
 from model.embeddings import (
     HashEmbeddings,
-    TableRows,
     action_embeddings,
     candidate_tokens,
     history_tokens,
@@ -34,19 +31,7 @@ from model.embeddings import (
 from model.layers import RMSNorm
 from model.rope import sequence_positions
 from model.transformer import Transformer
-
-
-class RankingBatch(NamedTuple):
-    """Hashed, padded model inputs. Row 0 / surface 0 / no actions in padding slots."""
-
-    user_rows: jax.Array  # int32 [B, U]
-    history_post_rows: jax.Array  # int32 [B, S', I]
-    history_author_rows: jax.Array  # int32 [B, S', Au]
-    history_actions: jax.Array  # uint8 [B, S', A], multi-hot
-    history_surface: jax.Array  # int32 [B, S']
-    candidate_post_rows: jax.Array  # int32 [B, C', I]
-    candidate_author_rows: jax.Array  # int32 [B, C', Au]
-    candidate_surface: jax.Array  # int32 [B, C']
+from request.layout import RankingBatch
 
 
 def default_compute_dtype(backend: str | None = None) -> jnp.dtype:
@@ -88,13 +73,13 @@ class PhoenixModel(hk.Module):
             action_embeddings(batch.history_actions, self._param("action_projection", [a, d])),
             jnp.take(surfaces, batch.history_surface, axis=0),
             self._param("proj_mat_3", [(h.num_item_hashes + h.num_author_hashes + 2) * d, d]),
-        )  # [B, S', D]
+        )  # [B, S, D]
         candidates = candidate_tokens(
             tables.lookup("post", batch.candidate_post_rows),
             tables.lookup("author", batch.candidate_author_rows),
             jnp.take(surfaces, batch.candidate_surface, axis=0),
             self._param("proj_mat_2", [(h.num_item_hashes + h.num_author_hashes + 1) * d, d]),
-        )  # [B, C', D]
+        )  # [B, C, D]
 
         tokens = jnp.concatenate([user, history, candidates], axis=1).astype(dtype)  # [B, T, D]
         padding_mask = jnp.concatenate(
@@ -113,10 +98,10 @@ class PhoenixModel(hk.Module):
             history_attention=c.history_attention,
             attention=attention,
         )
-        out = transformer(tokens, ctx)[:, offset:]  # [B, C', D]
+        out = transformer(tokens, ctx)[:, offset:]  # [B, C, D]
         out = RMSNorm()(out)
         unembeddings = self._param("unembeddings", [d, a])
-        return jnp.dot(out.astype(jnp.float32), unembeddings)  # [B, C', A] float32
+        return jnp.dot(out.astype(jnp.float32), unembeddings)  # [B, C, A] float32
 
 
 def make_forward(
@@ -125,7 +110,7 @@ def make_forward(
     dtype: jnp.dtype | None = None,
     attention: str = "isolated",
 ) -> hk.Transformed:
-    """`hk.Transformed` whose `apply(params, batch)` returns float32 logits [B, C', A].
+    """`hk.Transformed` whose `apply(params, batch)` returns float32 logits [B, C, A].
 
     Args:
       config: the model configuration.

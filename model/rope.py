@@ -1,9 +1,9 @@
 """Rotary position embeddings (RoPE) and the ranking sequence's positions.
 
-Glossary: B batch, T sequence (= 1 user token + S' history slots + C' candidate slots),
-H heads, K key size. `history_seq_len` (S) is the model's configured history length; a batch
-may be padded to fewer history slots S' <= S, but positions are always those of the full-size
-layout, where `history_end = 1 + S`: deriving them from S' would move every token and silently
+Glossary: B batch rows, T sequence (= 1 user token + S history slots + C candidate slots),
+H heads, K key size. A batch may be padded to fewer history slots than the model's configured
+`history_seq_len`, but positions are always those of the full-size layout, where
+`history_end = 1 + history_seq_len`: deriving them from S would move every token and silently
 change every logit.
 """
 
@@ -51,18 +51,18 @@ def sequence_positions(
     history_seq_len: int,
     rope_positions: str,
 ) -> jax.Array:
-    """Positions of a `[user, S' history slots, C' candidates]` row, for any S' <= S.
+    """Positions of a `[user, S history slots, C candidates]` row, for any S <= history_seq_len.
 
     "right_anchored": as `right_anchored_rope_positions` over the full-size layout
-    (`history_end = 1 + history_seq_len`), whatever S' the batch was padded to; a candidate's
+    (`history_end = 1 + history_seq_len`), whatever S the batch was padded to; a candidate's
     position does not depend on its slot.
     "plain": the slot the token would have in the full-size layout (user 0, history slot i at
     1 + i, candidate j at `history_end + j`), as in the first open-source release.
 
     Args:
-      padding_mask: bool [B, T] with T = candidate_start_offset + C'.
-      candidate_start_offset: 1 + S', the index of the first candidate.
-      history_seq_len: S, the model's configured history length (S' <= S).
+      padding_mask: bool [B, T] with T = candidate_start_offset + C.
+      candidate_start_offset: 1 + S, the index of the first candidate.
+      history_seq_len: the model's configured history length (S <= history_seq_len).
       rope_positions: "right_anchored" or "plain".
 
     Returns:

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,9 +28,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from model.checkpoint import default_checkpoint_path, load_checkpoint
-from server.batcher import Batcher, BatcherConfig
+from server.batcher import Batcher
 from server.buckets import BucketPlan, make_plan
-from server.convert import Limits
+from server.config import ServerConfig
 from server.metrics import Metrics
 from server.rpc import ranking_pb2
 from server.runner import ModelRunner, WarmupAborted, enable_compilation_cache
@@ -44,24 +41,6 @@ log = logging.getLogger("phoenix.server")
 LAME_DUCK_QUIET_SECONDS = 0.25
 MIN_WRITE_SECONDS = 0.5  # least time answered handlers get to write their responses on stop
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "[::]"
-    port: int = 50051  # 0 picks a free port
-    metrics_port: int = 9090  # 0 picks a free port
-    checkpoint: Path | None = None  # None: the embedded default model
-    max_batch_size: int = 32  # rows per batch (a row = one request window)
-    max_batch_wait_ms: float = 2.0
-    max_queue: int = 256  # requests
-    grace_seconds: float = 10.0
-    candidate_buckets: tuple[int, ...] = (16, 64, 256, 1024)
-    history_buckets: tuple[int, ...] | None = None  # default: S/4 and S
-    max_batch_candidates: int | None = None  # default: 4 x the largest candidate bucket
-    limits: Limits = field(default_factory=Limits)
-    compute_dtype: str | None = None  # None: bfloat16 on accelerators, float32 on CPU
-    compilation_cache: str | None = None  # directory of JAX's persistent compilation cache
 
 
 def create_grpc_server(address: str, max_request_bytes: int) -> tuple[grpc.aio.Server, int]:
@@ -92,25 +71,35 @@ def _start_metrics_http(host: str, port: int, registry: CollectorRegistry):
     return server
 
 
+def _log_compiled(done: int, total: int, shape, seconds: float) -> None:
+    log.info(
+        "compiled batch shape %d/%d %s in %.2fs",
+        done,
+        total,
+        tuple(shape),
+        seconds,
+        extra={"fields": {"event": "compiled", "shape": list(shape)}},
+    )
+
+
 class RankingServer:
     def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None):
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         if config.compilation_cache:
-            enable_compilation_cache(config.compilation_cache)
+            enable_compilation_cache(str(config.compilation_cache))
         checkpoint = load_checkpoint(config.checkpoint or default_checkpoint_path())
         model_config = checkpoint.config
+        shapes = config.shapes
         self.plan: BucketPlan = make_plan(
             model_config.history_seq_len,
-            config.max_batch_size,
-            config.candidate_buckets,
-            config.history_buckets,
-            config.max_batch_candidates,
+            shapes.max_batch_size,
+            shapes.candidate_buckets,
+            shapes.history_buckets,
+            shapes.max_batch_candidates,
         )
-        self.runner = ModelRunner(
-            checkpoint, self.plan, config.compute_dtype, on_compile=self._compiled
-        )
+        self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled)
         self.port = self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
@@ -132,11 +121,7 @@ class RankingServer:
 
     async def start(self) -> None:
         c = self.config
-        self.batcher = Batcher(
-            self.runner,
-            BatcherConfig(max_batch_wait_ms=c.max_batch_wait_ms, max_queue=c.max_queue),
-            self.metrics,
-        )
+        self.batcher = Batcher(self.runner, c.batcher, self.metrics)
         self.batcher.start()
         self.service = RankingService(self.runner, self.batcher, c.limits, self.metrics)
         self._grpc, self.port = create_grpc_server(f"{c.host}:{c.port}", c.limits.max_request_bytes)
@@ -159,7 +144,7 @@ class RankingServer:
     async def warm_up(self, abort: threading.Event | None = None) -> float:
         """Compile every planned shape (off the event loop), then report SERVING."""
         loop = asyncio.get_running_loop()
-        seconds = await loop.run_in_executor(None, self.runner.warmup, abort)
+        seconds = await loop.run_in_executor(None, self.runner.warmup, abort, _log_compiled)
         # JAX, the model and the compiled executables are hundreds of thousands of long-lived
         # objects; freezing them keeps the garbage collector from rescanning them (a full
         # collection took 100-200 ms) while requests churn short-lived ones.
@@ -199,7 +184,7 @@ class RankingServer:
         return drained
 
 
-async def serve(config: ServerConfig, announce=print) -> int:
+async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     server = RankingServer(config)
     await server.start()
@@ -210,7 +195,13 @@ async def serve(config: ServerConfig, announce=print) -> int:
     log.info(
         "listening; warming up %d batch shapes",
         len(server.plan.shapes()),
-        extra={"fields": {"port": server.port, "metrics_port": server.metrics_port}},
+        extra={
+            "fields": {
+                "event": "listening",
+                "port": server.port,
+                "metrics_port": server.metrics_port,
+            }
+        },
     )
     abort_warmup = threading.Event()
     warm = loop.create_task(server.warm_up(abort_warmup))
@@ -221,15 +212,14 @@ async def serve(config: ServerConfig, announce=print) -> int:
         abort_warmup.set()
         await asyncio.wait({warm})
     if warm.exception() is None and not stop.is_set():
-        info = server.service.info
         ready = {
             "event": "serving",
             "port": server.port,
             "metrics_port": server.metrics_port,
-            "model_version": info.model_version,
+            "model_version": server.service.info.model_version,
             "warmup_seconds": round(warm.result(), 2),
         }
-        announce(json.dumps(ready), flush=True)
+        log.info("serving", extra={"fields": ready})
         await stopped
     elif warm.exception() is not None and not isinstance(warm.exception(), WarmupAborted):
         log.error("warm-up failed; not serving", exc_info=warm.exception())

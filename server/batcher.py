@@ -5,20 +5,19 @@ the batcher's own state needs no locks):
 
 1. `submit` (called by a gRPC handler with an already validated, hashed request) splits the
    request's candidates into windows (`plan.window_for`: the bucket that scores it in the fewest
-   padded tokens) and appends them, as pieces, to one FIFO deque. If `max_queue` requests are already waiting it raises `QueueFull` at once;
+   padded tokens) and appends them, as pieces, to one FIFO deque. If `max_queue` requests are
+   already waiting it raises `QueueFull` at once;
    after `close()` it raises `ShuttingDown`. It returns a future of the request's logits.
 2. One batching task waits for the first piece. If the device is idle it dispatches at once
    (a lone request never waits for company). Otherwise the request would wait for the device
    anyway, so the batch stays open, collecting arrivals, until it is full (`plan.max_rows`
    rows or `plan.max_batch_candidates` candidate slots), the device goes idle, or
    `max_batch_wait_ms` has passed since its first piece arrived, whichever comes first.
-3. It then takes pieces in FIFO order while they fit a planned shape and cost the batch at
-   most twice what they would cost alone (a 32-candidate window does not ride in a row padded
-   to 1024; it starts the next batch instead), and cuts the batch back to a full row bucket
-   when more than `MAX_PADDING_ROWS` of its rows would be padding, dropping pieces of
-   requests that were cancelled (their future is done) or whose deadline has passed (their
-   future fails with `DeadlineExceeded`, before any compute), and pads them on the host
-   (`runner.pack`).
+3. It then takes as many live pieces, in FIFO order, as the pure policy
+   `server.composition.next_batch_size` decides (they fit a planned shape, none is mostly
+   padding, no whole rows of padding), dropping pieces of requests that were cancelled (their
+   future is done) or whose deadline has passed (their future fails with `DeadlineExceeded`,
+   before any compute), and pads them on the host (`runner.pack`).
 4. The packed batch goes to a single device thread (`runner.run`), so the event loop never
    blocks on the device. At most `pipeline_depth` batches are in flight: while the device
    computes batch N, step 2-3 form and pad batch N+1 (and handlers validate and hash new
@@ -51,17 +50,15 @@ from typing import Protocol
 import numpy as np
 
 from model.config import PhoenixModelConfig
-from model.features import EncodedRequest, Piece
+from request.encoding import EncodedRequest
+from request.layout import Piece, windows
 from server.buckets import BucketPlan
+from server.composition import next_batch_size
+from server.config import BatcherConfig
 from server.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDown
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# A batch whose row bucket would be more than this fraction padding rows is cut back to the
-# largest bucket it fills: the rest runs in the next batch, which costs a device call, not
-# whole rows of padding.
-MAX_PADDING_ROWS = 0.2
 
 
 class Runner(Protocol):
@@ -73,7 +70,7 @@ class Runner(Protocol):
     def pack(self, pieces: Sequence[Piece]):  # -> PackedBatch with .shape and .pieces
         ...
 
-    def run(self, packed) -> np.ndarray:  # [R, C', A] logits
+    def run(self, packed) -> np.ndarray:  # [B, C, A] logits
         ...
 
 
@@ -103,14 +100,6 @@ class _QueuedPiece:
     request: _Request
     start: int
     stop: int
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    max_batch_wait_ms: float = 2.0  # how long a batch stays open while the device is busy
-    max_queue: int = 256  # requests waiting for a batch before RESOURCE_EXHAUSTED
-    pipeline_depth: int = 2  # batches in flight (1 computing + 1 ready)
-    retry_after_ms: int = 50  # the hint given with RESOURCE_EXHAUSTED
 
 
 class Batcher:
@@ -181,8 +170,7 @@ class Batcher:
         if self._queued_requests >= self.config.max_queue:
             raise QueueFull(self._queued_requests, self.config.retry_after_ms)
         m = encoded.num_candidates
-        window = self.runner.plan.window_for(m, encoded.num_history)
-        spans = [(s, min(s + window, m)) for s in range(0, m, window)]
+        spans = windows(m, self.runner.plan.window_for(m, encoded.num_history))
         request = _Request(
             encoded=encoded,
             deadline=deadline,
@@ -285,31 +273,13 @@ class Batcher:
             taken.append(self._pop())
 
     def _batch_size(self, now: float) -> int:
-        """How many of the live pieces at the head of the queue the next batch should take."""
-        plan = self.runner.plan
-        count = longest_history = longest_window = 0
-        for piece in self._pieces:
-            request = piece.request
-            if request.future.done() or request.expired(now):
-                continue  # dropped when popped
-            history = max(longest_history, request.encoded.num_history)
-            window = max(longest_window, piece.stop - piece.start)
-            shape = plan.shape_for(count + 1, history, window)
-            if shape is None:
-                break
-            if count:
-                before = plan.shape_for(count, longest_history, longest_window)
-                added = (count + 1) * shape.row_tokens - count * before.row_tokens
-                alone = plan.shape_for(1, request.encoded.num_history, piece.stop - piece.start)
-                if added > 2 * alone.row_tokens:
-                    break  # mostly padding here: this piece starts the next batch
-            count, longest_history, longest_window = count + 1, history, window
-        if count:
-            rows = plan.shape_for(count, longest_history, longest_window).rows
-            if rows - count > MAX_PADDING_ROWS * rows:
-                # e.g. 3 windows would run as 4 rows, one of them padding: run 2, then 1.
-                count = max(r for r in plan.row_buckets if r <= count)
-        return count
+        """How many of the live pieces at the head of the queue the next batch takes."""
+        live = (
+            (p.request.encoded.num_history, p.stop - p.start)
+            for p in self._pieces
+            if not (p.request.future.done() or p.request.expired(now))
+        )
+        return next_batch_size(live, self.runner.plan)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,12 +1,12 @@
 """Batch shapes: the fixed set of padded shapes the runner compiles during warm-up.
 
-A batch is `[R rows, S' history slots, C' candidate slots]`. Each row holds one request's user
-and history and a window of up to C' of its candidates. With right-anchored positions every
-candidate sits at `history_end` and candidates never see each other, so neither C' nor the
-split of a request into windows changes a logit, and any S' >= the request's history works
+A batch is `[B rows, S history slots, C candidate slots]`. Each row holds one request's user
+and history and a window of up to C of its candidates. With right-anchored positions every
+candidate sits at `history_end` and candidates never see each other, so neither C nor the
+split of a request into windows changes a logit, and any S >= the request's history works
 because positions are computed for the model's full `history_seq_len`. Shapes are therefore
-free to choose for speed: R, S' and C' each come from a short list of buckets, and a shape is
-compiled only if R * C' <= `max_batch_candidates` (the batcher never forms larger ones).
+free to choose for speed: B, S and C each come from a short list of buckets, and a shape is
+compiled only if B * C <= `max_batch_candidates` (the batcher never forms larger ones).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import NamedTuple
 
 
 class BatchShape(NamedTuple):
-    rows: int  # R
-    history: int  # S'
-    candidates: int  # C'
+    rows: int  # B
+    history: int  # S
+    candidates: int  # C
 
     @property
     def row_tokens(self) -> int:
-        """Sequence positions of one row: 1 (user) + S' + C'."""
+        """Sequence positions of one row: 1 (user) + S + C."""
         return 1 + self.history + self.candidates
 
 
@@ -36,10 +36,10 @@ def powers_of_two_up_to(n: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class BucketPlan:
-    row_buckets: tuple[int, ...]  # batch rows R, ascending; the last is --max-batch-size
-    history_buckets: tuple[int, ...]  # S', ascending; the last is the model's history_seq_len
-    candidate_buckets: tuple[int, ...]  # C', ascending; the last is the window size
-    max_batch_candidates: int  # upper bound on R * C'
+    row_buckets: tuple[int, ...]  # batch rows B, ascending; the last is --max-batch-size
+    history_buckets: tuple[int, ...]  # S, ascending; the last is the model's history_seq_len
+    candidate_buckets: tuple[int, ...]  # C, ascending; the last is the window size
+    max_batch_candidates: int  # upper bound on B * C
 
     def __post_init__(self) -> None:
         for name in ("row_buckets", "history_buckets", "candidate_buckets"):

@@ -9,14 +9,28 @@ from server.rpc import ranking_pb2 as pb
 from server.rpc import ranking_pb2_grpc
 
 
+def grpc_target(target: str) -> str:
+    """`host:port` for gRPC from `host:port`, `[::1]:port` or `http://host:port[/]`.
+
+    The Rust client takes the same forms, so one --target works with both.
+    """
+    text = target.strip()
+    if text.startswith("https://"):
+        raise ValueError(f"target {target!r}: this client speaks plaintext gRPC only")
+    text = text.removeprefix("http://").rstrip("/")
+    if not text or "/" in text:
+        raise ValueError(f"target {target!r} is not host:port or http://host:port")
+    return text
+
+
 class RankingClient:
     """One channel, reused for every call. Use as a context manager or call close()."""
 
     def __init__(self, target: str, timeout: float = 10.0):
-        self.target = target
+        self.target = grpc_target(target)
         self.timeout = timeout
         self.channel = grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 2**20)]
+            self.target, options=[("grpc.max_receive_message_length", 64 * 2**20)]
         )
         self.stub = ranking_pb2_grpc.RankingServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)

@@ -7,24 +7,16 @@ Validation errors are `InvalidArgument` naming the field, using the proto's fiel
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
 
 from model.actions import NUM_ACTIONS
 from model.config import PhoenixModelConfig
-from model.features import RawRequest, RequestError
+from request.raw import RawRequest, RequestError
+from request.schema import MAX_REQUEST_ID_BYTES
+from server.config import Limits
 from server.errors import InvalidArgument
 from server.rpc import ranking_pb2 as pb
-
-MAX_REQUEST_ID_BYTES = 128
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_candidates_per_request: int = 2800
-    max_history_events: int = 4096
-    max_request_bytes: int = 4 * 2**20
 
 
 def raw_request_from_pb(

@@ -1,6 +1,6 @@
 """The model runner: owns the parameters on the device and one executable per batch shape.
 
-Glossary: R batch rows, S' history slots, C' candidate slots, A actions.
+Glossary: B batch rows, S history slots, C candidate slots per row, A actions.
 
 `pack` is host work (hashing is already done; this pads pieces into a numpy batch of a bucket
 shape) and is safe to call from any thread. `run` blocks until the device has computed the
@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.checkpoint import Checkpoint
-from model.features import Piece, empty_batch, pack_rows
 from model.ranker import RankingBatch, default_compute_dtype, make_forward
+from request.layout import Piece, empty_batch, pack_rows
 from server.buckets import BatchShape, BucketPlan
 
 
@@ -84,18 +84,27 @@ class ModelRunner:
         self._executables: dict[BatchShape, Callable] = {}
         self._on_compile = on_compile
 
-    def warmup(self, abort: threading.Event | None = None) -> float:
+    def warmup(
+        self,
+        abort: threading.Event | None = None,
+        progress: Callable[[int, int, BatchShape, float], None] | None = None,
+    ) -> float:
         """Compile (and run once) every shape of the plan; returns the seconds it took.
 
         Setting `abort` (e.g. on SIGTERM) stops after the shape being compiled, raising
-        WarmupAborted, so a shutdown need not wait for the whole warm-up.
+        WarmupAborted, so a shutdown need not wait for the whole warm-up. `progress(done,
+        total, shape, seconds)` is called after each shape.
         """
         start = time.perf_counter()
-        for shape in self.plan.shapes():
+        shapes = self.plan.shapes()
+        for done, shape in enumerate(shapes, 1):
             if abort is not None and abort.is_set():
                 raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
+            began = time.perf_counter()
             out = self._executable(shape)(self.params, empty_batch(self.config, *shape))
             jax.block_until_ready(out)
+            if progress is not None:
+                progress(done, len(shapes), shape, time.perf_counter() - began)
         return time.perf_counter() - start
 
     def _executable(self, shape: BatchShape) -> Callable:
@@ -122,5 +131,5 @@ class ModelRunner:
         return PackedBatch(shape, batch, tuple(pieces))
 
     def run(self, packed: PackedBatch) -> np.ndarray:
-        """Logits float32 [R, C', A] of a packed batch; blocks until the device is done."""
+        """Logits float32 [B, C, A] of a packed batch; blocks until the device is done."""
         return np.asarray(self._executable(packed.shape)(self.params, packed.batch))

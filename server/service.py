@@ -15,9 +15,10 @@ import uuid
 import grpc
 
 from model.actions import ACTIONS
-from model.features import encode
+from request.encoding import encode
 from server import convert
 from server.batcher import Batcher
+from server.config import Limits
 from server.errors import QueueFull, ServiceError, ShuttingDown
 from server.metrics import Metrics
 from server.rpc import ranking_pb2 as pb
@@ -27,7 +28,7 @@ from server.runner import ModelRunner
 log = logging.getLogger("phoenix.requests")
 
 
-def model_info(runner: ModelRunner, limits: convert.Limits) -> pb.ModelInfo:
+def model_info(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
     c, m, h = runner.config, runner.config.model, runner.config.hash_config
     info = runner.checkpoint.info
     return pb.ModelInfo(
@@ -80,9 +81,7 @@ def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
 
 
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
-    def __init__(
-        self, runner: ModelRunner, batcher: Batcher, limits: convert.Limits, metrics: Metrics
-    ):
+    def __init__(self, runner: ModelRunner, batcher: Batcher, limits: Limits, metrics: Metrics):
         self.runner = runner
         self.batcher = batcher
         self.limits = limits

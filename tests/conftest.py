@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import PhoenixModelConfig, RawRequest, import_exchange
+from model import PhoenixModelConfig, import_exchange
+from request.raw import RawRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 # A byte-identical copy of shared/fixtures/reference-parity (tests/model/test_parity.py checks

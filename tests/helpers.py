@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model import NUM_ACTIONS, RawRequest
+from model import NUM_ACTIONS
+from request.raw import RawRequest
 
 
 def random_request(

@@ -9,16 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model import (
-    NUM_ACTIONS,
-    Piece,
-    Ranker,
-    RawRequest,
-    encode,
-    load_checkpoint,
-    make_forward,
-    pack_rows,
-)
+from model import NUM_ACTIONS, Ranker, load_checkpoint, make_forward
+from request.encoding import encode
+from request.layout import Piece, pack_rows
+from request.raw import RawRequest
 from tests.helpers import with_candidates
 
 ATOL = 1e-5

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from model import Piece, Ranker, encode, load_checkpoint, make_forward, pack_rows
-from model.features import windows
+from model import Ranker, load_checkpoint, make_forward
+from request.encoding import encode
+from request.layout import Piece, pack_rows, windows
 from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_DIR, PARITY_RTOL, ROOT
 
 SHARED = ROOT.parent / "shared" / "fixtures" / "reference-parity"
@@ -50,30 +51,34 @@ def test_dense_reference_attention_reproduces_too(parity_checkpoint):
 
 
 def test_every_padding_size_gives_the_same_logits(parity_checkpoint):
-    """History slots S' from the request's own length to S, any window and slot count."""
+    """History slots S from the request's own length to history_seq_len, any window and slot
+    count, and all-padding rows. Cases that need the same S share one batch (rows padded to
+    one fixed count), so each (S, C) shape compiles once."""
     ckpt = load_checkpoint(parity_checkpoint)
     config, rows = ckpt.config, ckpt.rows
     apply = jax.jit(make_forward(config, rows).apply)
-    worst = 0.0
-    for case in PARITY_CASES:
-        encoded = encode(case.request, config, rows)
-        n = encoded.num_history
-        for history_slots in sorted({max(n, 1), n + 1, n + 4, config.history_seq_len}):
-            if history_slots > config.history_seq_len:
-                continue
-            for window, extra_slots in ((1, 0), (3, 2), (8, 0), (64, 9)):
-                spans = windows(case.request.num_candidates, window)
-                batch = pack_rows(
-                    config,
-                    [Piece(encoded, s, e) for s, e in spans],
-                    len(spans) + 1,  # one all-padding row as well
-                    history_slots,
-                    window + extra_slots,
-                )
-                out = np.asarray(apply(ckpt.state.params, batch))
-                got = np.concatenate([out[i, : e - s] for i, (s, e) in enumerate(spans)])
-                np.testing.assert_allclose(got, case.expected, atol=PARITY_ATOL, rtol=PARITY_RTOL)
-                worst = max(worst, float(np.abs(got - case.expected).max()))
+    encoded = [encode(case.request, config, rows) for case in PARITY_CASES]
+    slots_of = [
+        sorted(s for s in {max(e.num_history, 1), e.num_history + 1, e.num_history + 4,
+                           config.history_seq_len} if s <= config.history_seq_len)
+        for e in encoded
+    ]  # fmt: skip
+    checked, worst = 0, 0.0
+    for window, extra_slots in ((1, 0), (3, 2), (8, 0), (64, 9)):
+        for history_slots in sorted(set().union(*slots_of)):
+            group = [i for i, slots in enumerate(slots_of) if history_slots in slots]
+            spans = {i: windows(PARITY_CASES[i].request.num_candidates, window) for i in group}
+            pieces = [Piece(encoded[i], s, e) for i in group for s, e in spans[i]]
+            num_rows = 1 + sum(len(windows(c.request.num_candidates, window)) for c in PARITY_CASES)
+            batch = pack_rows(config, pieces, num_rows, history_slots, window + extra_slots)
+            out = iter(np.asarray(apply(ckpt.state.params, batch)))  # rows past the pieces: padding
+            for i in group:
+                got = np.concatenate([next(out)[: e - s] for s, e in spans[i]])
+                expected = PARITY_CASES[i].expected
+                np.testing.assert_allclose(got, expected, atol=PARITY_ATOL, rtol=PARITY_RTOL)
+                worst = max(worst, float(np.abs(got - expected).max()))
+                checked += 1
+    assert checked == 4 * sum(len(slots) for slots in slots_of)
     assert worst < PARITY_ATOL
 
 

@@ -55,7 +55,7 @@ def test_newest_history_item_is_anchored(valid):
 
 @pytest.mark.parametrize("history_slots", [0, 1, 3, 6])
 def test_smaller_history_buckets_keep_full_size_positions(history_slots):
-    """sequence_positions on an S' <= S layout equals the reference on the full layout."""
+    """sequence_positions on a layout of S <= history_seq_len slots equals the reference on the full layout."""
     history_seq_len, valid, candidates = 6, min(3, history_slots), 2
     full = np.zeros((1, 1 + history_seq_len + candidates), bool)
     full[0, 0] = True

@@ -31,10 +31,12 @@ def phoenix_ranker() -> list[str]:
 
 
 class ServerProcess:
-    """`phoenix-ranker serve --port 0 --metrics-port 0 ...`, ready once it announces SERVING."""
+    """`phoenix-ranker serve --port 0 --metrics-port 0 --log-json ...`, ready once its log
+    stream (stderr, one JSON object a line) has the `serving` event."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.stderr = tempfile.NamedTemporaryFile("w+", prefix="phoenix-serve-", suffix=".log")
+        self._log_lock = threading.Lock()
         cmd = [
             *phoenix_ranker(),
             "serve",
@@ -44,19 +46,23 @@ class ServerProcess:
             "0",
             "--metrics-port",
             "0",
+            "--log-json",
             *args,
         ]
         self.proc = subprocess.Popen(
             cmd,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
         )
         lines: queue.Queue[str | None] = queue.Queue()
 
-        def pump() -> None:
-            for line in self.proc.stdout:
+        def pump() -> None:  # keeps the pipe drained for the server's whole life
+            for line in self.proc.stderr:
+                with self._log_lock:
+                    self.stderr.write(line)
+                    self.stderr.flush()
                 lines.put(line)
             lines.put(None)
 
@@ -81,8 +87,13 @@ class ServerProcess:
         self.client = RankingClient(self.target)
 
     def log(self) -> str:
-        self.stderr.flush()
-        return Path(self.stderr.name).read_text()
+        with self._log_lock:
+            self.stderr.flush()
+            return Path(self.stderr.name).read_text()
+
+    def events(self) -> list[dict]:
+        """The log stream's records so far (JSON lines)."""
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
     def metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

@@ -16,9 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from model import HashConfig, PhoenixModelConfig, TransformerConfig
-from model.features import EncodedRequest
-from server.batcher import Batcher, BatcherConfig
+from request.encoding import EncodedRequest
+from server.batcher import Batcher
 from server.buckets import BucketPlan
+from server.config import BatcherConfig
 from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
 from server.metrics import Metrics
 

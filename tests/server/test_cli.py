@@ -1,27 +1,94 @@
+"""The serve flags and PHOENIX_* variables are generated from ServerConfig: checked field by field."""
+
+import dataclasses
+import re
+import subprocess
+
 import pytest
 
 from server.cli import build_parser
+from server.config import ServerConfig
+from server.flags import config_from_args, options, options_table
+from tests.conftest import ROOT
+from tests.server.harness import phoenix_ranker
+
+OPTIONS = list(options())
 
 
-def test_every_serve_flag_has_an_environment_twin(monkeypatch):
-    monkeypatch.setenv("PHOENIX_MAX_BATCH_SIZE", "7")
-    monkeypatch.setenv("PHOENIX_CANDIDATE_BUCKETS", "8,128")
-    monkeypatch.setenv("PHOENIX_LOG_JSON", "1")
-    monkeypatch.setenv("PHOENIX_GRACE_SECONDS", "2.5")
-    args = build_parser().parse_args(["serve"])
-    assert args.max_batch_size == 7
-    assert args.candidate_buckets == (8, 128)
-    assert args.log_json is True
-    assert args.grace_seconds == 2.5
-    # A flag beats its variable.
-    assert build_parser().parse_args(["serve", "--max-batch-size", "3"]).max_batch_size == 3
+def _other_value(opt):
+    """A valid value for `opt` that differs from its default, as text and as parsed."""
+    default = opt.field.default
+    if opt.choices:
+        text = next(c for c in opt.choices if c != default)
+    elif opt.kind is bool:
+        text = "0" if default else "1"
+    elif opt.kind is tuple:
+        text = "3,5"
+    elif opt.kind in (int, float):
+        text = str((default or 1) + 7)
+    else:
+        text = "/tmp/elsewhere"
+    return text, opt.parse(text)
 
 
-def test_serve_help_documents_the_variables(capsys):
+def _leaf(config, opt):
+    for name in opt.path:
+        config = getattr(config, name)
+    return config
+
+
+def test_every_field_is_a_leaf_option_with_help():
+    names = [o.name for o in OPTIONS]
+    assert len(names) == len(set(names)), "flag names must be unique across nested configs"
+    for opt in OPTIONS:
+        assert opt.help and not opt.help.endswith("."), opt.name
+    nested = [
+        f.name
+        for f in dataclasses.fields(ServerConfig)
+        if f.name in ("limits", "shapes", "batcher")
+    ]
+    assert nested == ["limits", "shapes", "batcher"]
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=[o.name for o in OPTIONS])
+def test_every_field_has_a_flag_and_an_environment_twin(opt, monkeypatch):
+    text, value = _other_value(opt)
+    assert _leaf(config_from_args(build_parser().parse_args(["serve"])), opt) == opt.field.default
+    by_flag = config_from_args(build_parser().parse_args(["serve", opt.flag, text]))
+    assert _leaf(by_flag, opt) == value
+    monkeypatch.setenv(opt.env, text)
+    by_env = config_from_args(build_parser().parse_args(["serve"]))
+    assert _leaf(by_env, opt) == value
+    # A flag wins over its variable.
+    back = opt.render(opt.field.default)
+    if back or opt.optional:
+        again = config_from_args(build_parser().parse_args(["serve", opt.flag, back]))
+        assert _leaf(again, opt) == opt.field.default
+
+
+def test_a_bare_boolean_flag_means_true():
+    assert build_parser().parse_args(["serve", "--log-json"]).log_json is True
+
+
+def test_a_malformed_variable_is_a_one_line_error():
+    run = subprocess.run(
+        [*phoenix_ranker(), "serve"], capture_output=True, text=True, timeout=60,
+        env={"PHOENIX_MAX_BATCH_SIZE": "lots", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "PHOENIX_MAX_BATCH_SIZE" in run.stderr, run.stderr
+
+
+def test_the_readme_options_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text()
+    assert options_table() in readme, "README is stale: paste `python -m server.flags` into it"
+    for opt in OPTIONS:
+        assert re.search(rf"`{opt.flag}`", readme)
+
+
+def test_serve_help_documents_every_variable(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--max-batch-size", "--max-batch-wait-ms", "--max-queue", "--grace-seconds",
-                 "--metrics-port", "--checkpoint"):  # fmt: skip
-        assert flag in text
-        assert "PHOENIX_" + flag[2:].upper().replace("-", "_") in text
+    for opt in OPTIONS:
+        assert opt.flag in text and opt.env in text

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from model.checkpoint import load_checkpoint
+from server.config import Limits
 from server.convert import (
-    Limits,
     logits_from_pb,
     rank_response_bytes,
     raw_request_from_pb,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import shlex
 import subprocess
 
 import grpc
@@ -18,6 +19,7 @@ from model.checkpoint import default_checkpoint_path
 from server.buckets import make_plan
 from server.convert import logits_from_pb, raw_request_to_pb
 from server.rpc import ranking_pb2 as pb
+from tests.conftest import ROOT
 from tests.helpers import random_request, with_candidates
 from tests.server.harness import phoenix_ranker
 
@@ -231,3 +233,36 @@ def test_health_fails_for_a_server_that_is_not_there():
     health = subprocess.run([*phoenix_ranker(), "health", "--target", "127.0.0.1:1", "--timeout", "1"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert health.returncode == 1 and "UNAVAILABLE" in health.stderr
+
+
+def test_the_log_stream_reports_warm_up_progress_then_serving(default_server):
+    """One stream (stderr), one format (JSON lines with --log-json): n of N per shape, then
+    the serving event; stdout carries nothing."""
+    events = default_server.events()
+    compiled = [e for e in events if e.get("event") == "compiled"]
+    total = len(make_plan(64, 8, (8, 32)).shapes())
+    assert [e["msg"].split()[3] for e in compiled] == [f"{i}/{total}" for i in range(1, total + 1)]
+    serving = [e for e in events if e.get("event") == "serving"]
+    assert len(serving) == 1 and serving[0]["port"] == default_server.port
+    assert events.index(serving[0]) > events.index(compiled[-1])
+
+
+def test_cli_rank_takes_both_target_forms_and_survives_a_closed_pipe(default_server):
+    base = [*phoenix_ranker(), "rank", "--target", f"http://{default_server.target}/"]
+    ranked = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=120)
+    assert ranked.returncode == 0, ranked.stderr
+    # `rank --json | head -1`: the reader goes away after one line.
+    pipe = subprocess.Popen(f"{shlex.join(base)} --json | head -1", shell=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    out, err = pipe.communicate(timeout=120)
+    assert out == "{\n" and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_cli_rank_sends_the_example_request(default_server):
+    ranked = subprocess.run(
+        [*phoenix_ranker(), "rank", "--target", default_server.target,
+         "--request", str(ROOT / "examples" / "request.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ranked.returncode == 0, ranked.stderr
+    assert "3 candidates, 4 history events, request_id example-1" in ranked.stdout

@@ -11,9 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from model import hash_rows, load_checkpoint
 from server.app import create_grpc_server
-from server.batcher import Batcher, BatcherConfig
+from server.batcher import Batcher
 from server.buckets import make_plan
-from server.convert import Limits, logits_from_pb, raw_request_to_pb
+from server.config import BatcherConfig, Limits
+from server.convert import logits_from_pb, raw_request_to_pb
 from server.metrics import Metrics
 from server.rpc import ranking_pb2_grpc
 from server.runner import ModelRunner

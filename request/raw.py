@@ -1,32 +1,28 @@
-"""Requests in raw ids, their hashed encoding, and packing encoded requests into batches.
+"""A ranking request in raw ids: its columns, its JSON form and its validation.
 
-Glossary: n history events (<= S = history_seq_len after truncation), m candidates,
-U / I / Au hashes per user / post / author id, A actions, B batch rows, S' / C' history and
-candidate slots of a batch.
+Glossary: n history events, m candidates, A actions (19).
 
-    RawRequest    ids as uint64 columns, straight from a client (or a JSON file)
-    EncodedRequest  the same request hashed into table rows, history cut to the newest S
-    pack_rows     (encoded request, candidate range) pieces -> one padded RankingBatch
-
-Everything here is numpy on the host: it is what a server does for the next batch while the
-accelerator runs the current one.
+`RawRequest` is what a client sends, as numpy columns. Its JSON form (what
+`phoenix-ranker rank --request FILE` reads; `examples/request.json` is one) is defined by the
+JSON Schema in `request.schema`, which `from_dict` validates against before anything else.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 
 from model.actions import ACTIONS, NUM_ACTIONS, action_index
 from model.config import PhoenixModelConfig
-from model.embeddings import TableRows
-from model.hashing import hash_rows
-from model.ranker import RankingBatch
-
-UINT64_MAX = 2**64 - 1
+from request.schema import UINT64_MAX, request_schema
 
 
 class RequestError(ValueError):
@@ -61,8 +57,12 @@ class RawRequest:
         return len(self.history_post_ids)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RawRequest:
-        """From the JSON layout of the parity fixture: actions by name, ids as integers."""
+    def from_dict(cls, data: Any) -> RawRequest:
+        """From the JSON form (`request.schema`): actions by name, ids as integers.
+
+        RequestError names the first field that breaks the schema.
+        """
+        check_schema(data)
         history = data.get("history", [])
         candidates = data.get("candidates", [])
         actions = np.zeros((len(history), NUM_ACTIONS), dtype=np.uint8)
@@ -102,8 +102,21 @@ class RawRequest:
         ):
             yield int(p), int(a), int(s)
 
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> RawRequest:
+        """Read a request file; RequestError (one line) if it is missing or malformed."""
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise RequestError("request", f"cannot read {path}: {e.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RequestError("request", f"{path} is not JSON: {e}") from None
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON layout `from_dict` reads."""
+        """The JSON form `from_dict` reads."""
         return {
             "user_id": int(self.user_id),
             "history": [
@@ -151,6 +164,20 @@ class RawRequest:
                 )
 
 
+def check_schema(data: Any) -> None:
+    """Validate the JSON form against `request.schema`; RequestError naming the field."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise RequestError(where.lstrip(".") or "request", error.message)
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = request_schema()
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
 def _uint64(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT64_MAX:
         raise RequestError(field, f"must be an integer in [0, 2**64), got {value!r}")
@@ -162,105 +189,3 @@ def _ids(items: Sequence[dict[str, Any]], key: str, where: str) -> np.ndarray:
         [_uint64(item.get(key), f"{where}[{i}].{key}") for i, item in enumerate(items)],
         dtype=np.uint64,
     )
-
-
-@dataclass(frozen=True, eq=False)
-class EncodedRequest:
-    """A request hashed into table rows; history holds the newest S events, oldest first."""
-
-    user_rows: np.ndarray  # int32 [U]
-    history_post_rows: np.ndarray  # int32 [n, I]
-    history_author_rows: np.ndarray  # int32 [n, Au]
-    history_actions: np.ndarray  # uint8 [n, A]
-    history_surface: np.ndarray  # int32 [n]
-    candidate_post_rows: np.ndarray  # int32 [m, I]
-    candidate_author_rows: np.ndarray  # int32 [m, Au]
-    candidate_surface: np.ndarray  # int32 [m]
-
-    @property
-    def num_history(self) -> int:
-        return self.history_post_rows.shape[0]
-
-    @property
-    def num_candidates(self) -> int:
-        return self.candidate_post_rows.shape[0]
-
-
-def encode(raw: RawRequest, config: PhoenixModelConfig, rows: TableRows) -> EncodedRequest:
-    """Hash a (validated) request's ids and keep its newest `history_seq_len` events."""
-    h = config.hash_config
-    keep = slice(max(0, raw.num_history - config.history_seq_len), None)
-    return EncodedRequest(
-        user_rows=hash_rows(np.array([raw.user_id], np.uint64), h.num_user_hashes, rows.user)[0],
-        history_post_rows=hash_rows(raw.history_post_ids[keep], h.num_item_hashes, rows.post),
-        history_author_rows=hash_rows(
-            raw.history_author_ids[keep], h.num_author_hashes, rows.author
-        ),
-        history_actions=np.ascontiguousarray(raw.history_actions[keep], dtype=np.uint8),
-        history_surface=raw.history_surface[keep].astype(np.int32),
-        candidate_post_rows=hash_rows(raw.candidate_post_ids, h.num_item_hashes, rows.post),
-        candidate_author_rows=hash_rows(raw.candidate_author_ids, h.num_author_hashes, rows.author),
-        candidate_surface=raw.candidate_surface.astype(np.int32),
-    )
-
-
-def empty_batch(
-    config: PhoenixModelConfig, num_rows: int, history_slots: int, candidate_slots: int
-) -> RankingBatch:
-    """An all-padding numpy batch of the given shape."""
-    h = config.hash_config
-    b, s, c = num_rows, history_slots, candidate_slots
-    return RankingBatch(
-        user_rows=np.zeros((b, h.num_user_hashes), np.int32),
-        history_post_rows=np.zeros((b, s, h.num_item_hashes), np.int32),
-        history_author_rows=np.zeros((b, s, h.num_author_hashes), np.int32),
-        history_actions=np.zeros((b, s, config.num_actions), np.uint8),
-        history_surface=np.zeros((b, s), np.int32),
-        candidate_post_rows=np.zeros((b, c, h.num_item_hashes), np.int32),
-        candidate_author_rows=np.zeros((b, c, h.num_author_hashes), np.int32),
-        candidate_surface=np.zeros((b, c), np.int32),
-    )
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One batch row: a request with candidates [start, stop) of it."""
-
-    request: EncodedRequest
-    start: int
-    stop: int
-
-
-def pack_rows(
-    config: PhoenixModelConfig,
-    pieces: Sequence[Piece],
-    num_rows: int,
-    history_slots: int,
-    candidate_slots: int,
-) -> RankingBatch:
-    """Pack pieces into rows 0..len(pieces)-1 of a padded batch [num_rows, S', C']."""
-    if len(pieces) > num_rows:
-        raise ValueError(f"{len(pieces)} pieces do not fit in {num_rows} rows")
-    batch = empty_batch(config, num_rows, history_slots, candidate_slots)
-    for r, piece in enumerate(pieces):
-        req, n, m = piece.request, piece.request.num_history, piece.stop - piece.start
-        if n > history_slots or m > candidate_slots:
-            raise ValueError(
-                f"row {r} needs {n} history / {m} candidate slots, batch has "
-                f"{history_slots} / {candidate_slots}"
-            )
-        cand = slice(piece.start, piece.stop)
-        batch.user_rows[r] = req.user_rows
-        batch.history_post_rows[r, :n] = req.history_post_rows
-        batch.history_author_rows[r, :n] = req.history_author_rows
-        batch.history_actions[r, :n] = req.history_actions
-        batch.history_surface[r, :n] = req.history_surface
-        batch.candidate_post_rows[r, :m] = req.candidate_post_rows[cand]
-        batch.candidate_author_rows[r, :m] = req.candidate_author_rows[cand]
-        batch.candidate_surface[r, :m] = req.candidate_surface[cand]
-    return batch
-
-
-def windows(num_candidates: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges that cover `num_candidates` in windows of at most `size`."""
-    return [(s, min(s + size, num_candidates)) for s in range(0, num_candidates, size)]

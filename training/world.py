@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from model.actions import ACTIONS, NEGATIVE_ACTIONS, NUM_ACTIONS
-from model.config import PhoenixModelConfig
-from model.embeddings import TableRows
-from model.features import RawRequest
+from model.config import PhoenixModelConfig, TableRows
 from model.hashing import hash_rows
-from model.ranker import RankingBatch
+from request.layout import RankingBatch
+from request.raw import RawRequest
 
 # Per-action base rate (logit) and strength of the user-post affinity; rarer actions first.
 _ACTION_BIAS = {

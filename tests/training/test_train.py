@@ -16,10 +16,10 @@ from model import (
     load_checkpoint,
 )
 from model.checkpoint import default_checkpoint_path
-from model.cli import manifest_path
-from model.evaluate import evaluate, popularity_table, roc_auc
-from model.synthetic import World, WorldConfig
-from model.train import TrainConfig, datasets, train
+from training.evaluate import evaluate, popularity_table, roc_auc
+from training.manifest import manifest_path
+from training.train import TrainConfig, datasets, train
+from training.world import World, WorldConfig
 
 
 def test_roc_auc_against_hand_computed_cases():

@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from model.config import PhoenixModelConfig
-from model.embeddings import TableRows
+from model.config import PhoenixModelConfig, TableRows
 from model.ranker import make_forward
-from model.synthetic import Dataset, World
+from training.world import Dataset, World
 
 TRAIN_STREAM, EVAL_STREAM = 1, 2  # sample() seeds of the training and held-out requests
 

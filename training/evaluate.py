@@ -15,7 +15,7 @@ import numpy as np
 
 from model.actions import ACTIONS
 from model.inference import Ranker
-from model.synthetic import Dataset
+from training.world import Dataset
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -1,0 +1,95 @@
+"""The server's configuration: every setting's one definition (default, unit, help text).
+
+`ServerConfig` nests one frozen dataclass per concern. Each leaf field is declared with
+`setting(...)`, and that is the only place its default is written: the `serve` flags and their
+`PHOENIX_*` environment twins are generated from these fields (`server.flags`), and so is the
+README's options table. Library code takes these dataclasses, never flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+MiB = 2**20
+
+
+def setting(default: Any, help: str, unit: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A config field with its help text; `unit` is shown beside the default."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "unit": unit, "choices": choices}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; larger requests get INVALID_ARGUMENT naming the field."""
+
+    max_candidates_per_request: int = setting(2800, "most candidates in one request")
+    max_history_events: int = setting(4096, "most history events in one request")
+    max_request_bytes: int = setting(4 * MiB, "largest serialized request", "bytes")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeConfig:
+    """The compiled batch shapes (see `server.buckets`)."""
+
+    max_batch_size: int = setting(32, "most rows per batch (a row is one request window)")
+    candidate_buckets: tuple[int, ...] = setting(
+        (16, 64, 256, 1024),
+        "compiled candidate slots per row; requests are split into the window that costs "
+        "the fewest padded tokens",
+    )
+    history_buckets: tuple[int, ...] | None = setting(
+        None, "compiled history slots; empty: a quarter of the model's history and all of it"
+    )
+    max_batch_candidates: int | None = setting(
+        None, "most candidate slots per batch; empty: 4 x the largest candidate bucket"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatcherConfig:
+    """Queueing and batch formation (see `server.batcher`)."""
+
+    max_batch_wait_ms: float = setting(
+        2.0, "longest a request waits for company while the device is busy", "ms"
+    )
+    max_queue: int = setting(256, "queued requests before RESOURCE_EXHAUSTED")
+    pipeline_depth: int = setting(2, "batches in flight: one computing, the rest ready")
+    retry_after_ms: int = setting(
+        50, "retry hint sent with RESOURCE_EXHAUSTED (grpc-retry-pushback-ms)", "ms"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything `phoenix-ranker serve` can be told."""
+
+    host: str = setting("[::]", "interface to bind (gRPC and /metrics)")
+    port: int = setting(50051, "gRPC port; 0 picks a free one")
+    metrics_port: int = setting(9090, "Prometheus /metrics port; 0 picks a free one")
+    checkpoint: Path | None = setting(
+        None, "safetensors checkpoint to serve; empty: the embedded default model"
+    )
+    dtype: str | None = setting(
+        None,
+        "forward dtype; empty: bfloat16 on GPU/TPU, float32 on CPU",
+        choices=("float32", "bfloat16"),
+    )
+    compilation_cache: Path | None = setting(
+        None, "JAX persistent compilation cache directory: restarts skip compiling"
+    )
+    grace_seconds: float = setting(
+        10.0, "time queued and in-flight requests get after SIGTERM", "s"
+    )
+    log_level: str = setting(
+        "info",
+        "log level; debug logs one line per request",
+        choices=("debug", "info", "warning", "error"),
+    )
+    log_json: bool = setting(False, "JSON-lines logs instead of text")
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    shapes: ShapeConfig = dataclasses.field(default_factory=ShapeConfig)
+    batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)

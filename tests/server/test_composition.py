@@ -1,0 +1,73 @@
+"""The batch-composition policy as a plain function: no asyncio, no model."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.buckets import BucketPlan
+from server.composition import MAX_PADDING_ROWS, next_batch_size
+
+PLAN = BucketPlan((1, 2, 4, 8), (16, 64), (8, 32, 128), max_batch_candidates=256)
+
+
+def test_an_empty_queue_makes_no_batch():
+    assert next_batch_size([], PLAN) == 0
+
+
+def test_like_pieces_fill_the_rows():
+    assert next_batch_size([(64, 32)] * 8, PLAN) == 8
+    assert next_batch_size([(64, 32)] * 20, PLAN) == 8  # rows bucket is full
+
+
+def test_the_candidate_budget_bounds_a_batch():
+    # 128-slot windows: 256 / 128 = 2 rows at most.
+    assert next_batch_size([(64, 128)] * 5, PLAN) == 2
+
+
+def test_a_small_window_does_not_ride_in_a_row_padded_for_a_big_one():
+    # Alone, (16, 8) costs 1 + 16 + 8 = 25 tokens; beside a 128-window it would cost a
+    # whole 1 + 64 + 128 row: more than twice, so it starts the next batch.
+    assert next_batch_size([(64, 128), (16, 8)], PLAN) == 1
+    # The other way round the big piece is the one that would be mostly padding for the
+    # small one's batch, and it costs about its own size: it joins.
+    assert next_batch_size([(64, 120), (64, 128)], PLAN) == 2
+
+
+def test_whole_rows_of_padding_are_cut_back():
+    # 3 pieces would run as 4 rows, one padding (25% > 20%): run 2 now, 1 next.
+    assert next_batch_size([(64, 32)] * 3, PLAN) == 2
+    # 7 of 8 rows is 12.5% padding: kept.
+    assert next_batch_size([(64, 32)] * 7, PLAN) == 7
+
+
+def test_the_policy_stops_consuming_at_the_first_piece_that_does_not_join():
+    consumed = []
+
+    def queue():
+        for piece in [(64, 32)] * 8 + [(64, 32)] * 1000:
+            consumed.append(piece)
+            yield piece
+
+    assert next_batch_size(queue(), PLAN) == 8
+    assert len(consumed) == 9
+
+
+def test_a_plan_whose_row_buckets_do_not_start_at_one_never_raises():
+    plan = BucketPlan((2, 4), (4,), (4, 8), 64)
+    assert next_batch_size([(4, 4)], plan) == 1
+
+
+pieces = st.lists(st.tuples(st.integers(0, 64), st.integers(1, 128)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces)
+def test_every_decision_fits_a_planned_shape_with_bounded_padding(queue):
+    count = next_batch_size(queue, PLAN)
+    assert (count == 0) == (not queue)
+    if count:
+        taken = queue[:count]
+        shape = PLAN.shape_for(count, max(h for h, _ in taken), max(c for _, c in taken))
+        assert shape is not None
+        assert shape.rows - count <= MAX_PADDING_ROWS * shape.rows or count == 1
