@@ -96,7 +96,13 @@ class PhoenixModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
         top = _fields_only(cls, data, "config")
-        top["model"] = TransformerConfig(**_fields_only(TransformerConfig, top["model"], "model"))
+        model = top["model"]
+        if isinstance(model, dict) and isinstance(model.get("name"), str | None):
+            # The reference's TransformerConfig has an optional haiku module `name`; it
+            # names no parameter here (ours are always under `phoenix_model/`), so a config
+            # dumped from the reference dataclass with it still imports.
+            model = {k: v for k, v in model.items() if k != "name"}
+        top["model"] = TransformerConfig(**_fields_only(TransformerConfig, model, "model"))
         if "hash_config" in top:
             hashes = _fields_only(HashConfig, top["hash_config"], "hash_config")
             top["hash_config"] = HashConfig(**hashes)

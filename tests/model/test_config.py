@@ -81,3 +81,15 @@ def test_not_json():
         PhoenixModelConfig.from_json("{")
     with pytest.raises(ConfigError, match="object"):
         PhoenixModelConfig.from_json("[1]")
+
+
+def test_a_reference_config_with_the_module_name_field_imports():
+    data = json.loads((PARITY_DIR / "config.json").read_text())
+    for name in (None, "transformer"):
+        data["model"]["name"] = name
+        assert PhoenixModelConfig.from_dict(data) == PhoenixModelConfig.from_json(
+            (PARITY_DIR / "config.json").read_text()
+        )
+    data["model"]["name"] = 3
+    with pytest.raises(ConfigError, match="name"):
+        PhoenixModelConfig.from_dict(data)
