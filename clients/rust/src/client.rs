@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Response, Status};
 
 use crate::pb::{self, ranking_service_client::RankingServiceClient};
@@ -57,8 +57,13 @@ impl Default for ClientConfig {
 
 #[derive(Debug)]
 pub enum ClientError {
-    /// The server could not be reached within the connect timeout.
-    Connect(String),
+    /// The target is malformed, or its server could not be reached within the connect timeout.
+    Connect {
+        /// The target as given, or its normalised URI once it parsed.
+        target: String,
+        /// Why, with the whole chain of causes (e.g. "... tcp connect error: Connection refused").
+        reason: String,
+    },
     /// The call failed with this status after `attempts` attempts.
     Status { status: Status, attempts: u32 },
     /// The server answered something that breaks the contract.
@@ -78,7 +83,9 @@ impl ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Connect(why) => write!(f, "could not connect: {why}"),
+            ClientError::Connect { target, reason } => {
+                write!(f, "could not connect to {target}: {reason}")
+            }
             ClientError::Status { status, attempts } => write!(
                 f,
                 "{:?}: {} (after {attempts} attempt{})",
@@ -92,6 +99,106 @@ impl std::fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+const TARGET_FORMS: &str = "host:port, [::1]:port, http://host:port or https://host:port";
+
+/// The URI of a server target given in any of the forms the Python client and the binaries take:
+/// `host:port` and `[v6-address]:port` (which get the scheme `http://`), `http://host[:port]` and
+/// `https://host[:port]`. The result is `scheme://authority` (a trailing `/` is dropped), and
+/// normalising it again returns it unchanged.
+///
+/// ```
+/// use phoenix_client::normalize_target;
+/// assert_eq!(normalize_target("localhost:50051").unwrap(), "http://localhost:50051");
+/// assert_eq!(normalize_target("[::1]:50051").unwrap(), "http://[::1]:50051");
+/// assert_eq!(normalize_target("http://10.0.0.1:80/").unwrap(), "http://10.0.0.1:80");
+/// assert!(normalize_target("::1:50051").is_err()); // an IPv6 address needs brackets
+/// ```
+pub fn normalize_target(target: &str) -> Result<String, ClientError> {
+    let bad = |why: String| ClientError::Connect {
+        target: format!("{target:?}"),
+        reason: format!("bad target: {why} (expected {TARGET_FORMS})"),
+    };
+    let trimmed = target.trim();
+    if trimmed.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    let (scheme, rest, explicit) = match trimmed.split_once("://") {
+        Some((scheme, rest)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            if scheme != "http" && scheme != "https" {
+                return Err(bad(format!("unsupported scheme {scheme:?}")));
+            }
+            (scheme, rest, true)
+        }
+        None => ("http".to_string(), trimmed, false),
+    };
+    let authority_text = rest.split('/').next().unwrap_or("");
+    if authority_text.contains('@') {
+        return Err(bad("user information is not supported".into()));
+    }
+    if !authority_text.starts_with('[') && authority_text.matches(':').count() > 1 {
+        return Err(bad(
+            "an IPv6 address needs brackets, e.g. [::1]:50051".into()
+        ));
+    }
+    let uri: Uri = format!("{scheme}://{rest}")
+        .parse()
+        .map_err(|e| bad(format!("{e}")))?;
+    let authority = uri.authority().ok_or_else(|| bad("no host".into()))?;
+    if authority.host().is_empty() || authority.host() == "[]" {
+        return Err(bad("no host".into()));
+    }
+    if !explicit && authority.port_u16().is_none() {
+        return Err(bad("no port".into()));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("a path is not supported".into()));
+    }
+    Ok(format!("{scheme}://{authority}"))
+}
+
+/// An error and all its sources, e.g. "transport error: tcp connect error: Connection refused".
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// One HTTP/2 channel to a target in any form [`normalize_target`] takes, connected within
+/// `connect_timeout`. Errors are [`ClientError::Connect`] and name the target.
+///
+/// This crate is built without TLS, so an `https://` target is refused with that reason rather
+/// than spoken to in plaintext.
+pub async fn channel(target: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    let uri = normalize_target(target)?;
+    let fail = |reason: String| ClientError::Connect {
+        target: uri.clone(),
+        reason,
+    };
+    if uri.starts_with("https://") {
+        return Err(fail(
+            "this client is built without TLS (tonic's TLS features are off); \
+             use an http:// or host:port target"
+                .into(),
+        ));
+    }
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| fail(describe(&e)))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    tokio::time::timeout(connect_timeout, endpoint.connect())
+        .await
+        .map_err(|_| fail(format!("timed out after {connect_timeout:?}")))?
+        .map_err(|e| fail(describe(&e)))
+}
 
 /// One ranked candidate.
 #[derive(Clone, Debug)]
@@ -130,16 +237,10 @@ fn pushback(status: &Status) -> Option<Duration> {
 }
 
 impl PhoenixClient {
-    /// Connects (within `connect_timeout`) and reads the server's `ModelInfo`.
+    /// Connects (within `connect_timeout`) and reads the server's `ModelInfo`. `target` is
+    /// `host:port`, `[::1]:port`, `http://host:port` or `https://…` (see [`normalize_target`]).
     pub async fn connect(target: &str, config: ClientConfig) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(target.to_string())
-            .map_err(|e| ClientError::Connect(format!("bad target {target:?}: {e}")))?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = tokio::time::timeout(config.connect_timeout, endpoint.connect())
-            .await
-            .map_err(|_| ClientError::Connect(format!("{target}: timed out")))?
-            .map_err(|e| ClientError::Connect(format!("{target}: {e}")))?;
+        let channel = channel(target, config.connect_timeout).await?;
         let stub = RankingServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let mut client = PhoenixClient {
             stub,
@@ -188,6 +289,7 @@ impl PhoenixClient {
             history: history.to_vec(),
             candidates: candidates.to_vec(),
             request_id: String::new(),
+            ..Default::default()
         };
         let response = self.rank_request(request).await?;
         self.scored(candidates, response)
@@ -258,5 +360,95 @@ impl PhoenixClient {
             tokio::time::sleep(jittered.max(pushback(&status).unwrap_or_default())).await;
             ceiling = ceiling.mul_f64(policy.multiplier).min(policy.max_backoff);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_in_every_form_normalise_to_one_uri() {
+        let cases = [
+            ("127.0.0.1:50051", "http://127.0.0.1:50051"),
+            ("localhost:50051", "http://localhost:50051"),
+            ("  localhost:50051\n", "http://localhost:50051"),
+            ("[::1]:50051", "http://[::1]:50051"),
+            ("[2001:db8::7]:8080", "http://[2001:db8::7]:8080"),
+            ("http://127.0.0.1:50051", "http://127.0.0.1:50051"),
+            ("http://127.0.0.1:50051/", "http://127.0.0.1:50051"),
+            (
+                "HTTP://ranker.internal:50051",
+                "http://ranker.internal:50051",
+            ),
+            ("http://[::1]:50051", "http://[::1]:50051"),
+            ("http://ranker.internal", "http://ranker.internal"),
+            ("https://ranker.example.com", "https://ranker.example.com"),
+            (
+                "https://ranker.example.com:443",
+                "https://ranker.example.com:443",
+            ),
+        ];
+        for (given, expected) in cases {
+            let uri = normalize_target(given).unwrap_or_else(|e| panic!("{given:?}: {e}"));
+            assert_eq!(uri, expected, "{given:?}");
+            assert_eq!(
+                normalize_target(&uri).unwrap(),
+                uri,
+                "not idempotent: {given:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_targets_are_refused_with_a_reason_naming_them() {
+        let cases = [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("localhost", "no port"),
+            ("::1:50051", "brackets"),
+            ("grpc://localhost:50051", "unsupported scheme"),
+            ("dns:///localhost:50051", "unsupported scheme"),
+            ("http://", "bad target"),
+            ("localhost:50051/ranker", "path"),
+            ("user@localhost:50051", "user information"),
+            ("local host:50051", "bad target"),
+        ];
+        for (given, why) in cases {
+            let error = normalize_target(given).expect_err(given).to_string();
+            assert!(error.contains(why), "{given:?}: {error}");
+            assert!(error.contains(&format!("{given:?}")), "{given:?}: {error}");
+            assert!(error.contains("host:port"), "{given:?}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_target() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = format!("127.0.0.1:{port}");
+        let error = channel(&target, Duration::from_secs(5))
+            .await
+            .expect_err("nothing listens there");
+        let text = error.to_string();
+        assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+        assert!(text.contains(&format!("http://{target}")), "{text}");
+        assert!(
+            text.len() > format!("could not connect to http://{target}: transport error").len(),
+            "no cause: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_is_refused_without_tls() {
+        let error = channel("https://127.0.0.1:1", Duration::from_secs(1))
+            .await
+            .expect_err("no TLS");
+        assert!(error.to_string().contains("https://127.0.0.1:1"), "{error}");
+        assert!(error.to_string().contains("TLS"), "{error}");
     }
 }

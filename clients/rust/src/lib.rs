@@ -3,18 +3,21 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), phoenix_client::ClientError> {
 //! use phoenix_client::{ClientConfig, PhoenixClient, pb};
-//! let client = PhoenixClient::connect("http://127.0.0.1:50051", ClientConfig::default()).await?;
+//! // "host:port" as the Python client takes it; "http://host:port" works too.
+//! let client = PhoenixClient::connect("127.0.0.1:50051", ClientConfig::default()).await?;
 //! let candidates = vec![pb::Candidate { post_id: 7, author_id: 3, product_surface: 0 }];
 //! let ranked = client.rank(42, &[], &candidates).await?;
 //! println!("{:?}", ranked[0].scores.favorite_score);
 //! # Ok(()) }
 //! ```
 //!
-//! * [`client`]: connection with a timeout, per-call deadlines, jittered retries on
+//! * [`client`]: targets in the Python client's `host:port` form or as URIs
+//!   ([`normalize_target`]), connection with a timeout, per-call deadlines, jittered retries on
 //!   `UNAVAILABLE` / `RESOURCE_EXHAUSTED` only, one reused HTTP/2 channel.
 //! * [`scores`]: per-candidate [`PhoenixScores`] mapped by the action names the server reports,
 //!   and the home-mixer's weighted score.
-//! * [`synthetic`]: deterministic synthetic users and candidates for examples and load tests.
+//! * [`synthetic`]: deterministic synthetic requests for examples and load tests, the same as
+//!   Python's `request/synthetic.py` makes for the same seed.
 
 pub mod client;
 pub mod scores;
@@ -25,5 +28,8 @@ pub mod pb {
     tonic::include_proto!("phoenix.ranking.v1");
 }
 
-pub use client::{ClientConfig, ClientError, PhoenixClient, RetryPolicy, ScoredCandidate};
-pub use scores::{PhoenixScores, Weights};
+pub use client::{
+    channel, normalize_target, ClientConfig, ClientError, PhoenixClient, RetryPolicy,
+    ScoredCandidate,
+};
+pub use scores::{PhoenixScores, Weights, ACTIONS};

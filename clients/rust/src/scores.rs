@@ -1,5 +1,34 @@
 //! Per-action probabilities as named fields, and the home-mixer's weighted score.
 
+/// The 19 action names in proto order: `pb::Action` value `a` is named `ACTIONS[a - 1]`.
+///
+/// Must match `model/actions.py` `ACTIONS` (the Python side's list, which the server reports as
+/// `ModelInfo.actions`) and the `Action` enum of `proto/phoenix/ranking/v1/ranking.proto`. The
+/// unit test `actions_follow_the_proto_enum` checks the proto; the integration test
+/// `contract_against_a_live_server` checks the server's `ModelInfo.actions`; and
+/// `tests/clients/test_synthetic_parity.py` checks the names in synthetic requests against Python.
+pub const ACTIONS: [&str; 19] = [
+    "favorite",
+    "reply",
+    "repost",
+    "photo_expand",
+    "click",
+    "profile_click",
+    "video_quality_view",
+    "share",
+    "share_via_dm",
+    "share_via_copy_link",
+    "dwell",
+    "quote",
+    "quoted_click",
+    "follow_author",
+    "not_interested",
+    "block_author",
+    "mute_author",
+    "report",
+    "dwell_time",
+];
+
 /// One candidate's action probabilities, named as the home-mixer names them.
 ///
 /// Filled by action *name* from `ModelInfo.actions`, never by position, so a server whose model
@@ -174,6 +203,29 @@ mod tests {
         assert_eq!(scores.favorite_score, Some(0.5));
         assert_eq!(scores.reply_score, None);
         assert_eq!(scores.named().len(), 2);
+    }
+
+    #[test]
+    fn actions_follow_the_proto_enum() {
+        for (i, name) in ACTIONS.iter().enumerate() {
+            let action = crate::pb::Action::try_from(i as i32 + 1).unwrap();
+            assert_eq!(
+                action.as_str_name(),
+                format!("ACTION_{}", name.to_uppercase())
+            );
+        }
+        assert!(crate::pb::Action::try_from(ACTIONS.len() as i32 + 1).is_err());
+    }
+
+    #[test]
+    fn every_action_has_a_field_and_a_weight() {
+        let names: Vec<String> = ACTIONS.iter().map(|s| s.to_string()).collect();
+        let scores = PhoenixScores::from_named(&names, &[0.5; 19]);
+        let named: Vec<&str> = scores.named().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(named, ACTIONS);
+        let defaults = Weights::default();
+        let weights: Vec<&str> = defaults.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(weights, ACTIONS);
     }
 
     #[test]

@@ -2,21 +2,25 @@
 //!
 //! Environment: `PHOENIX_RANKER` (the `phoenix-ranker` command, default: from PATH) and
 //! `PHOENIX_PYTHON` (a Python with the project installed, for the cross-language check).
-//! `tests/clients/test_rust_client.py` sets both and runs `cargo test`.
+//! `tests/clients/test_rust_client.py` sets both and runs `cargo test`. The tests named
+//! `offline_*` need no server.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use phoenix_client::{pb, synthetic, ClientConfig, ClientError, PhoenixClient};
+use phoenix_client::{synthetic, ClientConfig, ClientError, PhoenixClient, ACTIONS};
 use tonic::Code;
 
 struct Server {
     child: Child,
+    /// `127.0.0.1:PORT`, the form the Python client takes (the Rust client takes it too).
     target: String,
 }
 
 impl Server {
+    /// `phoenix-ranker serve --log-json ...`, ready once its log stream (stderr, one JSON
+    /// object a line) has the `serving` event, as `tests/server/harness.py` waits for it.
     fn start() -> Server {
         let command = std::env::var("PHOENIX_RANKER").unwrap_or_else(|_| "phoenix-ranker".into());
         let mut child = Command::new(&command)
@@ -28,25 +32,30 @@ impl Server {
                 "0",
                 "--metrics-port",
                 "0",
+                "--log-json",
             ])
             .args(["--max-batch-size", "8", "--candidate-buckets", "8,32"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = Vec::new();
         let port = loop {
-            let line = lines.next().expect("server exited before serving").unwrap();
+            let Some(line) = lines.next().and_then(Result::ok) else {
+                panic!("server exited before serving:\n{}", log.join("\n"));
+            };
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                 if event["event"] == "serving" {
                     break event["port"].as_u64().unwrap();
                 }
             }
+            log.push(line);
         };
-        std::thread::spawn(move || lines.for_each(drop)); // keep draining stdout
+        std::thread::spawn(move || lines.for_each(drop)); // keep draining the log
         Server {
             child,
-            target: format!("http://127.0.0.1:{port}"),
+            target: format!("127.0.0.1:{port}"),
         }
     }
 
@@ -65,26 +74,12 @@ impl Drop for Server {
     }
 }
 
-/// The request in the JSON layout `phoenix-ranker rank --request` and RawRequest.from_dict read.
-fn request_json(request: &pb::RankRequest, actions: &[String]) -> serde_json::Value {
-    serde_json::json!({
-        "user_id": request.user_id,
-        "request_id": request.request_id,
-        "history": request.history.iter().map(|e| serde_json::json!({
-            "post_id": e.post_id,
-            "author_id": e.author_id,
-            "actions": e.actions.iter().map(|a| actions[*a as usize - 1].clone()).collect::<Vec<_>>(),
-            "product_surface": e.product_surface,
-        })).collect::<Vec<_>>(),
-        "candidates": request.candidates.iter().map(|c| serde_json::json!({
-            "post_id": c.post_id, "author_id": c.author_id, "product_surface": c.product_surface,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 const PYTHON_RANK: &str = r#"
 import json, struct, sys
-from model.features import RawRequest
+try:
+    from request.raw import RawRequest
+except ImportError:  # before RawRequest moved from model.features to the request package
+    from model.features import RawRequest
 from server.client import RankingClient
 from server.convert import raw_request_to_pb
 raw = RawRequest.from_dict(json.load(open(sys.argv[2])))
@@ -98,7 +93,6 @@ fn python_logit_bits(target: &str, request: &serde_json::Value) -> Vec<Vec<u32>>
     let python = std::env::var("PHOENIX_PYTHON").unwrap_or_else(|_| "python3".into());
     let path = std::env::temp_dir().join(format!("phoenix-rust-{}.json", std::process::id()));
     std::fs::write(&path, request.to_string()).unwrap();
-    let target = target.trim_start_matches("http://");
     let out = Command::new(python)
         .args(["-c", PYTHON_RANK, target])
         .arg(&path)
@@ -135,11 +129,15 @@ async fn contract_against_a_live_server() {
         .await
         .unwrap();
     let info = client.model_info().clone();
-    assert_eq!(info.actions.len(), 19);
-    assert_eq!(info.actions[0], "favorite");
+    assert_eq!(
+        info.actions, ACTIONS,
+        "the server's actions are not the crate's ACTIONS"
+    );
+    let surfaces = info.product_surface_vocab_size;
+    assert!(surfaces > 0);
 
     // Rust and Python clients get bit-identical logits for the same request.
-    let request = synthetic::request(11, 40, 45);
+    let request = synthetic::request(11, 40, 45, surfaces);
     let ranked = client
         .rank(request.user_id, &request.history, &request.candidates)
         .await
@@ -148,7 +146,7 @@ async fn contract_against_a_live_server() {
         .iter()
         .map(|c| c.logits.iter().map(|x| x.to_bits()).collect())
         .collect();
-    let theirs = python_logit_bits(&server.target, &request_json(&request, &info.actions));
+    let theirs = python_logit_bits(&server.target, &synthetic::request_json(&request));
     assert_eq!(ours, theirs, "Rust and Python logits differ");
     for c in &ranked {
         let fav = c.scores.favorite_score.unwrap();
@@ -180,7 +178,7 @@ async fn contract_against_a_live_server() {
 
     // Errors surface with their status and message, and are not retried.
     let mut bad = request.candidates[..3].to_vec();
-    bad[1].product_surface = 99;
+    bad[1].product_surface = surfaces + 83;
     match client.rank(request.user_id, &request.history, &bad).await {
         Err(ClientError::Status { status, attempts }) => {
             assert_eq!(status.code(), Code::InvalidArgument);
@@ -194,10 +192,11 @@ async fn contract_against_a_live_server() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 
-    // The load generator runs against the server at concurrency 8 with zero errors.
+    // The load generator runs against the server at concurrency 8 with zero errors (with the
+    // target as a URI: both forms work).
     let report = stdout_of(Command::new(env!("CARGO_BIN_EXE_loadgen")).args([
         "--target",
-        &server.target,
+        &format!("http://{}", server.target),
         "--concurrency",
         "8",
         "--duration-secs",
@@ -212,6 +211,7 @@ async fn contract_against_a_live_server() {
     let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
     assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(report["surfaces"], surfaces, "{report}");
 
     // The example binary ranks and prints the candidates sorted by weighted score.
     let text = String::from_utf8(stdout_of(Command::new(env!("CARGO_BIN_EXE_rank")).args([
@@ -228,6 +228,13 @@ async fn contract_against_a_live_server() {
         .collect();
     assert_eq!(scores.len(), 6, "{text}");
     assert!(
+        text.lines().next().unwrap().contains(&format!(
+            "{} history events, 6 candidates",
+            info.history_seq_len
+        )),
+        "--history defaults to the model's history_seq_len: {text}"
+    );
+    assert!(
         scores.windows(2).all(|w| w[0] >= w[1]),
         "not sorted: {text}"
     );
@@ -239,7 +246,7 @@ async fn a_stopped_server_is_unavailable_after_the_retries() {
     let client = PhoenixClient::connect(&server.target, ClientConfig::default())
         .await
         .unwrap();
-    let request = synthetic::request(5, 3, 2);
+    let request = synthetic::request(5, 3, 2, 16);
     client
         .rank(request.user_id, &request.history, &request.candidates)
         .await
@@ -257,4 +264,108 @@ async fn a_stopped_server_is_unavailable_after_the_retries() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn offline_every_binary_has_help() {
+    for (binary, flags) in [
+        (
+            env!("CARGO_BIN_EXE_rank"),
+            &[
+                "--target",
+                "--candidates",
+                "--history",
+                "--seed",
+                "--surfaces",
+                "--print-request",
+            ][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_loadgen"),
+            &[
+                "--target",
+                "--concurrency",
+                "--duration-secs",
+                "--history",
+                "--candidates",
+                "--warmup-secs",
+                "--timeout-ms",
+                "--connections",
+                "--seed",
+                "--surfaces",
+            ][..],
+        ),
+    ] {
+        let help = String::from_utf8(stdout_of(Command::new(binary).arg("--help"))).unwrap();
+        for flag in flags {
+            assert!(help.contains(flag), "{binary} --help lacks {flag}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn offline_print_request_is_the_synthetic_request_as_json() {
+    let printed = stdout_of(Command::new(env!("CARGO_BIN_EXE_rank")).args([
+        "--print-request",
+        "--seed",
+        "3",
+        "--history",
+        "5",
+        "--candidates",
+        "4",
+        "--surfaces",
+        "2",
+    ]));
+    let printed: serde_json::Value = serde_json::from_slice(&printed).unwrap();
+    assert_eq!(
+        printed,
+        synthetic::request_json(&synthetic::request(3, 5, 4, 2))
+    );
+    // Without a server to ask: --history 64, --surfaces 16, and the usual --seed 7 and 12 candidates.
+    let printed = stdout_of(Command::new(env!("CARGO_BIN_EXE_rank")).args([
+        "--print-request",
+        "--target",
+        "127.0.0.1:1",
+    ]));
+    let printed: serde_json::Value = serde_json::from_slice(&printed).unwrap();
+    assert_eq!(
+        printed,
+        synthetic::request_json(&synthetic::request(7, 64, 12, 16))
+    );
+}
+
+#[test]
+fn offline_a_failed_connection_names_the_target() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for binary in [env!("CARGO_BIN_EXE_rank"), env!("CARGO_BIN_EXE_loadgen")] {
+        for target in [
+            format!("127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        ] {
+            let out = Command::new(binary)
+                .args(["--target", &target])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{binary} {target}: {stderr}");
+            assert!(
+                stderr.contains(&format!("could not connect to http://127.0.0.1:{port}: ")),
+                "{binary} {target}: {stderr}"
+            );
+        }
+        let out = Command::new(binary)
+            .args(["--target", "::1:50051"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("\"::1:50051\"") && stderr.contains("brackets"),
+            "{stderr}"
+        );
+    }
 }

@@ -1,29 +1,71 @@
 //! Closed-loop load generator: N requests in flight for D seconds, results as one JSON line.
 //!
-//!     loadgen [--target http://127.0.0.1:50051] [--concurrency 8] [--duration-secs 10]
+//!     loadgen [--target 127.0.0.1:50051] [--concurrency 8] [--duration-secs 10]
 //!             [--history 64] [--candidates 32] [--warmup-secs 1] [--timeout-ms 10000]
-//!             [--connections 1] [--seed 1]
+//!             [--connections 1] [--seed 1] [--surfaces N]
 //!
 //! Every worker sends the next request as soon as the previous one answers (no retries: the
 //! server's own behaviour is measured). Requests are generated before the clock starts.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use phoenix_client::pb::ranking_service_client::RankingServiceClient;
-use phoenix_client::synthetic;
-use tonic::transport::Endpoint;
+use phoenix_client::{pb, synthetic, ClientConfig};
 
-fn flag<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("bad value for {name}: {v}"))
-        })
-        .unwrap_or(default)
+/// Closed-loop load generator for a Phoenix ranking server.
+///
+/// CONCURRENCY workers each send the next request as soon as the previous one answers, for
+/// DURATION_SECS after WARMUP_SECS of warm-up, with no retries (the server's own behaviour is
+/// measured). The requests, 256 synthetic ones, are generated before the clock starts. Prints one
+/// JSON line: requests, requests_per_s, candidates_per_s, latency_ms {p50, p90, p99, max, mean}
+/// and errors by gRPC status code.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The server: host:port, [::1]:port or http://host:port (https:// targets are refused:
+    /// this client is built without TLS)
+    #[arg(long, env = "PHOENIX_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+
+    /// Requests in flight
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+
+    /// Seconds measured, after the warm-up
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+
+    /// History events per request
+    #[arg(long, default_value_t = 64)]
+    history: usize,
+
+    /// Candidates per request
+    #[arg(long, default_value_t = 32)]
+    candidates: usize,
+
+    /// Seconds of warm-up, not measured
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+
+    /// Deadline of each request, in milliseconds
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+
+    /// HTTP/2 connections the workers share (round robin)
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+
+    /// Seed of the synthetic requests (request i has seed SEED * 1000003 + i)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Product surfaces are drawn from [0, SURFACES) [default: the model's
+    /// product_surface_vocab_size from the server's ModelInfo]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    surfaces: Option<u32>,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -35,29 +77,75 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let target: String = flag("--target", "http://127.0.0.1:50051".to_string());
-    let concurrency: usize = flag("--concurrency", 8);
-    let duration = Duration::from_secs_f64(flag("--duration-secs", 10.0));
-    let warmup = Duration::from_secs_f64(flag("--warmup-secs", 1.0));
-    let history: usize = flag("--history", 64);
-    let candidates: usize = flag("--candidates", 32);
-    let timeout = Duration::from_millis(flag("--timeout-ms", 10_000));
-    let connections: usize = flag("--connections", 1);
-    let seed: u64 = flag("--seed", 1);
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    let pool: Vec<_> = (0..256)
-        .map(|i| synthetic::request(seed * 1_000_003 + i, history, candidates))
-        .collect();
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let Args {
+        target,
+        concurrency,
+        history,
+        candidates,
+        connections,
+        seed,
+        ..
+    } = args;
+    if concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let timeout = Duration::from_millis(args.timeout_ms);
+
+    let connect_timeout = ClientConfig::default().connect_timeout;
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
-        channels.push(
-            Endpoint::from_shared(target.clone())?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        channels.push(phoenix_client::channel(&target, connect_timeout).await?);
     }
+    let surfaces = match args.surfaces {
+        Some(n) => n,
+        None => {
+            let mut request = tonic::Request::new(pb::GetModelInfoRequest {});
+            request.set_timeout(timeout);
+            let info = RankingServiceClient::new(channels[0].clone())
+                .get_model_info(request)
+                .await
+                .map_err(|s| {
+                    format!(
+                        "GetModelInfo from {target}: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    )
+                })?
+                .into_inner();
+            match info.product_surface_vocab_size {
+                0 => {
+                    return Err(
+                        "the server reports product_surface_vocab_size 0; pass --surfaces".into(),
+                    )
+                }
+                n => n,
+            }
+        }
+    };
+    let pool: Vec<_> = (0..256)
+        .map(|i| {
+            synthetic::request(
+                seed.wrapping_mul(1_000_003).wrapping_add(i),
+                history,
+                candidates,
+                surfaces,
+            )
+        })
+        .collect();
 
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -110,6 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "duration_s": seconds,
         "history": history,
         "candidates": candidates,
+        "surfaces": surfaces,
         "requests": latencies.len(),
         "requests_per_s": ok / seconds,
         "candidates_per_s": ok * candidates as f64 / seconds,
@@ -124,4 +213,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     println!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_keep_their_defaults() {
+        let args = Args::try_parse_from(["loadgen"]).unwrap();
+        assert_eq!(args.concurrency, 8);
+        assert_eq!(args.duration_secs, 10.0);
+        assert_eq!(args.history, 64);
+        assert_eq!(args.candidates, 32);
+        assert_eq!(args.warmup_secs, 1.0);
+        assert_eq!(args.timeout_ms, 10_000);
+        assert_eq!(args.connections, 1);
+        assert_eq!(args.seed, 1);
+        assert_eq!(args.surfaces, None);
+    }
 }

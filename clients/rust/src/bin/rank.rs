@@ -1,35 +1,102 @@
-//! Ranks a synthetic user's candidates against a running server and prints them sorted.
+//! Ranks a synthetic user's candidates against a running server and prints them sorted, or
+//! (`--print-request`) prints the synthetic request as JSON without contacting a server.
 //!
-//!     rank [--target http://127.0.0.1:50051] [--candidates 12] [--history 30] [--seed 7]
+//!     rank [--target 127.0.0.1:50051] [--candidates 12] [--history N] [--seed 7] [--surfaces N]
+//!     rank --print-request [--history 64] [--candidates 12] [--seed 7] [--surfaces 16]
 
+use std::process::ExitCode;
+
+use clap::Parser;
 use phoenix_client::{synthetic, ClientConfig, PhoenixClient};
 
-fn flag(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+/// History events of `--print-request` when `--history` is not given (no server to ask).
+const OFFLINE_HISTORY: usize = 64;
+/// Product surfaces of `--print-request` when `--surfaces` is not given (no server to ask).
+const OFFLINE_SURFACES: u32 = 16;
+
+/// Rank a synthetic user's candidates with a Phoenix ranking server and print them sorted by the
+/// home-mixer's weighted score.
+///
+/// The request is the synthetic request of `--seed` (the same one Python's
+/// `request.synthetic.synthetic_request_dict` makes). With `--print-request`, print that request
+/// as one JSON object instead and exit without contacting a server.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The server: host:port, [::1]:port or http://host:port (https:// targets are refused:
+    /// this client is built without TLS)
+    #[arg(long, env = "PHOENIX_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+
+    /// Candidates to rank
+    #[arg(long, default_value_t = 12)]
+    candidates: usize,
+
+    /// History events [default: the model's history_seq_len from the server's ModelInfo;
+    /// 64 with --print-request]
+    #[arg(long)]
+    history: Option<usize>,
+
+    /// Which synthetic user, history and candidates
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+
+    /// Product surfaces are drawn from [0, SURFACES) [default: the model's
+    /// product_surface_vocab_size from the server's ModelInfo; 16 with --print-request]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    surfaces: Option<u32>,
+
+    /// Print the synthetic request as one JSON object (ids as integers, actions by name) and
+    /// exit without contacting a server; --history then defaults to 64 and --surfaces to 16
+    #[arg(long)]
+    print_request: bool,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let target = flag("--target", "http://127.0.0.1:50051");
-    let candidates: usize = flag("--candidates", "12").parse()?;
-    let history: usize = flag("--history", "30").parse()?;
-    let seed: u64 = flag("--seed", "7").parse()?;
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_request {
+        let request = synthetic::request(
+            args.seed,
+            args.history.unwrap_or(OFFLINE_HISTORY),
+            args.candidates,
+            args.surfaces.unwrap_or(OFFLINE_SURFACES),
+        );
+        println!("{}", synthetic::request_json(&request));
+        return ExitCode::SUCCESS;
+    }
+    match rank(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rank: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    let client = PhoenixClient::connect(&target, ClientConfig::default()).await?;
+async fn rank(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let client = PhoenixClient::connect(&args.target, ClientConfig::default()).await?;
     let info = client.model_info();
-    let request = synthetic::request(seed, history, candidates);
+    let history = args.history.unwrap_or(info.history_seq_len as usize);
+    let surfaces = match args.surfaces.unwrap_or(info.product_surface_vocab_size) {
+        0 => return Err("the server reports product_surface_vocab_size 0; pass --surfaces".into()),
+        n => n,
+    };
+    let request = synthetic::request(args.seed, history, args.candidates, surfaces);
     let mut ranked = client
         .rank(request.user_id, &request.history, &request.candidates)
         .await?;
     ranked.sort_by(|a, b| b.weighted_score.total_cmp(&a.weighted_score));
 
     println!(
-        "{target}: model {} ({} layers, emb {}), user {}, {} history events, {} candidates",
-        info.model_version, info.num_layers, info.emb_size, request.user_id, history, candidates
+        "{}: model {} ({} layers, emb {}), user {}, {} history events, {} candidates",
+        args.target,
+        info.model_version,
+        info.num_layers,
+        info.emb_size,
+        request.user_id,
+        history,
+        args.candidates
     );
     println!(
         "{:>4}  {:>20}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
@@ -52,4 +119,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_keep_their_defaults() {
+        let args = Args::try_parse_from(["rank"]).unwrap();
+        assert_eq!((args.candidates, args.seed), (12, 7));
+        assert_eq!((args.history, args.surfaces), (None, None));
+        assert!(!args.print_request);
+        assert!(Args::try_parse_from(["rank", "--surfaces", "0"]).is_err());
+    }
 }
