@@ -170,6 +170,11 @@ class RankingServer:
         deadline = time.monotonic() + grace
         await self._health.enter_graceful_shutdown()
         self.service.draining = True
+        try:  # calls that arrived before SIGTERM and are still being decoded join the queue
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.service.preparing_done()
+        except TimeoutError:
+            pass
         self.batcher.close()
         drained = await self.batcher.drain(grace)
         if not drained:
@@ -186,6 +191,10 @@ class RankingServer:
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
+    import os
+    import sys
+
+    sys.setswitchinterval(float(os.environ.get("SWITCH_S", "0.005")))
     server = RankingServer(config)
     await server.start()
     loop = asyncio.get_running_loop()

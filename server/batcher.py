@@ -5,9 +5,11 @@ the batcher's own state needs no locks):
 
 1. `submit` (called by a gRPC handler with an already validated, hashed request) splits the
    request's candidates into windows (`plan.window_for`: the bucket that scores it in the fewest
-   padded tokens) and appends them, as pieces, to one FIFO deque. If `max_queue` requests are
-   already waiting it raises `QueueFull` at once;
-   after `close()` it raises `ShuttingDown`. It returns a future of the request's logits.
+   padded tokens), prices them in padded tokens and asks the admission policy
+   (`server.admission.decide`) whether the queue can take that much more work before the
+   request's deadline. Refused, it raises at once (`QueueFull` with a retry hint computed from
+   the queue, or `DeadlineExceeded`); after `close()` it raises `ShuttingDown`. Admitted, its
+   pieces join one FIFO deque and it returns a future of the request's logits.
 2. One batching task waits for the first piece. If the device is idle it dispatches at once
    (a lone request never waits for company). Otherwise the request would wait for the device
    anyway, so the batch stays open, collecting arrivals, until it is full (`plan.max_rows`
@@ -23,7 +25,7 @@ the batcher's own state needs no locks):
    computes batch N, step 2-3 form and pad batch N+1 (and handlers validate and hash new
    requests), so host work overlaps device work. The slot is taken before a batch is formed,
    so under load the next batch is formed only when it can run soon, and it is full.
-5. When a batch's logits come back (on the loop), each row's logits are copied into its
+5. When a batch's scores come back (on the loop), each row's scores are copied into its
    request's result buffer; a request's future resolves when its last piece lands. A failed
    batch fails exactly the requests in it; the loop carries on.
 6. `close()` stops accepting; `drain(timeout)` waits until every accepted request has been
@@ -52,6 +54,7 @@ import numpy as np
 from model.config import PhoenixModelConfig
 from request.encoding import EncodedRequest
 from request.layout import Piece, windows
+from server.admission import DeviceRate, decide
 from server.buckets import BucketPlan
 from server.composition import next_batch_size
 from server.config import BatcherConfig
@@ -66,11 +69,13 @@ class Runner(Protocol):
 
     config: PhoenixModelConfig
     plan: BucketPlan
+    seconds_per_token: float  # device seconds per padded token, as measured at warm-up
+    score_width: int  # W: scores per candidate that `run` returns
 
     def pack(self, pieces: Sequence[Piece]):  # -> PackedBatch with .shape and .pieces
         ...
 
-    def run(self, packed) -> np.ndarray:  # [B, C, A] logits
+    def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
         ...
 
 
@@ -83,11 +88,12 @@ class _Request:
     encoded: EncodedRequest
     deadline: float | None  # time.monotonic() seconds, or None
     future: asyncio.Future
-    logits: np.ndarray  # float32 [m, A], filled piece by piece
+    scores: np.ndarray | None  # float32 [m, W], filled piece by piece (allocated at the first)
     pieces_left: int  # pieces whose logits have not landed
     enqueued_at: float
     queued_pieces: int  # pieces still in the deque
     queued_candidates: int  # their candidates
+    queued_tokens: int  # their padded tokens (1 + S + C per piece, of its own bucket)
     counted: bool = True  # still counted in the queue totals
     started: bool = False
 
@@ -100,6 +106,7 @@ class _QueuedPiece:
     request: _Request
     start: int
     stop: int
+    tokens: int  # padded tokens of this piece alone: 1 + history bucket + candidate bucket
 
 
 class Batcher:
@@ -112,6 +119,10 @@ class Batcher:
         self._queued_requests = 0
         self._queued_pieces = 0
         self._queued_candidates = 0
+        self._queued_tokens = 0
+        self._in_flight_tokens = 0  # padded tokens of the batches on the device
+        self._peak_work = 0.0
+        self.rate = DeviceRate(runner.seconds_per_token)
         self._wakeup = asyncio.Event()  # a piece arrived or a batch finished
         self._in_flight = 0  # batches handed to the device thread and not finished
         self._slots = asyncio.Semaphore(config.pipeline_depth)
@@ -161,34 +172,63 @@ class Batcher:
 
     # -- submission ----------------------------------------------------------------------
 
-    def submit(self, encoded: EncodedRequest, deadline: float | None = None) -> asyncio.Future:
-        """Queue a request; the future resolves to float32 logits [m, A] in request order."""
+    def precheck(self, deadline: float | None = None) -> None:
+        """Refuse at once, before any host work, a request that no queue state would admit
+        now: its deadline has passed, the work ahead of it outlasts its deadline, or the queue
+        is already at its bound. Raises like `submit`."""
+        self._admit(0, deadline, time.monotonic())
+
+    def _admit(self, tokens: int, deadline: float | None, now: float) -> None:
         if self._broken is not None:
             raise ShuttingDown(f"batcher stopped after an internal error: {self._broken!r}")
         if not self._accepting:
             raise ShuttingDown("server is shutting down; retry on another replica")
-        if self._queued_requests >= self.config.max_queue:
-            raise QueueFull(self._queued_requests, self.config.retry_after_ms)
-        m = encoded.num_candidates
-        spans = windows(m, self.runner.plan.window_for(m, encoded.num_history))
+        refusal = decide(
+            own_s=self.rate.seconds(tokens),
+            queued_s=self.rate.seconds(self._queued_tokens),
+            in_flight_s=self.rate.seconds(self._in_flight_tokens),
+            queued_requests=self._queued_requests,
+            remaining_s=None if deadline is None else deadline - now,
+            max_queue_s=self.config.max_queue_ms / 1000,
+            max_queue=self.config.max_queue,
+        )
+        if refusal is not None:
+            self.metrics.refused.labels(refusal.reason).inc()
+            if refusal.retry_after_ms is None:
+                raise DeadlineExceeded(refusal.message)
+            raise QueueFull(refusal.message, refusal.retry_after_ms)
+
+    def submit(self, encoded: EncodedRequest, deadline: float | None = None) -> asyncio.Future:
+        """Queue a request; the future resolves to its float32 scores [m, W] in request order
+        (W = `runner.score_width`)."""
+        plan, now = self.runner.plan, time.monotonic()
+        m, n = encoded.num_candidates, encoded.num_history
+        spans = windows(m, plan.window_for(m, n))
+        tokens = [plan.shape_for(1, n, stop - start).row_tokens for start, stop in spans]
+        self._admit(sum(tokens), deadline, now)
         request = _Request(
             encoded=encoded,
             deadline=deadline,
             future=asyncio.get_running_loop().create_future(),
-            logits=np.empty((m, self.runner.config.num_actions), np.float32),
+            scores=None,
             pieces_left=len(spans),
-            enqueued_at=time.monotonic(),
+            enqueued_at=now,
             queued_pieces=len(spans),
             queued_candidates=m,
+            queued_tokens=sum(tokens),
         )
         if not spans:
-            request.future.set_result(request.logits)
+            request.future.set_result(np.zeros((0, self.runner.score_width), np.float32))
             return request.future
-        self._pieces.extend(_QueuedPiece(request, start, stop) for start, stop in spans)
+        self._pieces.extend(
+            _QueuedPiece(request, start, stop, t)
+            for (start, stop), t in zip(spans, tokens, strict=True)
+        )
         self._queued_requests += 1
         self._queued_pieces += len(spans)
         self._queued_candidates += m
-        self.metrics.queue_depth.set(self._queued_requests)
+        self._queued_tokens += request.queued_tokens
+        self._observe_queue()
         self._outstanding += 1
         self._idle.clear()
         request.future.add_done_callback(lambda _, r=request: self._resolved(r))
@@ -202,7 +242,16 @@ class Batcher:
             self._queued_requests -= 1
             self._queued_pieces -= request.queued_pieces
             self._queued_candidates -= request.queued_candidates
-            self.metrics.queue_depth.set(self._queued_requests)
+            self._queued_tokens -= request.queued_tokens
+            self._observe_queue()
+
+    def _observe_queue(self) -> None:
+        work = self.rate.seconds(self._queued_tokens)
+        self.metrics.queue_depth.set(self._queued_requests)
+        self.metrics.queue_work.set(work)
+        if work > self._peak_work:
+            self._peak_work = work
+            self.metrics.queue_work_peak.set(work)
 
     def _resolved(self, request: _Request) -> None:
         self._uncount(request)  # cancelled or failed while queued: free its queue space now
@@ -243,9 +292,11 @@ class Batcher:
         request, size = piece.request, piece.stop - piece.start
         request.queued_pieces -= 1
         request.queued_candidates -= size
+        request.queued_tokens -= piece.tokens
         if request.counted:
             self._queued_pieces -= 1
             self._queued_candidates -= size
+            self._queued_tokens -= piece.tokens
             if request.queued_pieces == 0:
                 self._uncount(request)
         return piece
@@ -295,11 +346,12 @@ class Batcher:
                         [Piece(p.request.encoded, p.start, p.stop) for p in taken]
                     )
                     self._observe_dispatch(taken, packed)
-                    started = time.perf_counter()
-                    result = loop.run_in_executor(self._device, self.runner.run, packed)
+                    result = loop.run_in_executor(self._device, self._run_timed, packed)
                     self._in_flight += 1
+                    tokens = packed.shape.rows * packed.shape.row_tokens
+                    self._in_flight_tokens += tokens
                     dispatched = True
-                    result.add_done_callback(lambda f, t=taken, s=started: self._complete(f, t, s))
+                    result.add_done_callback(lambda f, t=taken, k=tokens: self._complete(f, t, k))
             except asyncio.CancelledError:
                 self._fail(taken, ShuttingDown("server stopped before this request ran"))
                 raise
@@ -348,23 +400,35 @@ class Batcher:
         self.metrics.batch_rows.observe(len(taken))
         self.metrics.batch_padding_ratio.observe(1.0 - real / (shape.rows * shape.candidates))
 
-    def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], started: float) -> None:
+    def _run_timed(self, packed) -> tuple[np.ndarray, float]:
+        """On the device thread: the batch's scores and its own device seconds (excluding
+        the time it waited for the batch before it)."""
+        started = time.perf_counter()
+        scores = self.runner.run(packed)
+        return scores, time.perf_counter() - started
+
+    def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], tokens: int) -> None:
         self._slots.release()
         self._in_flight -= 1
+        self._in_flight_tokens -= tokens
         self._batches += 1
         self._wakeup.set()
         try:
-            logits = result.result()
-            self.metrics.inference.observe(time.perf_counter() - started)
+            scores, seconds = result.result()
+            self.metrics.inference.observe(seconds)
+            self.rate.observe(tokens, seconds)
             for row, p in enumerate(taken):
                 request = p.request
                 if request.future.done():
                     continue
-                request.logits[p.start : p.stop] = logits[row, : p.stop - p.start]
+                if request.scores is None:
+                    m = request.encoded.num_candidates
+                    request.scores = np.empty((m, self.runner.score_width), np.float32)
+                request.scores[p.start : p.stop] = scores[row, : p.stop - p.start]
                 request.pieces_left -= 1
                 if request.pieces_left == 0:
-                    self.metrics.candidates_scored.inc(len(request.logits))
-                    request.future.set_result(request.logits)
+                    self.metrics.candidates_scored.inc(len(request.scores))
+                    request.future.set_result(request.scores)
         except (Exception, asyncio.CancelledError) as e:
             log.exception("batch of %d rows failed", len(taken))
             self._fail(taken, e)

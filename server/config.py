@@ -28,6 +28,9 @@ class Limits:
 
     max_candidates_per_request: int = setting(2800, "most candidates in one request")
     max_history_events: int = setting(4096, "most history events in one request")
+    max_history_actions: int = setting(
+        4096 * 19, "most action entries over all history events of one request"
+    )
     max_request_bytes: int = setting(4 * MiB, "largest serialized request", "bytes")
 
 
@@ -56,11 +59,14 @@ class BatcherConfig:
     max_batch_wait_ms: float = setting(
         2.0, "longest a request waits for company while the device is busy", "ms"
     )
-    max_queue: int = setting(256, "queued requests before RESOURCE_EXHAUSTED")
-    pipeline_depth: int = setting(2, "batches in flight: one computing, the rest ready")
-    retry_after_ms: int = setting(
-        50, "retry hint sent with RESOURCE_EXHAUSTED (grpc-retry-pushback-ms)", "ms"
+    max_queue_ms: float = setting(
+        250.0,
+        "most estimated device time of queued work; more is refused with RESOURCE_EXHAUSTED "
+        "and a retry hint computed from the queue",
+        "ms",
     )
+    max_queue: int = setting(1024, "most queued requests, whatever their work")
+    pipeline_depth: int = setting(2, "batches in flight: one computing, the rest ready")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 InvalidArgument   INVALID_ARGUMENT    bad input; the message names the field
 QueueFull         RESOURCE_EXHAUSTED  overload; retry after `retry_after_ms`
 ShuttingDown      UNAVAILABLE         draining or warming up; retry elsewhere/later
-DeadlineExceeded  DEADLINE_EXCEEDED   the client deadline passed before compute
+DeadlineExceeded  DEADLINE_EXCEEDED   the deadline passed, or cannot be met, before compute
 anything else     INTERNAL            logged with the request id
 """
 
@@ -27,11 +27,8 @@ class InvalidArgument(ServiceError):
 class QueueFull(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, depth: int, retry_after_ms: int):
-        super().__init__(
-            f"server overloaded: {depth} requests already queued; you may retry after "
-            f"~{retry_after_ms} ms with backoff"
-        )
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
         self.retry_after_ms = retry_after_ms
 
 

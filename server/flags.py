@@ -3,7 +3,8 @@
 Each leaf field `name` of the config tree becomes the flag `--name-with-dashes` and the
 variable `PHOENIX_NAME`; a flag given on the command line wins over its variable, which wins
 over the field's default. `options_table()` renders the same facts as the README's table
-(`python -m server.flags` prints it; a test keeps the README in step).
+(`python -m server.flags` prints it, `--update-readme` rewrites the README's copy; a test
+keeps the README in step).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -158,5 +160,21 @@ def options_table() -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: Path) -> bool:
+    """Replace the options table in a README with the generated one; True if it changed."""
+    text = path.read_text()
+    header = options_table().splitlines()[0]
+    start = text.index(header)
+    end = text.find("\n\n", start)
+    end = len(text) if end < 0 else end
+    new = text[:start] + options_table() + text[end:]
+    path.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":
-    print(options_table())
+    if "--update-readme" in sys.argv:
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        print(f"{readme}: {'updated' if update_readme(readme) else 'already current'}")
+    else:
+        print(options_table())

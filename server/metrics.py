@@ -42,6 +42,22 @@ class Metrics:
         self.queue_depth = Gauge(
             "phoenix_queue_depth", "Requests accepted and waiting for a batch.", registry=registry
         )
+        self.queue_work = Gauge(
+            "phoenix_queue_work_seconds",
+            "Estimated device time of the queued requests (what admission bounds).",
+            registry=registry,
+        )
+        self.queue_work_peak = Gauge(
+            "phoenix_queue_work_peak_seconds",
+            "Highest estimated device time of queued requests since start.",
+            registry=registry,
+        )
+        self.refused = Counter(
+            "phoenix_admission_refusals",
+            "Requests refused at admission, before any compute, by reason "
+            "(queue_full: RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED).",
+            ["reason"], registry=registry,
+        )  # fmt: skip
         self.batch_size = Histogram(
             "phoenix_batch_size", "Distinct requests per executed batch.",
             buckets=BATCH_SIZE_BUCKETS, registry=registry,

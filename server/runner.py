@@ -80,9 +80,18 @@ class ModelRunner:
         self.backend = jax.default_backend()
         self.params = jax.device_put(checkpoint.state.params)
         self.num_parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
-        self._forward = jax.jit(make_forward(config, checkpoint.rows, self.dtype).apply)
+        forward = make_forward(config, checkpoint.rows, self.dtype).apply
+
+        def scores(params, batch):  # [B, C, 2A]: logits, then sigmoid(logits), float32
+            logits = forward(params, batch)
+            return jnp.concatenate([logits, jax.nn.sigmoid(logits)], axis=-1)
+
+        self._forward = jax.jit(scores)
         self._executables: dict[BatchShape, Callable] = {}
         self._on_compile = on_compile
+        # Device seconds per padded token; measured by warmup() on the largest shape.
+        self.seconds_per_token = 1e-6
+        self.score_width = 2 * config.num_actions  # logits, then probabilities
 
     def warmup(
         self,
@@ -105,6 +114,13 @@ class ModelRunner:
             jax.block_until_ready(out)
             if progress is not None:
                 progress(done, len(shapes), shape, time.perf_counter() - began)
+        if shapes:
+            largest = max(shapes, key=lambda s: s.rows * s.row_tokens)
+            batch = empty_batch(self.config, *largest)
+            began = time.perf_counter()
+            jax.block_until_ready(self._executable(largest)(self.params, batch))
+            seconds = time.perf_counter() - began
+            self.seconds_per_token = seconds / (largest.rows * largest.row_tokens)
         return time.perf_counter() - start
 
     def _executable(self, shape: BatchShape) -> Callable:
@@ -131,5 +147,7 @@ class ModelRunner:
         return PackedBatch(shape, batch, tuple(pieces))
 
     def run(self, packed: PackedBatch) -> np.ndarray:
-        """Logits float32 [B, C, A] of a packed batch; blocks until the device is done."""
+        """Scores float32 [B, C, 2A] of a packed batch: the A logits of each candidate, then
+        their sigmoids (computed on the device, so the host only copies bytes). Blocks until
+        the device is done."""
         return np.asarray(self._executable(packed.shape)(self.params, packed.batch))

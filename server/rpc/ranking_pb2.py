@@ -24,29 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18server/rpc/ranking.proto\x12\x12phoenix.ranking.v1\"x\n\x0cHistoryEvent\x12\x0f\n\x07post_id\x18\x01 \x01(\x06\x12\x11\n\tauthor_id\x18\x02 \x01(\x06\x12+\n\x07\x61\x63tions\x18\x03 \x03(\x0e\x32\x1a.phoenix.ranking.v1.Action\x12\x17\n\x0fproduct_surface\x18\x04 \x01(\r\"H\n\tCandidate\x12\x0f\n\x07post_id\x18\x01 \x01(\x06\x12\x11\n\tauthor_id\x18\x02 \x01(\x06\x12\x17\n\x0fproduct_surface\x18\x03 \x01(\r\"\x98\x01\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x06\x12\x31\n\x07history\x18\x02 \x03(\x0b\x32 .phoenix.ranking.v1.HistoryEvent\x12\x31\n\ncandidates\x18\x03 \x03(\x0b\x32\x1d.phoenix.ranking.v1.Candidate\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n\x0f\x43\x61ndidateScores\x12\x0f\n\x07post_id\x18\x01 \x01(\x06\x12\x0e\n\x06logits\x18\x02 \x03(\x02\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\"n\n\x0cRankResponse\x12\x33\n\x06scores\x18\x01 \x03(\x0b\x32#.phoenix.ranking.v1.CandidateScores\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xae\x05\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12\x17\n\x0fhistory_seq_len\x18\x03 \x01(\r\x12\x19\n\x11\x63\x61ndidate_seq_len\x18\x04 \x01(\r\x12\"\n\x1amax_candidates_per_request\x18\x05 \x01(\r\x12\x19\n\x11\x63heckpoint_sha256\x18\x06 \x01(\t\x12\x10\n\x08\x65mb_size\x18\x07 \x01(\r\x12\x12\n\nnum_layers\x18\x08 \x01(\r\x12\x13\n\x0bnum_q_heads\x18\t \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\n \x01(\r\x12\x10\n\x08key_size\x18\x0b \x01(\r\x12\x17\n\x0fwidening_factor\x18\x0c \x01(\x02\x12\x1e\n\x16\x61ttn_output_multiplier\x18\r \x01(\x02\x12\"\n\x1aproduct_surface_vocab_size\x18\x0e \x01(\r\x12\x17\n\x0fnum_user_hashes\x18\x0f \x01(\r\x12\x17\n\x0fnum_item_hashes\x18\x10 \x01(\r\x12\x19\n\x11num_author_hashes\x18\x11 \x01(\r\x12\x16\n\x0erope_positions\x18\x12 \x01(\t\x12\x19\n\x11history_attention\x18\x13 \x01(\t\x12\x17\n\x0fuser_table_rows\x18\x14 \x01(\x04\x12\x17\n\x0fpost_table_rows\x18\x15 \x01(\x04\x12\x19\n\x11\x61uthor_table_rows\x18\x16 \x01(\x04\x12\x16\n\x0enum_parameters\x18\x17 \x01(\x04\x12\x15\n\rcompute_dtype\x18\x18 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x19 \x01(\t\x12\x1d\n\x15\x63heckpoint_created_at\x18\x1a \x01(\t\x12\x1a\n\x12max_history_events\x18\x1b \x01(\r*\xd6\x03\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TION_FAVORITE\x10\x01\x12\x10\n\x0c\x41\x43TION_REPLY\x10\x02\x12\x11\n\rACTION_REPOST\x10\x03\x12\x17\n\x13\x41\x43TION_PHOTO_EXPAND\x10\x04\x12\x10\n\x0c\x41\x43TION_CLICK\x10\x05\x12\x18\n\x14\x41\x43TION_PROFILE_CLICK\x10\x06\x12\x1d\n\x19\x41\x43TION_VIDEO_QUALITY_VIEW\x10\x07\x12\x10\n\x0c\x41\x43TION_SHARE\x10\x08\x12\x17\n\x13\x41\x43TION_SHARE_VIA_DM\x10\t\x12\x1e\n\x1a\x41\x43TION_SHARE_VIA_COPY_LINK\x10\n\x12\x10\n\x0c\x41\x43TION_DWELL\x10\x0b\x12\x10\n\x0c\x41\x43TION_QUOTE\x10\x0c\x12\x17\n\x13\x41\x43TION_QUOTED_CLICK\x10\r\x12\x18\n\x14\x41\x43TION_FOLLOW_AUTHOR\x10\x0e\x12\x19\n\x15\x41\x43TION_NOT_INTERESTED\x10\x0f\x12\x17\n\x13\x41\x43TION_BLOCK_AUTHOR\x10\x10\x12\x16\n\x12\x41\x43TION_MUTE_AUTHOR\x10\x11\x12\x11\n\rACTION_REPORT\x10\x12\x12\x15\n\x11\x41\x43TION_DWELL_TIME\x10\x13\x32\xb3\x01\n\x0eRankingService\x12I\n\x04Rank\x12\x1f.phoenix.ranking.v1.RankRequest\x1a .phoenix.ranking.v1.RankResponse\x12V\n\x0cGetModelInfo\x12\'.phoenix.ranking.v1.GetModelInfoRequest\x1a\x1d.phoenix.ranking.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18server/rpc/ranking.proto\x12\x12phoenix.ranking.v1\"x\n\x0cHistoryEvent\x12\x0f\n\x07post_id\x18\x01 \x01(\x06\x12\x11\n\tauthor_id\x18\x02 \x01(\x06\x12+\n\x07\x61\x63tions\x18\x03 \x03(\x0e\x32\x1a.phoenix.ranking.v1.Action\x12\x17\n\x0fproduct_surface\x18\x04 \x01(\r\"H\n\tCandidate\x12\x0f\n\x07post_id\x18\x01 \x01(\x06\x12\x11\n\tauthor_id\x18\x02 \x01(\x06\x12\x17\n\x0fproduct_surface\x18\x03 \x01(\r\"f\n\x0eHistoryColumns\x12\x10\n\x08post_ids\x18\x01 \x03(\x06\x12\x12\n\nauthor_ids\x18\x02 \x03(\x06\x12\x14\n\x0c\x61\x63tion_masks\x18\x03 \x03(\x07\x12\x18\n\x10product_surfaces\x18\x04 \x03(\x07\"R\n\x10\x43\x61ndidateColumns\x12\x10\n\x08post_ids\x18\x01 \x03(\x06\x12\x12\n\nauthor_ids\x18\x02 \x03(\x06\x12\x18\n\x10product_surfaces\x18\x03 \x03(\x07\"\x96\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x06\x12\x31\n\x07history\x18\x02 \x03(\x0b\x32 .phoenix.ranking.v1.HistoryEvent\x12\x31\n\ncandidates\x18\x03 \x03(\x0b\x32\x1d.phoenix.ranking.v1.Candidate\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12;\n\x0fhistory_columns\x18\x05 \x01(\x0b\x32\".phoenix.ranking.v1.HistoryColumns\x12?\n\x11\x63\x61ndidate_columns\x18\x06 \x01(\x0b\x32$.phoenix.ranking.v1.CandidateColumns\"I\n\x0f\x43\x61ndidateScores\x12\x0f\n\x07post_id\x18\x01 \x01(\x06\x12\x0e\n\x06logits\x18\x02 \x03(\x02\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\"n\n\x0cRankResponse\x12\x33\n\x06scores\x18\x01 \x03(\x0b\x32#.phoenix.ranking.v1.CandidateScores\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xae\x05\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12\x17\n\x0fhistory_seq_len\x18\x03 \x01(\r\x12\x19\n\x11\x63\x61ndidate_seq_len\x18\x04 \x01(\r\x12\"\n\x1amax_candidates_per_request\x18\x05 \x01(\r\x12\x19\n\x11\x63heckpoint_sha256\x18\x06 \x01(\t\x12\x10\n\x08\x65mb_size\x18\x07 \x01(\r\x12\x12\n\nnum_layers\x18\x08 \x01(\r\x12\x13\n\x0bnum_q_heads\x18\t \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\n \x01(\r\x12\x10\n\x08key_size\x18\x0b \x01(\r\x12\x17\n\x0fwidening_factor\x18\x0c \x01(\x02\x12\x1e\n\x16\x61ttn_output_multiplier\x18\r \x01(\x02\x12\"\n\x1aproduct_surface_vocab_size\x18\x0e \x01(\r\x12\x17\n\x0fnum_user_hashes\x18\x0f \x01(\r\x12\x17\n\x0fnum_item_hashes\x18\x10 \x01(\r\x12\x19\n\x11num_author_hashes\x18\x11 \x01(\r\x12\x16\n\x0erope_positions\x18\x12 \x01(\t\x12\x19\n\x11history_attention\x18\x13 \x01(\t\x12\x17\n\x0fuser_table_rows\x18\x14 \x01(\x04\x12\x17\n\x0fpost_table_rows\x18\x15 \x01(\x04\x12\x19\n\x11\x61uthor_table_rows\x18\x16 \x01(\x04\x12\x16\n\x0enum_parameters\x18\x17 \x01(\x04\x12\x15\n\rcompute_dtype\x18\x18 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x19 \x01(\t\x12\x1d\n\x15\x63heckpoint_created_at\x18\x1a \x01(\t\x12\x1a\n\x12max_history_events\x18\x1b \x01(\r*\xd6\x03\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TION_FAVORITE\x10\x01\x12\x10\n\x0c\x41\x43TION_REPLY\x10\x02\x12\x11\n\rACTION_REPOST\x10\x03\x12\x17\n\x13\x41\x43TION_PHOTO_EXPAND\x10\x04\x12\x10\n\x0c\x41\x43TION_CLICK\x10\x05\x12\x18\n\x14\x41\x43TION_PROFILE_CLICK\x10\x06\x12\x1d\n\x19\x41\x43TION_VIDEO_QUALITY_VIEW\x10\x07\x12\x10\n\x0c\x41\x43TION_SHARE\x10\x08\x12\x17\n\x13\x41\x43TION_SHARE_VIA_DM\x10\t\x12\x1e\n\x1a\x41\x43TION_SHARE_VIA_COPY_LINK\x10\n\x12\x10\n\x0c\x41\x43TION_DWELL\x10\x0b\x12\x10\n\x0c\x41\x43TION_QUOTE\x10\x0c\x12\x17\n\x13\x41\x43TION_QUOTED_CLICK\x10\r\x12\x18\n\x14\x41\x43TION_FOLLOW_AUTHOR\x10\x0e\x12\x19\n\x15\x41\x43TION_NOT_INTERESTED\x10\x0f\x12\x17\n\x13\x41\x43TION_BLOCK_AUTHOR\x10\x10\x12\x16\n\x12\x41\x43TION_MUTE_AUTHOR\x10\x11\x12\x11\n\rACTION_REPORT\x10\x12\x12\x15\n\x11\x41\x43TION_DWELL_TIME\x10\x13\x32\xb3\x01\n\x0eRankingService\x12I\n\x04Rank\x12\x1f.phoenix.ranking.v1.RankRequest\x1a .phoenix.ranking.v1.RankResponse\x12V\n\x0cGetModelInfo\x12\'.phoenix.ranking.v1.GetModelInfoRequest\x1a\x1d.phoenix.ranking.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'server.rpc.ranking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=1299
-  _globals['_ACTION']._serialized_end=1769
+  _globals['_ACTION']._serialized_start=1613
+  _globals['_ACTION']._serialized_end=2083
   _globals['_HISTORYEVENT']._serialized_start=48
   _globals['_HISTORYEVENT']._serialized_end=168
   _globals['_CANDIDATE']._serialized_start=170
   _globals['_CANDIDATE']._serialized_end=242
-  _globals['_RANKREQUEST']._serialized_start=245
-  _globals['_RANKREQUEST']._serialized_end=397
-  _globals['_CANDIDATESCORES']._serialized_start=399
-  _globals['_CANDIDATESCORES']._serialized_end=472
-  _globals['_RANKRESPONSE']._serialized_start=474
-  _globals['_RANKRESPONSE']._serialized_end=584
-  _globals['_GETMODELINFOREQUEST']._serialized_start=586
-  _globals['_GETMODELINFOREQUEST']._serialized_end=607
-  _globals['_MODELINFO']._serialized_start=610
-  _globals['_MODELINFO']._serialized_end=1296
-  _globals['_RANKINGSERVICE']._serialized_start=1772
-  _globals['_RANKINGSERVICE']._serialized_end=1951
+  _globals['_HISTORYCOLUMNS']._serialized_start=244
+  _globals['_HISTORYCOLUMNS']._serialized_end=346
+  _globals['_CANDIDATECOLUMNS']._serialized_start=348
+  _globals['_CANDIDATECOLUMNS']._serialized_end=430
+  _globals['_RANKREQUEST']._serialized_start=433
+  _globals['_RANKREQUEST']._serialized_end=711
+  _globals['_CANDIDATESCORES']._serialized_start=713
+  _globals['_CANDIDATESCORES']._serialized_end=786
+  _globals['_RANKRESPONSE']._serialized_start=788
+  _globals['_RANKRESPONSE']._serialized_end=898
+  _globals['_GETMODELINFOREQUEST']._serialized_start=900
+  _globals['_GETMODELINFOREQUEST']._serialized_end=921
+  _globals['_MODELINFO']._serialized_start=924
+  _globals['_MODELINFO']._serialized_end=1610
+  _globals['_RANKINGSERVICE']._serialized_start=2086
+  _globals['_RANKINGSERVICE']._serialized_end=2265
 # @@protoc_insertion_point(module_scope)

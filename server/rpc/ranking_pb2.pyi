@@ -72,17 +72,43 @@ class Candidate(_message.Message):
     product_surface: int
     def __init__(self, post_id: _Optional[int] = ..., author_id: _Optional[int] = ..., product_surface: _Optional[int] = ...) -> None: ...
 
+class HistoryColumns(_message.Message):
+    __slots__ = ("post_ids", "author_ids", "action_masks", "product_surfaces")
+    POST_IDS_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_MASKS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_SURFACES_FIELD_NUMBER: _ClassVar[int]
+    post_ids: _containers.RepeatedScalarFieldContainer[int]
+    author_ids: _containers.RepeatedScalarFieldContainer[int]
+    action_masks: _containers.RepeatedScalarFieldContainer[int]
+    product_surfaces: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, post_ids: _Optional[_Iterable[int]] = ..., author_ids: _Optional[_Iterable[int]] = ..., action_masks: _Optional[_Iterable[int]] = ..., product_surfaces: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CandidateColumns(_message.Message):
+    __slots__ = ("post_ids", "author_ids", "product_surfaces")
+    POST_IDS_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_SURFACES_FIELD_NUMBER: _ClassVar[int]
+    post_ids: _containers.RepeatedScalarFieldContainer[int]
+    author_ids: _containers.RepeatedScalarFieldContainer[int]
+    product_surfaces: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, post_ids: _Optional[_Iterable[int]] = ..., author_ids: _Optional[_Iterable[int]] = ..., product_surfaces: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "history", "candidates", "request_id")
+    __slots__ = ("user_id", "history", "candidates", "request_id", "history_columns", "candidate_columns")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     history: _containers.RepeatedCompositeFieldContainer[HistoryEvent]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     request_id: str
-    def __init__(self, user_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[HistoryEvent, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    history_columns: HistoryColumns
+    candidate_columns: CandidateColumns
+    def __init__(self, user_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[HistoryEvent, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., request_id: _Optional[str] = ..., history_columns: _Optional[_Union[HistoryColumns, _Mapping]] = ..., candidate_columns: _Optional[_Union[CandidateColumns, _Mapping]] = ...) -> None: ...
 
 class CandidateScores(_message.Message):
     __slots__ = ("post_id", "logits", "probabilities")

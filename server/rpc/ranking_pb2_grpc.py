@@ -53,11 +53,15 @@ class RankingServiceServicer:
         """Scores every candidate of one request and returns them in request order.
 
         Errors (gRPC status codes):
-        INVALID_ARGUMENT    a field is invalid; the message names it (e.g.
+        INVALID_ARGUMENT    the bytes are not a RankRequest, or a field is invalid or over a
+        limit; the message names it (e.g.
         "candidates[3].product_surface: 17 is outside the vocabulary [0, 16)").
-        RESOURCE_EXHAUSTED  the server's queue is full; retry with backoff. The trailer
-        `grpc-retry-pushback-ms` suggests a delay.
-        DEADLINE_EXCEEDED   the client deadline passed before the request was computed.
+        RESOURCE_EXHAUSTED  the server's queue holds as much work as it may (or gRPC's limit
+        on concurrent calls is reached); retry with backoff. The trailer
+        `grpc-retry-pushback-ms` gives the estimated time until the queue
+        has room for this request.
+        DEADLINE_EXCEEDED   the deadline passed, or the work queued ahead of the request means
+        it could not finish in time; it was not computed.
         UNAVAILABLE         the server is shutting down; retry on another replica.
         INTERNAL            an unexpected server error; the message carries the request id.
         """

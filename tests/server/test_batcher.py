@@ -41,6 +41,8 @@ class FakePacked:
 
 class FakeRunner:
     config = CONFIG
+    seconds_per_token = 1e-3  # a 1 x 4 x 4 row (9 tokens) "costs" 9 ms to admission
+    score_width = A  # the fake returns one score per action
 
     def __init__(
         self, plan: BucketPlan | None = None, gated: bool = False, poison: int | None = None
@@ -141,11 +143,12 @@ def test_concurrent_requests_share_batches():
 def test_full_queue_is_refused_at_once():
     async def main():
         runner = FakeRunner(gated=True)
-        batcher, running = await busy(runner, max_queue=2, pipeline_depth=1, retry_after_ms=25)
+        batcher, running = await busy(runner, max_queue=2, pipeline_depth=1)
         queued = [batcher.submit(request(2, 1)), batcher.submit(request(3, 1))]
         with pytest.raises(QueueFull, match="retry") as refused:
             batcher.submit(request(4, 1))
-        assert refused.value.retry_after_ms == 25
+        # The hint is the device time ahead: the batch computing now plus one queued request.
+        assert refused.value.retry_after_ms == 9 + 9
         runner.gate.set()
         await asyncio.gather(running, *queued)
         assert 4 not in sum(runner.batches, [])
@@ -158,10 +161,13 @@ def test_expired_and_cancelled_requests_are_not_computed():
     async def main():
         runner = FakeRunner(gated=True)
         batcher, running = await busy(runner, pipeline_depth=1)
-        expired = batcher.submit(request(2, 1), deadline=time.monotonic() - 1)
+        deadline = time.monotonic() + 0.05  # admitted: 18 ms of work is ahead of it
+        expired = batcher.submit(request(2, 1), deadline=deadline)
         cancelled = batcher.submit(request(3, 1))
         alive = batcher.submit(request(4, 1), deadline=time.monotonic() + 60)
         cancelled.cancel()
+        while time.monotonic() < deadline:  # the device stays busy until it has expired
+            await asyncio.sleep(deadline - time.monotonic())
         runner.gate.set()
         await running
         with pytest.raises(DeadlineExceeded, match="not computed"):
@@ -346,3 +352,71 @@ def test_a_queue_of_only_dead_requests_leaves_the_loop_idle():
     thread.start()
     thread.join(timeout=30)
     assert not thread.is_alive(), "the batching task spun on dead pieces without yielding"
+
+
+def test_the_queue_is_bounded_by_work_not_by_count():
+    async def main():
+        runner = FakeRunner(gated=True)
+        # Rows of 1 + 4 + 4 = 9 tokens at 1 ms a token: 9 ms each; the bound is 30 ms.
+        batcher, running = await busy(runner, max_queue_ms=30, pipeline_depth=1)
+        queued = [batcher.submit(request(u, 4)) for u in (2, 3, 4)]  # 27 ms of work
+        with pytest.raises(QueueFull) as refused:
+            batcher.submit(request(5, 4))
+        # Fitting 9 more ms into 30 needs 6 ms of the queue worked off, after the 9 ms batch
+        # on the device: the hint says so.
+        assert refused.value.retry_after_ms == 9 + 6
+        assert batcher.metrics.refused.labels("queue_full")._value.get() == 1
+        runner.gate.set()
+        await asyncio.gather(running, *queued)
+        assert 5 not in sum(runner.batches, [])
+        # An empty queue takes a request of any size.
+        assert len(await batcher.submit(request(6, 64))) == 64
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_uncomputed():
+    async def main():
+        runner = FakeRunner(gated=True)
+        batcher, running = await busy(runner, pipeline_depth=1)
+        queued = [batcher.submit(request(u, 4)) for u in (2, 3)]  # 9 + 18 ms ahead
+        with pytest.raises(DeadlineExceeded, match="cannot finish before the deadline"):
+            batcher.submit(request(4, 4), deadline=time.monotonic() + 0.030)
+        with pytest.raises(DeadlineExceeded, match="already passed"):
+            batcher.submit(request(5, 4), deadline=time.monotonic() - 0.001)
+        late_enough = batcher.submit(request(6, 4), deadline=time.monotonic() + 10)
+        assert batcher.metrics.refused.labels("deadline")._value.get() == 2
+        runner.gate.set()
+        await asyncio.gather(running, *queued, late_enough)
+        computed = sum(runner.batches, [])
+        assert 4 not in computed and 5 not in computed and 6 in computed
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_an_idle_server_drops_an_expired_request_before_compute():
+    async def main():
+        runner = FakeRunner()
+        batcher = make(runner)
+        with pytest.raises(DeadlineExceeded):
+            batcher.submit(request(7, 4), deadline=time.monotonic())
+        assert runner.batches == []
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_the_device_rate_follows_measured_batches():
+    async def main():
+        runner = FakeRunner()
+        batcher = make(runner)
+        before = batcher.rate.seconds_per_token
+        for u in range(20):
+            await batcher.submit(request(u + 1, 4))
+        # The fake device is far faster than 1 ms a token: the estimate comes down.
+        assert batcher.rate.seconds_per_token < before / 2
+        await batcher.stop()
+
+    asyncio.run(main())

@@ -74,8 +74,10 @@ def test_queue_overflow_is_resource_exhausted_with_a_retry_hint(compilation_cach
 def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(compilation_cache):
     # One-row batches of 8 candidates: a 2800-candidate request takes 350 batches, so it is
     # certainly still queued when SIGTERM lands, and must be finished, not dropped.
+    # A queue bound far above the seconds of work queued here: this test is about the drain.
     server = ServerProcess("--max-batch-size", "2", "--candidate-buckets", "8",
-                           "--grace-seconds", "30", env=compilation_cache)  # fmt: skip
+                           "--grace-seconds", "30", "--max-queue-ms", "600000",
+                           env=compilation_cache)  # fmt: skip
     outcomes: list[grpc.StatusCode] = []
     lock = threading.Lock()
     stop = threading.Event()

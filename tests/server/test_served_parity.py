@@ -7,7 +7,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from server.convert import logits_from_pb, raw_request_to_pb
+from server.convert import (
+    logits_from_pb,
+    probabilities_from_pb,
+    raw_request_to_columnar_pb,
+    raw_request_to_pb,
+    sigmoid,
+)
 from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_DIR, PARITY_RTOL
 from tests.server.harness import ServerProcess, phoenix_ranker
 
@@ -30,10 +36,16 @@ def parity_server(tmp_path_factory, compilation_cache):
         yield server
 
 
+FORMS = {"rows": raw_request_to_pb, "columns": raw_request_to_columnar_pb}
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.id)
-def test_served_logits_reproduce_the_reference(parity_server, case):
-    response = parity_server.client.rank(raw_request_to_pb(case.request))
+def test_served_logits_reproduce_the_reference(parity_server, case, form):
+    response = parity_server.client.rank(FORMS[form](case.request))
     got = logits_from_pb(response)
     assert got.shape == case.expected.shape
     np.testing.assert_allclose(got, case.expected, atol=PARITY_ATOL, rtol=PARITY_RTOL)
+    # Probabilities are the device's sigmoid of those logits.
+    np.testing.assert_allclose(probabilities_from_pb(response), sigmoid(got), rtol=1e-6, atol=1e-7)
     assert response.model_version == "imported:params"

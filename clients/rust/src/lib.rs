@@ -29,7 +29,7 @@ pub mod pb {
 }
 
 pub use client::{
-    channel, normalize_target, ClientConfig, ClientError, PhoenixClient, RetryPolicy,
+    channel, columnar, normalize_target, ClientConfig, ClientError, PhoenixClient, RetryPolicy,
     ScoredCandidate,
 };
 pub use scores::{PhoenixScores, Weights, ACTIONS};

@@ -2,7 +2,10 @@
 //!
 //!     loadgen [--target 127.0.0.1:50051] [--concurrency 8] [--duration-secs 10]
 //!             [--history 64] [--candidates 32] [--warmup-secs 1] [--timeout-ms 10000]
-//!             [--connections 1] [--seed 1] [--surfaces N]
+//!             [--connections 1] [--seed 1] [--surfaces N] [--rows]
+//!
+//! Requests go in the columnar form (what `PhoenixClient::rank` sends); `--rows` sends the
+//! row form instead.
 //!
 //! Every worker sends the next request as soon as the previous one answers (no retries: the
 //! server's own behaviour is measured). Requests are generated before the clock starts.
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use phoenix_client::pb::ranking_service_client::RankingServiceClient;
-use phoenix_client::{pb, synthetic, ClientConfig};
+use phoenix_client::{columnar, pb, synthetic, ClientConfig};
 
 /// Closed-loop load generator for a Phoenix ranking server.
 ///
@@ -66,6 +69,10 @@ struct Args {
     /// product_surface_vocab_size from the server's ModelInfo]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     surfaces: Option<u32>,
+
+    /// Send the row form (`history`, `candidates`) instead of the columnar form
+    #[arg(long)]
+    rows: bool,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -96,6 +103,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         candidates,
         connections,
         seed,
+        rows,
         ..
     } = args;
     if concurrency == 0 {
@@ -138,12 +146,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let pool: Vec<_> = (0..256)
         .map(|i| {
-            synthetic::request(
+            let r = synthetic::request(
                 seed.wrapping_mul(1_000_003).wrapping_add(i),
                 history,
                 candidates,
                 surfaces,
-            )
+            );
+            if rows {
+                r
+            } else {
+                columnar(r.user_id, &r.history, &r.candidates, r.request_id)
+            }
         })
         .collect();
 
@@ -199,6 +212,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "history": history,
         "candidates": candidates,
         "surfaces": surfaces,
+        "form": if rows { "rows" } else { "columns" },
         "requests": latencies.len(),
         "requests_per_s": ok / seconds,
         "candidates_per_s": ok * candidates as f64 / seconds,
@@ -237,5 +251,6 @@ mod tests {
         assert_eq!(args.connections, 1);
         assert_eq!(args.seed, 1);
         assert_eq!(args.surfaces, None);
+        assert!(!args.rows);
     }
 }

@@ -1,0 +1,300 @@
+"""The host path under load and overload, measured with an independent load generator (ghz).
+
+    python bench/host_path.py [--seconds 10] [--overload-seconds 20] [--skip frontends,...]
+
+One run prints every figure the host-path targets are stated in (JSON lines, then a summary):
+
+  forward     the bare jitted forward at the shapes the server forms for 32- and
+              512-candidate requests (full batches, history 64): F, and candidates/s
+  empty       E: requests/s of a grpcio aio server whose Rank only parses the request
+              (bench/empty_server.py), same load generator, same request bytes
+  served      the real server, closed loop, 32 clients (ghz, and the Rust loadgen), 32 and
+              512 candidates: requests/s, candidates/s, p50/p99, and the ratios to L and to the
+              bare forward, with L = 1 / (1/E + F) the composite ceiling of a 2-core machine
+  overload    capacity C (closed loop, 64 candidates), then ghz open loop at 4 x C for
+              `--overload-seconds` with 2 s deadlines: goodput / C, status codes, how fast
+              refusals come back, the accepted p99, and recovery once the load stops
+  heavy       small clients' p99 alone and beside one client sending the largest requests the
+              limits allow, and beside one sending 4 MB requests (refused by the action cap)
+  frontends   the served rows again with `--frontend-workers 2`
+
+Everything shares the machine's cores (server, XLA, load generators): compare within a run.
+ghz: `go install github.com/bojand/ghz/cmd/ghz@v0.93.0` (found on PATH or in ~/go/bin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from request.raw import RawRequest  # noqa: E402
+from request.synthetic import synthetic_request_dict  # noqa: E402
+from server.client import RankingClient  # noqa: E402
+from server.convert import raw_request_to_columnar_pb, raw_request_to_pb  # noqa: E402
+from server.rpc import ranking_pb2 as pb  # noqa: E402
+from tests.server.harness import ServerProcess  # noqa: E402
+
+PROTO = ROOT / "proto" / "phoenix" / "ranking" / "v1" / "ranking.proto"
+CALL = "phoenix.ranking.v1.RankingService.Rank"
+OUT = Path(tempfile.mkdtemp(prefix="phoenix-bench-"))
+
+
+def emit(record: dict) -> dict:
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def ghz_binary() -> str:
+    found = shutil.which("ghz") or str(Path.home() / "go" / "bin" / "ghz")
+    if not Path(found).exists():
+        sys.exit("ghz not found: go install github.com/bojand/ghz/cmd/ghz@v0.93.0")
+    return found
+
+
+def request_file(candidates: int, history: int = 64, form: str = "columns", seed: int = 1) -> Path:
+    raw = RawRequest.from_dict(synthetic_request_dict(seed, history, candidates, 16))
+    to_pb = raw_request_to_columnar_pb if form == "columns" else raw_request_to_pb
+    path = OUT / f"req-{form}-{history}-{candidates}-{seed}.bin"
+    path.write_bytes(to_pb(raw).SerializeToString())
+    return path
+
+
+def ghz(target: str, data: Path, *flags: str, details: bool = False) -> dict:
+    """Run ghz; returns its JSON report (with per-call details when asked)."""
+    out = OUT / "ghz.json"
+    cmd = [ghz_binary(), "--insecure", "--proto", str(PROTO), "--call", CALL,
+           "--binary-file", str(data), "-O", "json", "-o", str(out), *flags, target]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    if not details:
+        report.pop("details", None)
+    return report
+
+
+def latency_ms(report: dict, q: int) -> float:
+    for entry in report.get("latencyDistribution") or ():
+        if entry["percentage"] == q:
+            return round(entry["latency"] / 1e6, 2)
+    return float("nan")
+
+
+def closed_loop(target: str, data: Path, candidates: int, seconds: float, clients: int = 32):
+    ghz(target, data, "-c", str(clients), "-z", "3s")  # warm-up
+    r = ghz(target, data, "-c", str(clients), "-z", f"{seconds}s", "--connections", "2")
+    ok = r["statusCodeDistribution"].get("OK", 0)
+    return {
+        "requests_per_s": round(ok / (r["total"] / 1e9), 1),
+        "candidates_per_s": round(ok * candidates / (r["total"] / 1e9)),
+        "p50_ms": latency_ms(r, 50),
+        "p99_ms": latency_ms(r, 99),
+        "codes": r["statusCodeDistribution"],
+    }
+
+
+def bare_forward(shapes: list[tuple[int, int, int]]) -> dict[tuple, float]:
+    """Median seconds of one jitted call per (rows, history slots, candidate slots)."""
+    import jax
+
+    from model import load_checkpoint, make_forward
+    from model.checkpoint import default_checkpoint_path
+    from request.layout import empty_batch
+
+    ckpt = load_checkpoint(default_checkpoint_path())
+    forward = jax.jit(make_forward(ckpt.config, ckpt.rows).apply)
+    params = jax.device_put(ckpt.state.params)
+    rng = np.random.default_rng(0)
+    out = {}
+    for shape in shapes:
+        batch = empty_batch(ckpt.config, *shape)
+        batch = type(batch)(*(
+            (rng.integers(1, 1000, a.shape) if a.dtype == np.int32 else rng.random(a.shape) < 0.1)
+            .astype(a.dtype) for a in batch
+        ))  # fmt: skip
+        batch = jax.device_put(batch)
+        forward(params, batch).block_until_ready()
+        times = []
+        for _ in range(50):
+            start = time.perf_counter()
+            forward(params, batch).block_until_ready()
+            times.append(time.perf_counter() - start)
+        out[shape] = statistics.median(times)
+    return out
+
+
+def rust_loadgen(target: str, candidates: int, seconds: float, clients: int = 32) -> dict | None:
+    crate = ROOT / "clients" / "rust"
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "loadgen"],
+                           cwd=crate, capture_output=True)  # fmt: skip
+    if build.returncode:
+        return None
+    out = subprocess.run(
+        [str(crate / "target" / "release" / "loadgen"), "--target", target,
+         "--concurrency", str(clients), "--duration-secs", str(seconds), "--warmup-secs", "3",
+         "--history", "64", "--candidates", str(candidates), "--connections", "2"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    r = json.loads(out)
+    return {"requests_per_s": r["requests_per_s"], "candidates_per_s": r["candidates_per_s"],
+            "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"]}  # fmt: skip
+
+
+def overload(target: str, server: ServerProcess, seconds: float, capacity: float) -> dict:
+    data = request_file(64)
+    rate = int(4 * capacity)
+    r = ghz(target, data, "--async", "--rps", str(rate), "-c", "64", "-z", f"{seconds}s",
+            "--timeout", "2s", "--connections", "4", details=True)  # fmt: skip
+    ended = time.monotonic()
+    # Recovery: how long after the load stops until a request is served normally again.
+    with RankingClient(target) as client:
+        request = pb.RankRequest.FromString(data.read_bytes())
+        while True:
+            try:
+                started = time.monotonic()
+                client.rank(request, timeout=2)
+                if time.monotonic() - started < 0.1:
+                    break
+            except Exception:  # noqa: BLE001 - still refusing: keep probing
+                pass
+        recovery = time.monotonic() - ended
+    details = r["details"]
+    codes: dict[str, int] = {}
+    ok_ms, refused_ms = [], []
+    for d in details:
+        status = d.get("status", "OK")
+        codes[status] = codes.get(status, 0) + 1
+        (ok_ms if status == "OK" else refused_ms).append(d["latency"] / 1e6)
+    span = r["total"] / 1e9
+    m = server.metrics()
+    pct = lambda v, q: round(float(np.percentile(v, q)), 2) if v else None  # noqa: E731
+    return {
+        "offered_rps": rate,
+        "capacity_rps": round(capacity, 1),
+        "goodput_rps": round(len(ok_ms) / span, 1),
+        "goodput_over_capacity": round(len(ok_ms) / span / capacity, 3),
+        "codes": codes,
+        "refused_ms": {"p50": pct(refused_ms, 50), "p99": pct(refused_ms, 99),
+                       "max": pct(refused_ms, 100), "within_50ms": round(
+                           sum(v <= 50 for v in refused_ms) / max(1, len(refused_ms)), 4)},
+        "accepted_ms": {"p50": pct(ok_ms, 50), "p99": pct(ok_ms, 99), "max": pct(ok_ms, 100)},
+        "recovery_s": round(recovery, 3),
+        "queue_work_peak_ms": round(1000 * m["phoenix_queue_work_peak_seconds"], 1),
+        "refusals": {k: v for k, v in m.items() if k.startswith("phoenix_admission_refusals")},
+    }  # fmt: skip
+
+
+def heavy(target: str, seconds: float) -> dict:
+    small = request_file(32)
+    # The largest valid request: 4,096 history events with every action, 2,800 candidates.
+    raw = RawRequest.from_dict(synthetic_request_dict(3, 4096, 2800, 16))
+    big = pb.RankRequest.FromString(raw_request_to_pb(raw).SerializeToString())
+    for event in big.history:
+        del event.actions[:]
+        event.actions.extend(range(1, 20))
+    big_path = OUT / "req-largest-valid.bin"
+    big_path.write_bytes(big.SerializeToString())
+    # 4 MB: one event with ~4 M action entries (refused by max_history_actions).
+    huge = pb.RankRequest(user_id=1)
+    huge.history.add(post_id=1, author_id=1, actions=[1] * 1_900_000)
+    huge_path = OUT / "req-4mb.bin"
+    huge_path.write_bytes(huge.SerializeToString())
+    result = {
+        "largest_valid_bytes": big_path.stat().st_size,
+        "huge_bytes": huge_path.stat().st_size,
+    }
+    result["alone"] = closed_loop(target, small, 32, seconds, clients=16)
+    for name, path in (("beside_largest_valid", big_path), ("beside_4mb", huge_path)):
+        background = subprocess.Popen(
+            [ghz_binary(), "--insecure", "--proto", str(PROTO), "--call", CALL, "--binary-file",
+             str(path), "-c", "1", "-z", f"{seconds + 4}s", "-O", "json", "-o",
+             str(OUT / f"{name}.json"), target], stdout=subprocess.DEVNULL)  # fmt: skip
+        result[name] = closed_loop(target, small, 32, seconds, clients=16)
+        background.wait()
+        bg = json.loads((OUT / f"{name}.json").read_text())
+        result[name]["heavy_client"] = {"codes": bg["statusCodeDistribution"],
+                                        "p50_ms": latency_ms(bg, 50)}  # fmt: skip
+        result[name]["p99_ratio"] = round(result[name]["p99_ms"] / result["alone"]["p99_ms"], 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--overload-seconds", type=float, default=20.0)
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    emit({"machine": platform.machine(), "cpus": os.cpu_count(),
+          "python": platform.python_version()})  # fmt: skip
+
+    # Shapes the server forms (default buckets, history 64): a 32-candidate request is one
+    # row of 64 candidate slots, a 512-candidate one two rows of 256; full batches.
+    shapes = {32: (32, 64, 64), 512: (16, 64, 256)}
+    real_per_row = {32: 32, 512: 256}
+    seconds = bare_forward(list(shapes.values()))
+    forward = {}
+    for m, shape in shapes.items():
+        per_request = seconds[shape] / (shape[0] * real_per_row[m] / m)
+        forward[m] = {"shape": shape, "batch_ms": round(seconds[shape] * 1e3, 3),
+                      "F_ms_per_request": round(per_request * 1e3, 4),
+                      "candidates_per_s": round(m / per_request)}  # fmt: skip
+    emit({"section": "forward", **{str(k): v for k, v in forward.items()}})
+
+    small = request_file(32)
+    empty = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"), "--port",
+                              "0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    port = int(empty.stdout.readline().split()[1])
+    e = closed_loop(f"127.0.0.1:{port}", small, 32, args.seconds)
+    empty.terminate()
+    empty.wait()
+    E = e["requests_per_s"]
+    L = 1 / (1 / E + forward[32]["F_ms_per_request"] / 1e3)
+    emit({"section": "empty", "E_rps": E, "L_rps": round(L, 1), **e})
+
+    cache = {"PHOENIX_COMPILATION_CACHE": str(ROOT / ".bench-jax-cache")}
+    modes = [("single", ())]
+    if "frontends" not in skip:
+        modes.append(("frontend-workers-2", ("--frontend-workers", "2")))
+    for mode, flags in modes:
+        with ServerProcess(*flags, env=cache) as server:
+            target = server.target
+            for m in (32, 512):
+                served = closed_loop(target, request_file(m), m, args.seconds)
+                served |= {"over_L": round(served["requests_per_s"] / L, 3)} if m == 32 else {}
+                served["over_bare_forward"] = round(
+                    served["candidates_per_s"] / forward[m]["candidates_per_s"], 3
+                )
+                emit({"section": "served", "mode": mode, "candidates": m, "loadgen": "ghz",
+                      **served})  # fmt: skip
+                rust = rust_loadgen(f"http://{target}", m, args.seconds)
+                if rust:
+                    emit({"section": "served", "mode": mode, "candidates": m,
+                          "loadgen": "rust", **rust})  # fmt: skip
+            if mode == "single" and "overload" not in skip:
+                capacity = closed_loop(target, request_file(64), 64, args.seconds)
+                emit({"section": "overload", **overload(target, server, args.overload_seconds,
+                                                         capacity["requests_per_s"])})  # fmt: skip
+            if mode == "single" and "heavy" not in skip:
+                emit({"section": "heavy", **heavy(target, args.seconds)})
+            m = server.metrics()
+            batches = max(m["phoenix_batch_size_count"], 1)
+            emit({"section": "server", "mode": mode,
+                  "mean_requests_per_batch": round(m["phoenix_batch_size_sum"] / batches, 2),
+                  "compilations": m["phoenix_compilations_total"]})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Admission: whether a request may join the queue, decided from work, not from counts.
+
+Work is measured in padded tokens (a row costs 1 user + S history + C candidate slots of its
+batch shape) and converted to device seconds with `DeviceRate`, an estimate of seconds per
+token kept current from every batch the device runs. The queue is bounded by the estimated
+device time of what it holds (`max_queue_ms`), so 256 queued 2,800-candidate requests (seconds
+of compute) and 256 queued 16-candidate ones (milliseconds) are not the same queue.
+
+`decide` is the pure policy. In order:
+1. A deadline that has already passed: DEADLINE_EXCEEDED.
+2. A request that cannot finish before its deadline, given the work ahead of it (queued plus
+   in flight) and its own: DEADLINE_EXCEEDED at once, not computed late. With nothing ahead
+   of it a request is always tried (its own estimate alone is not trusted to refuse it).
+3. A queue that would hold more than `max_queue_s` of work with this request, or more than
+   `max_queue` requests: RESOURCE_EXHAUSTED, with a retry hint equal to the time the device
+   needs to work the queue down to where this request would fit. A request always fits an
+   empty queue, however large it is (the request limits bound it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc
+
+# Weight of the newest batch in the seconds-per-token estimate (an exponential moving average
+# over roughly the last 1 / EWMA_WEIGHT batches).
+EWMA_WEIGHT = 0.1
+
+
+class DeviceRate:
+    """Device seconds per padded token, learned from the batches the device runs."""
+
+    def __init__(self, seconds_per_token: float):
+        if not seconds_per_token > 0:
+            raise ValueError(f"seconds_per_token must be positive, got {seconds_per_token}")
+        self.seconds_per_token = seconds_per_token
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One batch of `tokens` padded tokens took `seconds` on the device."""
+        if tokens > 0 and seconds > 0:
+            sample = seconds / tokens
+            self.seconds_per_token += EWMA_WEIGHT * (sample - self.seconds_per_token)
+
+    def seconds(self, tokens: int) -> float:
+        return tokens * self.seconds_per_token
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: grpc.StatusCode  # RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED
+    reason: str  # a metric label: "deadline", "queue_full"
+    message: str
+    retry_after_ms: int | None = None  # grpc-retry-pushback-ms, for RESOURCE_EXHAUSTED
+
+
+def decide(
+    *,
+    own_s: float,
+    queued_s: float,
+    in_flight_s: float,
+    queued_requests: int,
+    remaining_s: float | None,
+    max_queue_s: float,
+    max_queue: int,
+) -> Refusal | None:
+    """None to admit, else the refusal. Times in seconds; `remaining_s` None = no deadline.
+
+    own_s        estimated device time of this request
+    queued_s     estimated device time of the requests already queued
+    in_flight_s  estimated device time of the batches on the device now
+    """
+    if remaining_s is not None and remaining_s <= 0:
+        return Refusal(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "deadline",
+            "deadline had already passed when the request arrived; not computed",
+        )
+    wait_s = queued_s + in_flight_s
+    if remaining_s is not None and wait_s > 0 and wait_s + own_s > remaining_s:
+        return Refusal(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "deadline",
+            f"cannot finish before the deadline: ~{_ms(wait_s)} ms of work is ahead of it and it "
+            f"needs ~{_ms(own_s)} ms, the deadline is in {_ms(remaining_s)} ms; not computed",
+        )
+    too_much_work = queued_s + own_s > max_queue_s
+    if queued_requests and (too_much_work or queued_requests >= max_queue):
+        excess_s = queued_s + own_s - max_queue_s if too_much_work else queued_s / queued_requests
+        retry_ms = max(1, math.ceil(round(1000 * (in_flight_s + excess_s), 6)))
+        return Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "queue_full",
+            f"server overloaded: {queued_requests} requests (~{_ms(queued_s)} ms of work) "
+            f"queued; you may retry after ~{retry_ms} ms",
+            retry_ms,
+        )
+    return None
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

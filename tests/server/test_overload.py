@@ -1,0 +1,167 @@
+"""Overload and admission against the real server: refuse early, never compute late, count all.
+
+An open-loop burst far above capacity (requests sent on a clock, whatever the answers) must
+end every call in OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED; refusals must come back at once
+with a retry hint; the queue's work must stay within its bound; the server's counters must
+agree with what the clients saw; and the server must serve normally right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from server.convert import raw_request_to_columnar_pb, raw_request_to_pb
+from server.rpc import ranking_pb2 as pb
+from tests.helpers import random_request
+from tests.server.conftest import SMALL_PLAN
+from tests.server.harness import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+RANK = "/phoenix.ranking.v1.RankingService/Rank"
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+MAX_QUEUE_MS = 40
+
+
+async def _burst(target: str, payloads: list[bytes], rate: float, timeout: float):
+    """Send `payloads` open loop at `rate` per second; [(code, seconds, pushback ms)]."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        rank = channel.unary_unary(RANK)
+        await channel.channel_ready()
+
+        async def one(data: bytes):
+            started = time.monotonic()
+            call = rank(data, timeout=timeout)
+            try:
+                await call
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+            trailers = await call.trailing_metadata() or ()
+            pushback = [int(v) for k, v in trailers if k == "grpc-retry-pushback-ms"]
+            return code, time.monotonic() - started, pushback
+
+        start, tasks = time.monotonic(), []
+        for i, data in enumerate(payloads):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.ensure_future(one(data)))
+        return await asyncio.gather(*tasks)
+
+
+def _counts(server: ServerProcess) -> dict[str, float]:
+    m = server.metrics()
+    return {k: v for k, v in m.items() if k.startswith("phoenix_requests_total{")}
+
+
+def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation_cache):
+    flags = (*SMALL_PLAN, "--max-queue-ms", str(MAX_QUEUE_MS))
+    with ServerProcess(*flags, env=compilation_cache) as server:
+        rng = np.random.default_rng(5)
+        requests = [random_request(rng, 64, 64) for _ in range(8)]
+        payloads = [
+            raw_request_to_columnar_pb(requests[i % 8]).SerializeToString() for i in range(1200)
+        ]
+        before = _counts(server)
+        results = asyncio.run(_burst(server.target, payloads, rate=800, timeout=2.0))
+
+        codes = [code for code, _, _ in results]
+        assert set(codes) <= ALLOWED, {c.name for c in set(codes) - ALLOWED}
+        ok, refused = (
+            codes.count(grpc.StatusCode.OK),
+            codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED),
+        )
+        assert ok > 50 and refused > 100, (ok, refused)
+        refusal_seconds = [s for code, s, _ in results if code != grpc.StatusCode.OK]
+        assert statistics.median(refusal_seconds) < 0.05, statistics.median(refusal_seconds)
+        hints = [p for code, _, p in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert all(len(h) == 1 and 1 <= h[0] <= 10 * MAX_QUEUE_MS for h in hints)
+
+        m = server.metrics()
+        after = _counts(server)
+        for code in ALLOWED:
+            key = f"phoenix_requests_total{{code={code.name},method=Rank}}"
+            assert after.get(key, 0) - before.get(key, 0) == codes.count(code), key
+        # Refused requests were never computed; accepted ones all were.
+        assert m["phoenix_candidates_scored_total"] >= 64 * ok
+        assert m["phoenix_admission_refusals_total{reason=queue_full}"] >= refused
+        # The queue never held more work than its bound (plus one request admitted to an
+        # empty queue, and the estimate moving while work waits).
+        assert m["phoenix_queue_work_peak_seconds"] <= 2 * MAX_QUEUE_MS / 1000
+        # Recovery: the next request is served at once.
+        started = time.monotonic()
+        response = server.client.rank(raw_request_to_pb(requests[0]), timeout=5)
+        assert len(response.scores) == 64 and time.monotonic() - started < 1.0
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_uncomputed(compilation_cache):
+    # One-row batches of 8 candidates: 2,800-candidate requests keep the device busy for
+    # seconds, so the work ahead of a later request is known to exceed its 50 ms deadline.
+    with ServerProcess("--max-batch-size", "1", "--candidate-buckets", "8",
+                       "--max-queue-ms", "60000", env=compilation_cache) as server:  # fmt: skip
+        heavy = raw_request_to_columnar_pb(random_request(np.random.default_rng(1), 64, 2800))
+        small = raw_request_to_columnar_pb(random_request(np.random.default_rng(2), 8, 8))
+        futures = [server.client.stub.Rank.future(heavy, timeout=120) for _ in range(3)]
+        while server.metrics()["phoenix_queue_depth"] < 2:
+            assert not all(f.done() for f in futures)
+        before = server.metrics()
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            server.client.rank(small, timeout=0.05)
+        assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "not computed" in refused.value.details(), refused.value.details()
+        assert time.monotonic() - started < 0.05
+        for f in futures:
+            assert len(f.result().scores) == 2800
+        m = server.metrics()
+        assert (
+            m["phoenix_admission_refusals_total{reason=deadline}"]
+            - before.get("phoenix_admission_refusals_total{reason=deadline}", 0)
+            == 1
+        )
+        assert m["phoenix_candidates_scored_total"] == 3 * 2800
+
+
+def test_bytes_that_do_not_parse_are_invalid_argument_and_counted(default_server):
+    before = _counts(default_server)
+    channel = default_server.client.channel
+    for data in (b"\x22\x03\xff\xfe\xfd", b"\xff\xff\xff\xff"):
+        with pytest.raises(grpc.RpcError) as e:
+            channel.unary_unary(RANK)(data, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid RankRequest" in e.value.details()
+        assert "<class" not in e.value.details()
+    key = "phoenix_requests_total{code=INVALID_ARGUMENT,method=Rank}"
+    assert _counts(default_server)[key] - before.get(key, 0) == 2
+
+
+def test_a_call_the_client_cancels_is_counted_cancelled(default_server):
+    heavy = raw_request_to_pb(random_request(np.random.default_rng(3), 64, 2800))
+    key = "phoenix_requests_total{code=CANCELLED,method=Rank}"
+    before = _counts(default_server).get(key, 0)
+    future = default_server.client.stub.Rank.future(heavy, timeout=60)
+    while default_server.metrics()["phoenix_requests_in_flight"] < 1:
+        assert not future.done()
+    future.cancel()
+    deadline = time.monotonic() + 10
+    while _counts(default_server).get(key, 0) == before:
+        assert time.monotonic() < deadline, "the cancelled call was never counted"
+    assert default_server.client.health() == "SERVING"
+
+
+@pytest.mark.parametrize("form", ["rows", "columns"])
+def test_both_request_forms_score_identically(default_server, form):
+    request = random_request(np.random.default_rng(4), 20, 70, "same")
+    to_pb = raw_request_to_pb if form == "rows" else raw_request_to_columnar_pb
+    got = default_server.client.rank(to_pb(request))
+    want = default_server.client.rank(raw_request_to_pb(request))
+    assert isinstance(got, pb.RankResponse) and got == want and len(got.scores) == 70
