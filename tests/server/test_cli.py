@@ -81,7 +81,9 @@ def test_a_malformed_variable_is_a_one_line_error():
 
 def test_the_readme_options_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
-    assert options_table() in readme, "README is stale: run `python -m server.flags --update-readme`"
+    assert options_table() in readme, (
+        "README is stale: run `python -m server.flags --update-readme`"
+    )
     for opt in OPTIONS:
         assert re.search(rf"`{opt.flag}`", readme)
 
