@@ -1,15 +1,10 @@
 """Assembles the service and owns its lifecycle.
 
-start     bind gRPC (health NOT_SERVING) and /metrics, start the batcher
+start     start the batcher; bind gRPC (health NOT_SERVING), in this process or in frontend
+          worker processes (`--frontend-workers`); bind /metrics
 warm_up   compile every batch shape off the event loop, then health SERVING
-shutdown  health NOT_SERVING, refuse new requests (UNAVAILABLE), let queued and in-flight
-          requests finish within the grace period, stay in lame-duck mode (answering
-          UNAVAILABLE) until callers go quiet, then stop the servers
-
-Why the lame-duck phase: gRPC's C core cancels (status CANCELLED) every call that reached the
-transport but was not yet handed to a handler when the server stops. Stopping only once no
-call has arrived for `LAME_DUCK_QUIET_SECONDS` (bounded by the grace period) means callers
-that are still sending see UNAVAILABLE, which they know to retry elsewhere, not CANCELLED.
+shutdown  drain (server.front): refuse new requests (UNAVAILABLE), let queued and in-flight
+          requests finish within the grace period, lame duck until callers go quiet, stop
 """
 
 from __future__ import annotations
@@ -21,43 +16,22 @@ import signal
 import threading
 import time
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from model.actions import ACTIONS
 from model.checkpoint import default_checkpoint_path, load_checkpoint
+from server import ipc
 from server.batcher import Batcher
 from server.buckets import BucketPlan, make_plan
-from server.config import ServerConfig
+from server.config import Limits, ServerConfig
+from server.front import GrpcFront
 from server.metrics import Metrics
-from server.rpc import ranking_pb2
+from server.rpc import ranking_pb2 as pb
 from server.runner import ModelRunner, WarmupAborted, enable_compilation_cache
-from server.service import RankingService, add_to_server
+from server.service import MetricsRecorder, ModelFacts, RankingService
+from server.workers import FrontendHub
 
 log = logging.getLogger("phoenix.server")
-
-LAME_DUCK_QUIET_SECONDS = 0.25
-MIN_WRITE_SECONDS = 0.5  # least time answered handlers get to write their responses on stop
-SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-
-
-def create_grpc_server(address: str, max_request_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """An aio server bound to `address` ("host:0" picks a port): (server, bound port)."""
-    server = grpc.aio.server(
-        options=[
-            # Transport limit above the service's own, so oversize requests reach validation
-            # and get INVALID_ARGUMENT naming the limit rather than a bare transport error.
-            ("grpc.max_receive_message_length", 2 * max_request_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind gRPC to {address}")
-    return server, port
 
 
 def _start_metrics_http(host: str, port: int, registry: CollectorRegistry):
@@ -82,7 +56,45 @@ def _log_compiled(done: int, total: int, shape, seconds: float) -> None:
     )
 
 
+def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
+    """GetModelInfo's answer: the loaded model and the serving limits."""
+    c, m, h = runner.config, runner.config.model, runner.config.hash_config
+    info, rows = runner.checkpoint.info, runner.checkpoint.rows
+    return pb.ModelInfo(
+        model_version=info.model_version,
+        actions=list(ACTIONS),
+        history_seq_len=c.history_seq_len,
+        candidate_seq_len=c.candidate_seq_len,
+        max_candidates_per_request=limits.max_candidates_per_request,
+        max_history_events=limits.max_history_events,
+        checkpoint_sha256=info.file_sha256,
+        checkpoint_created_at=info.created_at,
+        emb_size=c.emb_size,
+        num_layers=m.num_layers,
+        num_q_heads=m.num_q_heads,
+        num_kv_heads=m.num_kv_heads,
+        key_size=m.key_size,
+        widening_factor=m.widening_factor,
+        attn_output_multiplier=m.attn_output_multiplier,
+        product_surface_vocab_size=c.product_surface_vocab_size,
+        num_user_hashes=h.num_user_hashes,
+        num_item_hashes=h.num_item_hashes,
+        num_author_hashes=h.num_author_hashes,
+        rope_positions=c.rope_positions,
+        history_attention=c.history_attention,
+        user_table_rows=rows.user,
+        post_table_rows=rows.post,
+        author_table_rows=rows.author,
+        num_parameters=runner.num_parameters,
+        compute_dtype=runner.dtype.name,
+        backend=runner.backend,
+    )
+
+
 class RankingServer:
+    """The model runner, the batcher, and either one gRPC front door in this process or
+    `frontend_workers` frontend processes (server.workers); /metrics always from here."""
+
     def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None):
         self.config = config
         self.registry = registry or CollectorRegistry()
@@ -101,11 +113,12 @@ class RankingServer:
         )
         self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled)
         self.port = self.metrics_port = 0
-        self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
-        self._health = health_aio.HealthServicer()
         self.batcher: Batcher | None = None
         self.service: RankingService | None = None
+        self.front: GrpcFront | None = None
+        self.hub: FrontendHub | None = None
+        self.ready = False
         info = checkpoint.info
         self.metrics.model_info.labels(
             info.model_version, info.file_sha256, self.runner.backend, self.runner.dtype.name,
@@ -116,30 +129,31 @@ class RankingServer:
     def _compiled(self, shape, seconds: float) -> None:
         self.metrics.compilations.inc()
         self.metrics.compilation_seconds.inc(seconds)
-        if self.service is not None and self.service.ready:
+        if self.ready:
             log.warning("compiled batch shape %s after warm-up (%.2fs)", tuple(shape), seconds)
 
     async def start(self) -> None:
         c = self.config
         self.batcher = Batcher(self.runner, c.batcher, self.metrics)
         self.batcher.start()
-        self.service = RankingService(self.runner, self.batcher, c.limits, self.metrics)
-        self._grpc, self.port = create_grpc_server(f"{c.host}:{c.port}", c.limits.max_request_bytes)
-        add_to_server(self.service, self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            self._grpc,
-        )  # fmt: skip
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._grpc.start()
+        facts = ModelFacts(
+            self.runner.config, self.runner.checkpoint.rows, describe(self.runner, c.limits)
+        )
+        self.info = facts.info
+        if c.frontend_workers:
+            self.hub = FrontendHub(c, facts, self.batcher, self.metrics)
+            await self.hub.start()
+            self.port = self.hub.port
+        else:
+            recorder = MetricsRecorder(self.metrics)
+            self.service = RankingService(facts, self.batcher, c.limits, recorder)
+            address = f"{c.host}:{c.port}"
+            self.front = GrpcFront(self.service, address, c.limits.max_request_bytes,
+                                   c.max_concurrent_rpcs)  # fmt: skip
+            await self.front.start()
+            self.port = self.front.port
         self._metrics_http = _start_metrics_http(c.host.strip("[]"), c.metrics_port, self.registry)
         self.metrics_port = self._metrics_http.server_port
-
-    async def _set_health(self, status) -> None:
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
 
     async def warm_up(self, abort: threading.Event | None = None) -> float:
         """Compile every planned shape (off the event loop), then report SERVING."""
@@ -151,38 +165,26 @@ class RankingServer:
         gc.collect()
         gc.freeze()
         self.metrics.warmup_seconds.set(seconds)
-        self.service.ready = True
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.ready = True
+        if self.front is not None:
+            await self.front.set_serving()
+        else:
+            await self.hub.broadcast(ipc.SERVING)
         return seconds
 
-    async def _lame_duck(self, deadline: float) -> None:
-        """Keep answering UNAVAILABLE until no call arrived for a quiet period (or deadline)."""
-        while True:
-            now = time.monotonic()
-            quiet_at = self.service.last_call + LAME_DUCK_QUIET_SECONDS
-            if now >= quiet_at or now >= deadline:
-                return
-            await asyncio.sleep(min(quiet_at, deadline) - now)
+    async def _close_and_drain(self, timeout: float) -> bool:
+        self.batcher.close()
+        return await self.batcher.drain(timeout)
 
     async def shutdown(self, grace: float | None = None) -> bool:
         """Drain and stop; True if every accepted request finished within the grace period."""
         grace = self.config.grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
-        await self._health.enter_graceful_shutdown()
-        self.service.draining = True
-        try:  # calls that arrived before SIGTERM and are still being decoded join the queue
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await self.service.preparing_done()
-        except TimeoutError:
-            pass
-        self.batcher.close()
-        drained = await self.batcher.drain(grace)
-        if not drained:
-            log.warning("grace period of %.1fs ran out with requests still queued", grace)
-        await self._lame_duck(deadline)
-        # Handlers of drained requests only have to write their responses now; even when the
-        # drain used up the grace period, give them a moment rather than aborting them.
-        await self._grpc.stop(max(MIN_WRITE_SECONDS, deadline - time.monotonic()))
+        if self.front is not None:
+            drained = await self.front.drain(deadline, self._close_and_drain)
+        else:  # the frontends drain their calls (answered from here), then exit
+            clean = await self.hub.stop(max(0.0, deadline - time.monotonic()))
+            drained = await self._close_and_drain(max(0.0, deadline - time.monotonic())) and clean
         await self.batcher.stop(wait_for_device=drained)
         self._metrics_http.shutdown()
         self._metrics_http.server_close()
@@ -191,10 +193,6 @@ class RankingServer:
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    import os
-    import sys
-
-    sys.setswitchinterval(float(os.environ.get("SWITCH_S", "0.005")))
     server = RankingServer(config)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -225,7 +223,7 @@ async def serve(config: ServerConfig) -> int:
             "event": "serving",
             "port": server.port,
             "metrics_port": server.metrics_port,
-            "model_version": server.service.info.model_version,
+            "model_version": server.info.model_version,
             "warmup_seconds": round(warm.result(), 2),
         }
         log.info("serving", extra={"fields": ready})

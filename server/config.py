@@ -96,6 +96,14 @@ class ServerConfig:
         choices=("debug", "info", "warning", "error"),
     )
     log_json: bool = setting(False, "JSON-lines logs instead of text")
+    frontend_workers: int = setting(
+        0,
+        "processes that share the gRPC port and do each call's host work (decode, hash, "
+        "respond), handing encoded requests to this process; 0: one process does everything",
+    )
+    max_concurrent_rpcs: int = setting(
+        1024, "calls a gRPC server (each frontend's) handles at once; gRPC refuses the rest"
+    )
     limits: Limits = dataclasses.field(default_factory=Limits)
     shapes: ShapeConfig = dataclasses.field(default_factory=ShapeConfig)
     batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)

@@ -22,23 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import Protocol
 
 import grpc
+import numpy as np
 
 from model.actions import ACTIONS
+from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest, encode
 from request.raw import RawRequest
 from server import convert
-from server.batcher import Batcher
 from server.config import Limits
 from server.errors import QueueFull, ServiceError, ShuttingDown
 from server.metrics import Metrics
 from server.rpc import ranking_pb2 as pb
 from server.rpc import ranking_pb2_grpc
-from server.runner import ModelRunner
 
 log = logging.getLogger("phoenix.requests")
 
@@ -48,38 +51,55 @@ log = logging.getLogger("phoenix.requests")
 INLINE_BYTES = 16 * 1024
 
 
-def model_info(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
-    c, m, h = runner.config, runner.config.model, runner.config.hash_config
-    info = runner.checkpoint.info
-    return pb.ModelInfo(
-        model_version=info.model_version,
-        actions=list(ACTIONS),
-        history_seq_len=c.history_seq_len,
-        candidate_seq_len=c.candidate_seq_len,
-        max_candidates_per_request=limits.max_candidates_per_request,
-        max_history_events=limits.max_history_events,
-        checkpoint_sha256=info.file_sha256,
-        checkpoint_created_at=info.created_at,
-        emb_size=c.emb_size,
-        num_layers=m.num_layers,
-        num_q_heads=m.num_q_heads,
-        num_kv_heads=m.num_kv_heads,
-        key_size=m.key_size,
-        widening_factor=m.widening_factor,
-        attn_output_multiplier=m.attn_output_multiplier,
-        product_surface_vocab_size=c.product_surface_vocab_size,
-        num_user_hashes=h.num_user_hashes,
-        num_item_hashes=h.num_item_hashes,
-        num_author_hashes=h.num_author_hashes,
-        rope_positions=c.rope_positions,
-        history_attention=c.history_attention,
-        user_table_rows=runner.checkpoint.rows.user,
-        post_table_rows=runner.checkpoint.rows.post,
-        author_table_rows=runner.checkpoint.rows.author,
-        num_parameters=runner.num_parameters,
-        compute_dtype=runner.dtype.name,
-        backend=runner.backend,
-    )
+class Queue(Protocol):
+    """Where the service hands encoded requests: the Batcher, or (in a frontend worker) the
+    link to the process that owns the device. Both refuse by raising a ServiceError."""
+
+    def precheck(self, deadline: float | None) -> None: ...
+
+    def submit(self, encoded: EncodedRequest, deadline: float | None) -> Awaitable[np.ndarray]:
+        """Scores float32 [m, 2A]: logits, then probabilities."""
+        ...
+
+
+class Recorder(Protocol):
+    """Where the service reports each call (Prometheus here, or the device process)."""
+
+    def started(self) -> None: ...
+
+    def finished(
+        self, method: str, code: grpc.StatusCode, seconds: float, candidates: int
+    ) -> None: ...
+
+
+class MetricsRecorder:
+    """Counts calls in this process's metrics. `in_flight=False` leaves the in-flight gauge
+    to the caller (the device process sets it from the frontends' own counts)."""
+
+    def __init__(self, metrics: Metrics, in_flight: bool = True):
+        self.metrics = metrics
+        self.in_flight = in_flight
+
+    def started(self) -> None:
+        if self.in_flight:
+            self.metrics.in_flight.inc()
+
+    def finished(self, method: str, code: grpc.StatusCode, seconds: float, candidates: int) -> None:
+        if method == "Rank" and self.in_flight:
+            self.metrics.in_flight.dec()
+        if method == "Rank" and code == grpc.StatusCode.OK and candidates:
+            self.metrics.request_candidates.observe(candidates)
+        self.metrics.requests.labels(method, code.name).inc()
+        self.metrics.request_latency.labels(method).observe(seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What the request path needs to know about the served model (no parameters)."""
+
+    config: PhoenixModelConfig
+    rows: TableRows
+    info: pb.ModelInfo
 
 
 def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
@@ -99,12 +119,12 @@ def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
 
 
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
-    def __init__(self, runner: ModelRunner, batcher: Batcher, limits: Limits, metrics: Metrics):
-        self.runner = runner
-        self.batcher = batcher
+    def __init__(self, model: ModelFacts, queue: Queue, limits: Limits, recorder: Recorder):
+        self.model = model
+        self.queue = queue
         self.limits = limits
-        self.metrics = metrics
-        self.info = model_info(runner, limits)
+        self.recorder = recorder
+        self.info = model.info
         self._host = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host")
         self.ready = False  # set once warm-up has compiled every batch shape
         self._preparing = 0  # calls past the door and not yet handed to the batcher
@@ -115,8 +135,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     def _prepare(self, data: bytes) -> tuple[RawRequest, EncodedRequest]:
         """Decode, validate and hash a request (host work; any thread)."""
-        raw = convert.decode_rank_request(data, self.runner.config, self.limits)
-        return raw, encode(raw, self.runner.config, self.runner.checkpoint.rows)
+        raw = convert.decode_rank_request(data, self.model.config, self.limits)
+        return raw, encode(raw, self.model.config, self.model.rows)
 
     async def _off_loop_if_large(self, size: int, fn, *args):
         if size <= INLINE_BYTES:
@@ -130,7 +150,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         code = grpc.StatusCode.OK
         prepared = start  # when decoding, validation and hashing were done
         raw = None
-        self.metrics.in_flight.inc()
+        self.recorder.started()
         try:
             if self.draining:
                 raise ShuttingDown("server is shutting down; retry on another replica")
@@ -138,21 +158,19 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 raise ShuttingDown("server is warming up; retry shortly")
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            self.batcher.precheck(deadline)
+            self.queue.precheck(deadline)
             self._preparing += 1
             self._prepared.clear()
             try:
                 raw, encoded = await self._off_loop_if_large(len(data), self._prepare, data)
                 request_id = raw.request_id or uuid.uuid4().hex
                 prepared = time.perf_counter()
-                future = self.batcher.submit(encoded, deadline)
+                future = self.queue.submit(encoded, deadline)
             finally:
                 self._preparing -= 1
                 if not self._preparing:
                     self._prepared.set()
             scores = await future  # [m, 2A]
-            if raw.num_candidates:
-                self.metrics.request_candidates.observe(raw.num_candidates)
             a = len(ACTIONS)
             return await self._off_loop_if_large(
                 32 * raw.num_candidates,
@@ -177,10 +195,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             log.exception("Rank failed", extra={"fields": {"request_id": request_id}})
             await context.abort(code, f"internal error (request_id={request_id})")
         finally:
-            self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
-            self.metrics.requests.labels("Rank", code.name).inc()
-            self.metrics.request_latency.labels("Rank").observe(elapsed)
+            self.recorder.finished("Rank", code, elapsed, 0 if raw is None else raw.num_candidates)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "Rank",
@@ -204,5 +220,5 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
         self.last_call = time.monotonic()
-        self.metrics.requests.labels("GetModelInfo", grpc.StatusCode.OK.name).inc()
+        self.recorder.finished("GetModelInfo", grpc.StatusCode.OK, 0.0, 0)
         return self.info

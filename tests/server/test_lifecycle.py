@@ -71,13 +71,14 @@ def test_queue_overflow_is_resource_exhausted_with_a_retry_hint(compilation_cach
         )
 
 
-def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(compilation_cache):
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "frontend-workers"])
+def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(compilation_cache, workers):
     # One-row batches of 8 candidates: a 2800-candidate request takes 350 batches, so it is
     # certainly still queued when SIGTERM lands, and must be finished, not dropped.
     # A queue bound far above the seconds of work queued here: this test is about the drain.
     server = ServerProcess("--max-batch-size", "2", "--candidate-buckets", "8",
                            "--grace-seconds", "30", "--max-queue-ms", "600000",
-                           env=compilation_cache)  # fmt: skip
+                           "--frontend-workers", str(workers), env=compilation_cache)  # fmt: skip
     outcomes: list[grpc.StatusCode] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -156,3 +157,42 @@ def test_sigterm_during_warm_up_exits_promptly():
     finally:
         proc.kill()
         proc.wait()
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out |= {int(c) for c in f.read().split()}
+    return out
+
+
+def _frontends(pid: int) -> set[int]:
+    found = set()
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():  # not the resource tracker
+                    found.add(child)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_a_frontend_worker_that_dies_is_replaced(compilation_cache):
+    with ServerProcess(*SMALL_PLAN, "--frontend-workers", "2", env=compilation_cache) as server:
+        workers = _frontends(server.proc.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(now := _frontends(server.proc.pid) - {victim}) < 2:
+            assert time.monotonic() < deadline, server.log()
+        assert victim not in now
+        # Fresh connections land on either worker; every one is served.
+        request = raw_request_to_pb(random_request(np.random.default_rng(0), 8, 8))
+        for _ in range(8):
+            with RankingClient(server.target) as client:
+                assert client.health() == "SERVING"
+                assert len(client.rank(request, timeout=30).scores) == 8
+        assert "exited with -9; starting another" in server.log()

@@ -58,13 +58,22 @@ async def _burst(target: str, payloads: list[bytes], rate: float, timeout: float
         return await asyncio.gather(*tasks)
 
 
+def _wait_for_count(server: ServerProcess, key: str, expected: float) -> None:
+    """The server counts a call just after the client has its status: poll (bounded)."""
+    deadline = time.monotonic() + 10
+    while (got := _counts(server).get(key, 0)) < expected:
+        assert time.monotonic() < deadline, f"{key} stayed at {got}, expected {expected}"
+    assert got == expected, (key, got, expected)
+
+
 def _counts(server: ServerProcess) -> dict[str, float]:
     m = server.metrics()
     return {k: v for k, v in m.items() if k.startswith("phoenix_requests_total{")}
 
 
-def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation_cache):
-    flags = (*SMALL_PLAN, "--max-queue-ms", str(MAX_QUEUE_MS))
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "frontend-workers"])
+def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation_cache, workers):
+    flags = (*SMALL_PLAN, "--max-queue-ms", str(MAX_QUEUE_MS), "--frontend-workers", str(workers))
     with ServerProcess(*flags, env=compilation_cache) as server:
         rng = np.random.default_rng(5)
         requests = [random_request(rng, 64, 64) for _ in range(8)]
@@ -82,15 +91,18 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
         )
         assert ok > 50 and refused > 100, (ok, refused)
         refusal_seconds = [s for code, s, _ in results if code != grpc.StatusCode.OK]
-        assert statistics.median(refusal_seconds) < 0.05, statistics.median(refusal_seconds)
+        # Refusals come back in a fraction of the 2 s deadline, not at it. (The 50 ms target is
+        # measured by bench/host_path.py with ghz; here a Python load generator shares the
+        # test machine's two cores with the server, so the bound is looser.)
+        median = statistics.median(refusal_seconds)
+        assert median < 0.15 and max(refusal_seconds) < 1.5, (median, max(refusal_seconds))
         hints = [p for code, _, p in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
         assert all(len(h) == 1 and 1 <= h[0] <= 10 * MAX_QUEUE_MS for h in hints)
 
-        m = server.metrics()
-        after = _counts(server)
         for code in ALLOWED:
             key = f"phoenix_requests_total{{code={code.name},method=Rank}}"
-            assert after.get(key, 0) - before.get(key, 0) == codes.count(code), key
+            _wait_for_count(server, key, before.get(key, 0) + codes.count(code))
+        m = server.metrics()
         # Refused requests were never computed; accepted ones all were.
         assert m["phoenix_candidates_scored_total"] >= 64 * ok
         assert m["phoenix_admission_refusals_total{reason=queue_full}"] >= refused
@@ -141,7 +153,7 @@ def test_bytes_that_do_not_parse_are_invalid_argument_and_counted(default_server
         assert "not a valid RankRequest" in e.value.details()
         assert "<class" not in e.value.details()
     key = "phoenix_requests_total{code=INVALID_ARGUMENT,method=Rank}"
-    assert _counts(default_server)[key] - before.get(key, 0) == 2
+    _wait_for_count(default_server, key, before.get(key, 0) + 2)
 
 
 def test_a_call_the_client_cancels_is_counted_cancelled(default_server):
@@ -152,9 +164,7 @@ def test_a_call_the_client_cancels_is_counted_cancelled(default_server):
     while default_server.metrics()["phoenix_requests_in_flight"] < 1:
         assert not future.done()
     future.cancel()
-    deadline = time.monotonic() + 10
-    while _counts(default_server).get(key, 0) == before:
-        assert time.monotonic() < deadline, "the cancelled call was never counted"
+    _wait_for_count(default_server, key, before + 1)
     assert default_server.client.health() == "SERVING"
 
 

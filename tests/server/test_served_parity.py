@@ -1,8 +1,10 @@
-"""The reference-parity fixture, imported with the CLI and served end to end."""
+"""The reference-parity fixture, imported with the CLI and served end to end: in one process
+and through frontend workers, with requests in the row and the columnar form."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -20,8 +22,11 @@ from tests.server.harness import ServerProcess, phoenix_ranker
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def parity_server(tmp_path_factory, compilation_cache):
+MODES = {"one-process": (), "frontend-workers": ("--frontend-workers", "2")}
+
+
+@pytest.fixture(scope="module", params=MODES)
+def parity_server(request, tmp_path_factory, compilation_cache):
     checkpoint = tmp_path_factory.mktemp("served-parity") / "parity.safetensors"
     imported = subprocess.run(
         [*phoenix_ranker(), "import", "--params", str(PARITY_DIR / "params.npz"),
@@ -32,7 +37,7 @@ def parity_server(tmp_path_factory, compilation_cache):
     # Windows of 5 and 12 candidates, not the reference's 8, and history buckets 4 and 16.
     with ServerProcess("--checkpoint", str(checkpoint), "--max-batch-size", "4",
                        "--candidate-buckets", "5,12", "--history-buckets", "4,16",
-                       env=compilation_cache) as server:  # fmt: skip
+                       *MODES[request.param], env=compilation_cache) as server:  # fmt: skip
         yield server
 
 
@@ -49,3 +54,16 @@ def test_served_logits_reproduce_the_reference(parity_server, case, form):
     # Probabilities are the device's sigmoid of those logits.
     np.testing.assert_allclose(probabilities_from_pb(response), sigmoid(got), rtol=1e-6, atol=1e-7)
     assert response.model_version == "imported:params"
+
+
+def test_every_call_is_counted_once(parity_server):
+    """In either mode /metrics (the device process) counts each call exactly once."""
+    before = parity_server.metrics()
+    key = "phoenix_requests_total{code=OK,method=Rank}"
+    for case in PARITY_CASES[:3]:
+        parity_server.client.rank(raw_request_to_columnar_pb(case.request))
+    deadline = time.monotonic() + 10
+    while (m := parity_server.metrics())[key] < before[key] + 3:
+        assert time.monotonic() < deadline
+    assert m[key] == before[key] + 3
+    assert m["phoenix_requests_in_flight"] == 0

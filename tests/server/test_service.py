@@ -10,15 +10,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from model import hash_rows, load_checkpoint
-from server.app import create_grpc_server
+from server.app import describe
 from server.batcher import Batcher
 from server.buckets import make_plan
 from server.config import BatcherConfig, Limits
 from server.convert import logits_from_pb, raw_request_to_pb
+from server.front import create_grpc_server
 from server.metrics import Metrics
 from server.rpc import ranking_pb2_grpc
 from server.runner import ModelRunner
-from server.service import RankingService, add_to_server
+from server.service import MetricsRecorder, ModelFacts, RankingService, add_to_server
 from tests.helpers import random_request
 
 POISON_USER = 666
@@ -47,7 +48,8 @@ def test_unexpected_errors_are_internal_with_the_request_id(runner, caplog):
         metrics = Metrics(CollectorRegistry())
         batcher = Batcher(runner, BatcherConfig(), metrics)
         batcher.start()
-        service = RankingService(runner, batcher, Limits(), metrics)
+        facts = ModelFacts(runner.config, runner.checkpoint.rows, describe(runner, Limits()))
+        service = RankingService(facts, batcher, Limits(), MetricsRecorder(metrics))
         service.ready = True
         server, port = create_grpc_server("127.0.0.1:0", Limits().max_request_bytes)
         add_to_server(service, server)

@@ -1,0 +1,189 @@
+"""A frontend worker: a process that owns the gRPC port and does every call's host work.
+
+With `--frontend-workers N`, N such processes bind the service port together (SO_REUSEPORT:
+the kernel spreads connections over them). Each runs the same `RankingService` as the
+single-process server, decoding, validating and hashing requests and serializing responses,
+but hands encoded requests to the device process over a Unix socket (`server.ipc`) instead of
+to a batcher of its own, and reports each finished call there for the metrics. It imports
+neither JAX nor the model's parameters: it starts in about a second.
+
+Lifecycle: connect to the device process, bind the port, say READY; serve once the device
+says SERVING; on DRAINING (or its own SIGTERM, or the device process going away) drain like
+the single-process server: refuse new calls, answer those accepted, lame duck, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import signal
+import time
+
+import grpc
+
+from model.config import PhoenixModelConfig, TableRows
+from request.encoding import EncodedRequest
+from server import ipc
+from server.config import ServerConfig
+from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from server.front import GrpcFront
+from server.rpc import ranking_pb2 as pb
+from server.service import ModelFacts, RankingService
+
+log = logging.getLogger("phoenix.frontend")
+
+
+class DeviceFailed(RuntimeError):
+    """The device process answered INTERNAL (its message carries no internals)."""
+
+
+_ERRORS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: lambda message, retry: QueueFull(message, retry),
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: lambda message, _: DeadlineExceeded(message),
+    grpc.StatusCode.UNAVAILABLE.value[0]: lambda message, _: ShuttingDown(message),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerArgs:
+    """Everything a frontend process needs (picklable: it crosses a process spawn)."""
+
+    index: int
+    socket_path: str
+    port: int
+    config: ServerConfig
+    model_config_json: str
+    rows: tuple[int, int, int]
+    model_info: bytes  # a serialized pb.ModelInfo
+
+
+class DeviceLink:
+    """The device process, seen from a frontend: the service's queue and its recorder."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 layout: ipc.Layout, width: int):  # fmt: skip
+        self.reader, self.writer = reader, writer
+        self.layout, self.width = layout, width
+        self.in_flight = 0
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self.state = asyncio.Queue()  # STATE values from the device, or None when it is gone
+        self.broken = False
+
+    # -- Queue ---------------------------------------------------------------------------
+
+    def precheck(self, deadline: float | None) -> None:
+        if self.broken:
+            raise ShuttingDown("the device process is gone; retry on another replica")
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded("deadline had already passed when the request arrived")
+
+    def submit(self, encoded: EncodedRequest, deadline: float | None) -> asyncio.Future:
+        if self.broken:
+            raise ShuttingDown("the device process is gone; retry on another replica")
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        self.writer.write(ipc.submit_frame(call_id, deadline, self.in_flight, encoded, self.layout))
+        return future
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait until every submitted call has its answer; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._pending:
+                    await asyncio.wait(list(self._pending.values()))
+            return True
+        except TimeoutError:
+            return False
+
+    # -- Recorder ------------------------------------------------------------------------
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, method: str, code: grpc.StatusCode, seconds: float, candidates: int) -> None:
+        if method == "Rank":
+            self.in_flight -= 1
+        if not self.broken:
+            self.writer.write(
+                ipc.done_frame(method, code.value[0], seconds, candidates, self.in_flight)
+            )
+
+    # -- frames from the device ----------------------------------------------------------
+
+    async def read_forever(self) -> None:
+        try:
+            while True:
+                kind, payload = await ipc.read_frame(self.reader)
+                if kind == ipc.RESULT:
+                    self._resolve(*ipc.parse_result(payload, self.width))
+                elif kind == ipc.STATE:
+                    self.state.put_nowait(ipc.parse_state(payload))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.broken = True
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ShuttingDown("the device process went away"))
+            self._pending.clear()
+            self.state.put_nowait(None)
+
+    def _resolve(self, call_id: int, code: int, retry_ms: int, body) -> None:
+        future = self._pending.pop(call_id, None)
+        if future is None or future.done():
+            return
+        if code == 0:
+            future.set_result(body)
+        elif code in _ERRORS:
+            future.set_exception(_ERRORS[code](body, retry_ms))
+        else:
+            future.set_exception(DeviceFailed(body))
+
+
+async def _run(args: WorkerArgs) -> int:
+    config = args.config
+    model_config = PhoenixModelConfig.from_json(args.model_config_json)
+    reader, writer = await asyncio.open_unix_connection(args.socket_path, limit=ipc.MAX_FRAME_BYTES)
+    link = DeviceLink(reader, writer, ipc.Layout.of(model_config), 2 * model_config.num_actions)
+    facts = ModelFacts(
+        model_config, TableRows(*args.rows), pb.ModelInfo.FromString(args.model_info)
+    )
+    service = RankingService(facts, link, config.limits, link)
+    front = GrpcFront(service, f"{config.host}:{args.port}", config.limits.max_request_bytes,
+                      config.max_concurrent_rpcs, reuse_port=True)  # fmt: skip
+    await front.start()
+    reading = asyncio.get_running_loop().create_task(link.read_forever())
+    writer.write(ipc.ready_frame(args.index))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    stopping = asyncio.get_running_loop().create_task(stop.wait())
+    while True:
+        next_state = asyncio.get_running_loop().create_task(link.state.get())
+        await asyncio.wait({next_state, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done():
+            next_state.cancel()
+            break
+        state = next_state.result()
+        if state == ipc.SERVING:
+            await front.set_serving()
+        else:  # DRAINING, or the device process is gone
+            break
+    deadline = time.monotonic() + config.grace_seconds
+    drained = await front.drain(deadline, link.idle)
+    writer.close()
+    reading.cancel()
+    log.info("frontend %d stopped", args.index, extra={"fields": {"drained": drained}})
+    return 0
+
+
+def main(args: WorkerArgs) -> None:
+    """Process entry point (multiprocessing spawn)."""
+    from server import logs
+
+    logs.configure(args.config.log_level, args.config.log_json)
+    raise SystemExit(asyncio.run(_run(args)))

@@ -1,0 +1,152 @@
+"""Frames between frontend workers and the device process (one Unix socket per frontend).
+
+A frame is `u32 length | u8 kind | payload` (little-endian; length counts kind + payload).
+Arrays travel as raw bytes in a fixed order, so decoding is `np.frombuffer` per array (no
+pickle, no per-element work):
+
+    SUBMIT  frontend -> device  call id, absolute deadline (CLOCK_MONOTONIC seconds, shared by
+                                the processes of one machine; NaN = none), the frontend's calls
+                                in flight, n, m, then the EncodedRequest's eight arrays
+    RESULT  device -> frontend  call id, status code, retry hint (ms), then float32 [m, W]
+                                scores (OK) or a UTF-8 message
+    DONE    frontend -> device  one finished call for the metrics: method, status code,
+                                seconds, candidates, the frontend's calls in flight
+    STATE   device -> frontend  SERVING or DRAINING
+    READY   frontend -> device  the frontend's gRPC port is bound
+
+Shapes: n history events, m candidates, U / I / Au hashes per user / post / author id,
+A actions, W scores per candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.config import PhoenixModelConfig
+from request.encoding import EncodedRequest
+
+SUBMIT, RESULT, DONE, STATE, READY = 1, 2, 3, 4, 5
+SERVING, DRAINING = 1, 2
+METHODS = ("Rank", "GetModelInfo")
+
+_FRAME = struct.Struct("<IB")
+_SUBMIT = struct.Struct("<QdIII")  # call id, deadline, in flight, n, m
+_RESULT = struct.Struct("<QBI")  # call id, status code, retry hint ms
+_DONE = struct.Struct("<BBdII")  # method, status code, seconds, candidates, in flight
+_STATE = struct.Struct("<B")
+_READY = struct.Struct("<I")  # worker index
+MAX_FRAME_BYTES = 64 * 2**20
+
+
+def frame(kind: int, *parts: bytes) -> bytes:
+    """One frame of `kind` whose payload is the concatenation of `parts`."""
+    length = 1 + sum(len(p) for p in parts)
+    return b"".join((_FRAME.pack(length, kind), *parts))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, memoryview]:
+    """The next (kind, payload); IncompleteReadError at end of stream."""
+    length, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+    if not 1 <= length <= MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {length} bytes")
+    return kind, memoryview(await reader.readexactly(length - 1))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The dtypes and widths of an EncodedRequest's arrays for one model."""
+
+    user: int  # U
+    item: int  # I
+    author: int  # Au
+    actions: int  # A
+
+    @classmethod
+    def of(cls, config: PhoenixModelConfig) -> Layout:
+        h = config.hash_config
+        return cls(h.num_user_hashes, h.num_item_hashes, h.num_author_hashes, config.num_actions)
+
+    def fields(self, n: int, m: int) -> tuple[tuple[str, type, tuple[int, ...]], ...]:
+        return (
+            ("user_rows", np.int32, (self.user,)),
+            ("history_post_rows", np.int32, (n, self.item)),
+            ("history_author_rows", np.int32, (n, self.author)),
+            ("history_actions", np.uint8, (n, self.actions)),
+            ("history_surface", np.int32, (n,)),
+            ("candidate_post_rows", np.int32, (m, self.item)),
+            ("candidate_author_rows", np.int32, (m, self.author)),
+            ("candidate_surface", np.int32, (m,)),
+        )
+
+
+def submit_frame(
+    call_id: int, deadline: float | None, in_flight: int, encoded: EncodedRequest, layout: Layout
+) -> bytes:
+    n, m = encoded.num_history, encoded.num_candidates
+    header = _SUBMIT.pack(call_id, math.nan if deadline is None else deadline, in_flight, n, m)
+    arrays = [
+        np.ascontiguousarray(getattr(encoded, name), dtype).tobytes()
+        for name, dtype, _ in layout.fields(n, m)
+    ]
+    return frame(SUBMIT, header, *arrays)
+
+
+def parse_submit(
+    payload: memoryview, layout: Layout
+) -> tuple[int, float | None, int, EncodedRequest]:
+    """(call id, deadline, frontend's calls in flight, request); ValueError if malformed."""
+    call_id, deadline, in_flight, n, m = _SUBMIT.unpack_from(payload)
+    offset, arrays = _SUBMIT.size, {}
+    for name, dtype, shape in layout.fields(n, m):
+        count = int(np.prod(shape))
+        arrays[name] = np.frombuffer(payload, dtype, count, offset).reshape(shape)
+        offset += count * np.dtype(dtype).itemsize
+    if offset != len(payload):
+        raise ValueError(f"SUBMIT frame has {len(payload) - offset} stray bytes")
+    return call_id, None if math.isnan(deadline) else deadline, in_flight, EncodedRequest(**arrays)
+
+
+def result_frame(
+    call_id: int, code: int, scores: np.ndarray | None = None, message: str = "", retry_ms: int = 0
+) -> bytes:
+    body = scores.astype("<f4", copy=False).tobytes() if scores is not None else message.encode()
+    return frame(RESULT, _RESULT.pack(call_id, code, retry_ms), body)
+
+
+def parse_result(payload: memoryview, width: int) -> tuple[int, int, int, np.ndarray | str]:
+    """(call id, status code, retry ms, scores float32 [m, W] if OK else the message)."""
+    call_id, code, retry_ms = _RESULT.unpack_from(payload)
+    body = payload[_RESULT.size :]
+    if code == 0:
+        return call_id, code, retry_ms, np.frombuffer(body, "<f4").reshape(-1, width)
+    return call_id, code, retry_ms, bytes(body).decode(errors="replace")
+
+
+def done_frame(method: str, code: int, seconds: float, candidates: int, in_flight: int) -> bytes:
+    return frame(DONE, _DONE.pack(METHODS.index(method), code, seconds, candidates, in_flight))
+
+
+def parse_done(payload: memoryview) -> tuple[str, int, float, int, int]:
+    method, code, seconds, candidates, in_flight = _DONE.unpack_from(payload)
+    return METHODS[method], code, seconds, candidates, in_flight
+
+
+def state_frame(state: int) -> bytes:
+    return frame(STATE, _STATE.pack(state))
+
+
+def parse_state(payload: memoryview) -> int:
+    return _STATE.unpack_from(payload)[0]
+
+
+def ready_frame(index: int) -> bytes:
+    return frame(READY, _READY.pack(index))
+
+
+def parse_ready(payload: memoryview) -> int:
+    return _READY.unpack_from(payload)[0]

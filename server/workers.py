@@ -1,0 +1,226 @@
+"""The device process's side of frontend workers: spawn them, feed their requests to the
+batcher, answer them, and count their calls.
+
+Per request the device process only parses one SUBMIT frame (`np.frombuffer` per array),
+submits to the batcher and writes one RESULT frame: decoding, validation, hashing and response
+serialization happen in the frontends, on other cores. Admission is unchanged: the batcher
+refuses by work and deadline, and the refusal travels back as a RESULT with its status code
+and retry hint. Every frontend call is counted here from its DONE frame, so /metrics (served
+by this process) sees every call of every frontend.
+
+Where this pays: per call, the gRPC machinery and the host work cost roughly 0.3 and 0.1-0.2
+ms of one core here, against a device that computes a 32-candidate request in ~0.4 ms on this
+CPU and one to two orders of magnitude faster on a GPU. One process tops out at one core of
+host work (~2,000-3,000 calls/s); N frontends scale that to N cores, so on a GPU host with 8-16
+cores per device the ceiling becomes min(N x E, 1 / F) rather than 1 / (1/E + F). On a 2-core
+machine where the model itself runs on the same cores, there is no spare core to gain
+(bench/host_path.py measures both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from server import ipc
+from server.batcher import Batcher
+from server.config import ServerConfig
+from server.errors import QueueFull, ServiceError
+from server.frontend import WorkerArgs, main
+from server.metrics import Metrics
+from server.service import MetricsRecorder, ModelFacts
+
+log = logging.getLogger("phoenix.server")
+
+STARTUP_TIMEOUT = 60.0  # seconds for every frontend to bind its port and say READY
+SUPERVISE_SECONDS = 1.0  # how often dead frontends are looked for
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, non-listening SO_REUSEPORT socket holding `port` (0: a free one) so that the
+    frontends can all bind it; close it once they have."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        if host.strip("[]") != "::":
+            raise
+        sock.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("0.0.0.0", port))
+    return sock
+
+
+class FrontendHub:
+    """Spawns `config.frontend_workers` frontend processes and serves their Unix sockets."""
+
+    def __init__(self, config: ServerConfig, facts: ModelFacts, batcher: Batcher,
+                 metrics: Metrics):  # fmt: skip
+        self.config = config
+        self.facts = facts
+        self.batcher = batcher
+        self.recorder = MetricsRecorder(metrics, in_flight=False)
+        self.metrics = metrics
+        self.layout = ipc.Layout.of(facts.config)
+        self._dir = tempfile.mkdtemp(prefix="phoenix-workers-")
+        self.socket_path = str(Path(self._dir) / "device.sock")
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._in_flight: dict[int, int] = {}  # frontend connection -> its calls in flight
+        self._ready = 0
+        self._all_ready = asyncio.Event()
+        self._processes: list[multiprocessing.Process] = []
+        self._context = multiprocessing.get_context("spawn")
+        self._state = 0  # last state broadcast (0: not yet serving)
+        self._supervisor: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Listen, spawn the frontends on the service port, wait until they have bound it."""
+        self._server = await asyncio.start_unix_server(
+            self._serve, self.socket_path, limit=ipc.MAX_FRAME_BYTES
+        )
+        holder = reserve_port(self.config.host, self.config.port)
+        self.port = holder.getsockname()[1]
+        try:
+            for index in range(self.config.frontend_workers):
+                self._processes.append(self._spawn(index))
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while not self._all_ready.is_set():
+                    dead = [p.name for p in self._processes if p.exitcode is not None]
+                    if dead:
+                        raise RuntimeError(f"frontend workers exited at start-up: {dead}")
+                    try:
+                        async with asyncio.timeout(0.2):
+                            await self._all_ready.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            holder.close()
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    def _spawn(self, index: int) -> multiprocessing.Process:
+        f = self.facts
+        args = WorkerArgs(index, self.socket_path, self.port, self.config, f.config.to_json(),
+                          tuple(f.rows), f.info.SerializeToString())  # fmt: skip
+        process = self._context.Process(target=main, args=(args,), name=f"frontend-{index}")
+        process.start()
+        return process
+
+    async def _supervise(self) -> None:
+        """Replace a frontend that dies while serving (its share of the port would be gone)."""
+        while self._state != ipc.DRAINING:
+            await asyncio.sleep(SUPERVISE_SECONDS)
+            for index, process in enumerate(self._processes):
+                if process.exitcode is not None and self._state != ipc.DRAINING:
+                    log.error("frontend %s exited with %s; starting another", process.name,
+                              process.exitcode)  # fmt: skip
+                    self._processes[index] = self._spawn(index)
+
+    async def broadcast(self, state: int) -> None:
+        self._state = state
+        frame = ipc.state_frame(state)
+        for writer in self._writers:
+            if not writer.is_closing():
+                writer.write(frame)
+                await writer.drain()
+
+    async def stop(self, timeout: float) -> bool:
+        """Tell the frontends to drain, wait for them to exit; True if all did in time."""
+        await self.broadcast(ipc.DRAINING)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        loop = asyncio.get_running_loop()
+        clean = True
+        for process in self._processes:
+            await loop.run_in_executor(None, process.join, timeout)
+            if process.exitcode is None:
+                clean = False
+                log.warning("frontend %s did not drain in time; killing it", process.name)
+                process.kill()
+                await loop.run_in_executor(None, process.join, 5)
+        if self._server is not None:
+            self._server.close()
+        try:
+            os.unlink(self.socket_path)
+            os.rmdir(self._dir)
+        except OSError:
+            pass
+        return clean
+
+    def kill(self) -> None:
+        for process in self._processes:
+            if process.exitcode is None:
+                process.kill()
+
+    # -- one frontend connection ---------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        key = id(writer)
+        self._writers.append(writer)
+        try:
+            while True:
+                kind, payload = await ipc.read_frame(reader)
+                if kind == ipc.SUBMIT:
+                    self._submit(payload, writer, key)
+                elif kind == ipc.DONE:
+                    method, code, seconds, candidates, in_flight = ipc.parse_done(payload)
+                    self._set_in_flight(key, in_flight)
+                    self.recorder.finished(method, _BY_VALUE[code], seconds, candidates)
+                elif kind == ipc.READY:
+                    self._ready += 1
+                    if self._ready >= self.config.frontend_workers:
+                        self._all_ready.set()
+                    if self._state:  # a replacement joins a server already running
+                        writer.write(ipc.state_frame(self._state))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._set_in_flight(key, 0)
+            self._writers.remove(writer)
+            writer.close()
+
+    def _set_in_flight(self, key: int, count: int) -> None:
+        self._in_flight[key] = count
+        self.metrics.in_flight.set(sum(self._in_flight.values()))
+
+    def _submit(self, payload: memoryview, writer: asyncio.StreamWriter, key: int) -> None:
+        call_id, deadline, in_flight, encoded = ipc.parse_submit(payload, self.layout)
+        self._set_in_flight(key, in_flight)
+        try:
+            future = self.batcher.submit(encoded, deadline)
+        except ServiceError as e:
+            retry = e.retry_after_ms if isinstance(e, QueueFull) else 0
+            writer.write(ipc.result_frame(call_id, e.code.value[0], message=str(e), retry_ms=retry))
+            return
+        future.add_done_callback(lambda f: self._answer(f, call_id, writer))
+
+    def _answer(self, future: asyncio.Future, call_id: int, writer: asyncio.StreamWriter) -> None:
+        if writer.is_closing():
+            return
+        if future.cancelled():
+            frame = ipc.result_frame(
+                call_id, grpc.StatusCode.CANCELLED.value[0], message="cancelled"
+            )
+        elif isinstance(future.exception(), ServiceError):
+            e = future.exception()
+            retry = e.retry_after_ms if isinstance(e, QueueFull) else 0
+            frame = ipc.result_frame(call_id, e.code.value[0], message=str(e), retry_ms=retry)
+        elif future.exception() is not None:
+            log.error("batch failed for a frontend call", exc_info=future.exception())
+            frame = ipc.result_frame(call_id, _INTERNAL, message="batch failed")
+        else:
+            frame = ipc.result_frame(call_id, 0, scores=future.result())
+        writer.write(frame)

@@ -1,0 +1,79 @@
+"""Frames between frontend workers and the device process: round trips and malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+
+from server import ipc
+from tests.helpers import random_request
+
+
+@pytest.fixture(scope="module")
+def layout(parity_config):
+    return ipc.Layout.of(parity_config)
+
+
+@pytest.mark.parametrize(("n", "m"), [(0, 0), (0, 3), (7, 1), (16, 40)])
+def test_a_submitted_request_arrives_identical(parity_config, layout, n, m):
+    from model.config import TableRows
+    from request.encoding import encode
+
+    encoded = encode(random_request(np.random.default_rng(n + m), n, m), parity_config,
+                     TableRows(11, 1031, 97))  # fmt: skip
+    for deadline in (None, 1234.5):
+        data = ipc.submit_frame(42, deadline, 3, encoded, layout)
+        kind, payload = asyncio.run(_read(data))
+        assert kind == ipc.SUBMIT
+        call_id, got_deadline, in_flight, got = ipc.parse_submit(payload, layout)
+        assert (call_id, got_deadline, in_flight) == (42, deadline, 3)
+        for name in ("user_rows", "history_post_rows", "history_author_rows", "history_actions",
+                     "history_surface", "candidate_post_rows", "candidate_author_rows",
+                     "candidate_surface"):  # fmt: skip
+            want = getattr(encoded, name)
+            np.testing.assert_array_equal(getattr(got, name), want)
+            assert getattr(got, name).dtype == want.dtype
+
+
+def test_results_carry_scores_or_a_refusal():
+    scores = np.arange(3 * 38, dtype=np.float32).reshape(3, 38)
+    _, payload = asyncio.run(_read(ipc.result_frame(7, 0, scores=scores)))
+    call_id, code, retry, body = ipc.parse_result(payload, 38)
+    assert (call_id, code, retry) == (7, 0, 0)
+    np.testing.assert_array_equal(body, scores)
+    _, payload = asyncio.run(_read(ipc.result_frame(8, 8, message="overloaded ü", retry_ms=25)))
+    assert ipc.parse_result(payload, 38) == (8, 8, 25, "overloaded ü")
+
+
+def test_done_and_state_frames():
+    _, payload = asyncio.run(_read(ipc.done_frame("GetModelInfo", 0, 0.25, 0, 5)))
+    assert ipc.parse_done(payload) == ("GetModelInfo", 0, 0.25, 0, 5)
+    _, payload = asyncio.run(_read(ipc.state_frame(ipc.DRAINING)))
+    assert ipc.parse_state(payload) == ipc.DRAINING
+
+
+def test_a_submit_frame_with_stray_bytes_is_refused(parity_config, layout):
+    from model.config import TableRows
+    from request.encoding import encode
+
+    encoded = encode(random_request(np.random.default_rng(1), 2, 2), parity_config,
+                     TableRows(11, 1031, 97))  # fmt: skip
+    _, payload = asyncio.run(_read(ipc.submit_frame(1, math.nan, 0, encoded, layout) + b""))
+    with pytest.raises(ValueError, match="stray"):
+        ipc.parse_submit(memoryview(bytes(payload) + b"\x00"), layout)
+
+
+def test_an_oversized_frame_length_is_refused():
+    data = ipc._FRAME.pack(ipc.MAX_FRAME_BYTES + 1, ipc.SUBMIT)
+    with pytest.raises(ValueError, match="frame of"):
+        asyncio.run(_read(data))
+
+
+async def _read(data: bytes):
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return await ipc.read_frame(reader)
