@@ -230,11 +230,26 @@ def heavy(target: str, seconds: float) -> dict:
     return result
 
 
+def measure_empty(small: Path, seconds: float, forward: dict) -> tuple[float, float]:
+    """E (requests/s of the empty server) and L = 1 / (1/E + F)."""
+    empty = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"), "--port",
+                              "0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    port = int(empty.stdout.readline().split()[1])
+    e = closed_loop(f"127.0.0.1:{port}", small, 32, seconds)
+    empty.terminate()
+    empty.wait()
+    E = e["requests_per_s"]
+    L = 1 / (1 / E + forward[32]["F_ms_per_request"] / 1e3)
+    emit({"section": "empty", "E_rps": E, "L_rps": round(L, 1), **e})
+    return E, L
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--overload-seconds", type=float, default=20.0)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    parser.add_argument("--server-args", default="", help="extra serve flags, space separated")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     emit({"machine": platform.machine(), "cpus": os.cpu_count(),
@@ -244,7 +259,8 @@ def main() -> None:
     # row of 64 candidate slots, a 512-candidate one two rows of 256; full batches.
     shapes = {32: (32, 64, 64), 512: (16, 64, 256)}
     real_per_row = {32: 32, 512: 256}
-    seconds = bare_forward(list(shapes.values()))
+    seconds = bare_forward(list(shapes.values()) if "forward" not in skip else [])
+    seconds = {k: seconds.get(k, 1.0) for k in shapes.values()}
     forward = {}
     for m, shape in shapes.items():
         per_request = seconds[shape] / (shape[0] * real_per_row[m] / m)
@@ -254,24 +270,20 @@ def main() -> None:
     emit({"section": "forward", **{str(k): v for k, v in forward.items()}})
 
     small = request_file(32)
-    empty = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"), "--port",
-                              "0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    port = int(empty.stdout.readline().split()[1])
-    e = closed_loop(f"127.0.0.1:{port}", small, 32, args.seconds)
-    empty.terminate()
-    empty.wait()
-    E = e["requests_per_s"]
-    L = 1 / (1 / E + forward[32]["F_ms_per_request"] / 1e3)
-    emit({"section": "empty", "E_rps": E, "L_rps": round(L, 1), **e})
+    if "empty" in skip:
+        E = L = float("nan")
+    else:
+        E, L = measure_empty(small, args.seconds, forward)
 
     cache = {"PHOENIX_COMPILATION_CACHE": str(ROOT / ".bench-jax-cache")}
-    modes = [("single", ())]
+    extra = tuple(args.server_args.split())
+    modes = [("single", extra)]
     if "frontends" not in skip:
-        modes.append(("frontend-workers-2", ("--frontend-workers", "2")))
+        modes.append(("frontend-workers-2", ("--frontend-workers", "2", *extra)))
     for mode, flags in modes:
         with ServerProcess(*flags, env=cache) as server:
             target = server.target
-            for m in (32, 512):
+            for m in () if "served" in skip else (32, 512):
                 served = closed_loop(target, request_file(m), m, args.seconds)
                 served |= {"over_L": round(served["requests_per_s"] / L, 3)} if m == 32 else {}
                 served["over_bare_forward"] = round(

@@ -31,7 +31,9 @@ class Limits:
     max_history_actions: int = setting(
         4096 * 19, "most action entries over all history events of one request"
     )
-    max_request_bytes: int = setting(4 * MiB, "largest serialized request", "bytes")
+    # The largest request the other limits allow is ~250 KB (4,096 events with every action
+    # and 2,800 candidates, row form); anything much larger is refused before it is parsed.
+    max_request_bytes: int = setting(1 * MiB, "largest serialized request", "bytes")
 
 
 @dataclasses.dataclass(frozen=True)

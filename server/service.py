@@ -45,6 +45,11 @@ from server.rpc import ranking_pb2_grpc
 
 log = logging.getLogger("phoenix.requests")
 
+try:  # what abort raises when the call is already over (gRPC's Cython layer)
+    from grpc._cython.cygrpc import ExecuteBatchError as _CALL_GONE
+except ImportError:  # pragma: no cover - another grpcio layout: let the error surface
+    _CALL_GONE = ()
+
 # Requests (and responses) up to this many bytes are decoded (serialized) on the event loop:
 # ~50 us of work, less than a hop to the host thread and back. A 32-candidate request in the
 # row form is ~2.4 KB, a 2,800-candidate one in the columnar form ~56 KB.
@@ -118,6 +123,19 @@ def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(name, handlers)
 
 
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
+) -> grpc.StatusCode:
+    """End the call with `code`: raises gRPC's AbortError once the status is on its way.
+    Returns CANCELLED only if the client had already gone (cancelled, or its deadline passed
+    while we worked), when nothing can be sent; the caller then ends the handler quietly."""
+    try:
+        await context.abort(code, details)
+    except _CALL_GONE:
+        return grpc.StatusCode.CANCELLED
+    raise AssertionError("context.abort returned")
+
+
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     def __init__(self, model: ModelFacts, queue: Queue, limits: Limits, recorder: Recorder):
         self.model = model
@@ -185,7 +203,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             code = e.code
             if isinstance(e, QueueFull):
                 context.set_trailing_metadata((("grpc-retry-pushback-ms", str(e.retry_after_ms)),))
-            await context.abort(e.code, str(e))
+            code = await _abort(context, e.code, str(e))
+            raise asyncio.CancelledError() from None
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -193,7 +212,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             code = grpc.StatusCode.INTERNAL
             request_id = request_id or uuid.uuid4().hex
             log.exception("Rank failed", extra={"fields": {"request_id": request_id}})
-            await context.abort(code, f"internal error (request_id={request_id})")
+            code = await _abort(context, code, f"internal error (request_id={request_id})")
+            raise asyncio.CancelledError() from None
         finally:
             elapsed = time.perf_counter() - start
             self.recorder.finished("Rank", code, elapsed, 0 if raw is None else raw.num_candidates)

@@ -34,6 +34,9 @@ def test_cargo_test_against_the_live_server(compilation_cache):
         "PHOENIX_RANKER": command[0],
         "PHOENIX_PYTHON": sys.executable,
         "CARGO_TERM_COLOR": "never",
+        # The servers the crate's tests start need only a few batch shapes: seconds of warm-up.
+        "PHOENIX_MAX_BATCH_SIZE": "8",
+        "PHOENIX_CANDIDATE_BUCKETS": "8,32",
     }
     started = time.monotonic()
     build = subprocess.run([cargo(), "test", "--locked", "--no-run"], cwd=CRATE, env=env,

@@ -1,7 +1,7 @@
 """Python and Rust make the same synthetic request for the same seed (request/synthetic.py's spec).
 
-The Rust side is `rank --print-request` of the client crate, built in release mode as
-bench/serve.py builds `loadgen` (cargo reuses an up-to-date build).
+The Rust side is `rank --print-request` of the client crate, in the debug build that
+tests/clients/test_rust_client.py's `cargo test` has already compiled the dependencies of.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def rank_binary() -> Path:
     from tests.clients.test_rust_client import CRATE, cargo
 
     build = subprocess.run(
-        [cargo(), "build", "--release", "--locked", "--bin", "rank", "--message-format=json"],
+        [cargo(), "build", "--locked", "--bin", "rank", "--message-format=json"],
         cwd=CRATE,
         env={**os.environ, "CARGO_TERM_COLOR": "never"},
         capture_output=True,

@@ -11,8 +11,9 @@ from tests.server.harness import ServerProcess
 SMALL_PLAN = ("--max-batch-size", "8", "--candidate-buckets", "8,32", "--max-batch-wait-ms", "5")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def default_server(compilation_cache):
+    """One default-model server for every test module that only needs a running server."""
     with ServerProcess(*SMALL_PLAN, env=compilation_cache) as server:
         yield server
 
