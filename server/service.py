@@ -7,8 +7,8 @@ bytes that do not parse, is answered and counted here. In order:
    that has passed, or a queue already holding more work than it may (`Batcher.precheck`).
 2. Decode, validate and hash (host work). Requests up to `INLINE_BYTES` are handled on the
    event loop, where a thread hop would cost more than the work; larger ones on the host
-   thread, so that one 4 MB request holds the loop for no longer than Python's switch
-   interval, not for the hundreds of milliseconds its decoding takes.
+   thread, so that one large request holds the loop for no longer than Python's switch
+   interval at a time, not for the milliseconds its decoding takes.
 3. Hand the encoded request to the batcher, which admits it by work and deadline or refuses
    it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and await it.
 4. Serialize the response with numpy (`convert.rank_response_bytes`), off the loop when large.
