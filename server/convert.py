@@ -69,6 +69,16 @@ def _check_count(field: str, count: int, limit: int, name: str) -> None:
         raise InvalidArgument(field, f"{count} exceed {name}={limit}")
 
 
+def _check_columns(field: str, columns, names: tuple[str, ...]) -> None:
+    """Every column as long as `post_ids`; InvalidArgument naming the first that is not."""
+    n = len(columns.post_ids)
+    for name in names:
+        if len(getattr(columns, name)) != n:
+            raise InvalidArgument(
+                f"{field}.{name}", f"has {len(getattr(columns, name))} values for {n} post_ids"
+            )
+
+
 def _history_columns(request: pb.RankRequest, limits: Limits) -> dict[str, np.ndarray]:
     if request.HasField("history_columns"):
         if len(request.history):
@@ -76,12 +86,7 @@ def _history_columns(request: pb.RankRequest, limits: Limits) -> dict[str, np.nd
         cols = request.history_columns
         n = len(cols.post_ids)
         _check_count("history_columns", n, limits.max_history_events, "max_history_events")
-        for name in ("author_ids", "action_masks", "product_surfaces"):
-            if len(getattr(cols, name)) != n:
-                raise InvalidArgument(
-                    f"history_columns.{name}",
-                    f"has {len(getattr(cols, name))} values for {n} post_ids",
-                )
+        _check_columns("history_columns", cols, ("author_ids", "action_masks", "product_surfaces"))
         masks = np.array(cols.action_masks, dtype=np.uint32)
         bad = np.flatnonzero(masks >> NUM_ACTIONS)
         if bad.size:
@@ -117,14 +122,8 @@ def _candidate_columns(request: pb.RankRequest, limits: Limits) -> dict[str, np.
         if len(request.candidates):
             raise InvalidArgument("candidates", "send candidates or candidate_columns, not both")
         cols = request.candidate_columns
-        m = len(cols.post_ids)
-        _check_count("candidate_columns", m, limit, name)
-        for column in ("author_ids", "product_surfaces"):
-            if len(getattr(cols, column)) != m:
-                raise InvalidArgument(
-                    f"candidate_columns.{column}",
-                    f"has {len(getattr(cols, column))} values for {m} post_ids",
-                )
+        _check_count("candidate_columns", len(cols.post_ids), limit, name)
+        _check_columns("candidate_columns", cols, ("author_ids", "product_surfaces"))
         return {
             "candidate_post_ids": np.array(cols.post_ids, dtype=np.uint64),
             "candidate_author_ids": np.array(cols.author_ids, dtype=np.uint64),
