@@ -149,7 +149,7 @@ class RankingServer:
             self.service = RankingService(facts, self.batcher, c.limits, recorder)
             address = f"{c.host}:{c.port}"
             self.front = GrpcFront(self.service, address, c.limits.max_request_bytes,
-                                   c.max_concurrent_rpcs)  # fmt: skip
+                                   c.max_concurrent_rpcs, max_pending_calls=c.max_pending_calls)  # fmt: skip
             await self.front.start()
             self.port = self.front.port
         self._metrics_http = _start_metrics_http(c.host.strip("[]"), c.metrics_port, self.registry)

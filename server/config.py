@@ -106,6 +106,16 @@ class ServerConfig:
     max_concurrent_rpcs: int = setting(
         1024, "calls a gRPC server (each frontend's) handles at once; gRPC refuses the rest"
     )
+    # Under overload the backlog that grows is the transport's (calls not yet taken by the
+    # event loop), where no admission policy sees it. gRPC's default (1,000, up to 3,000)
+    # let calls age there for seconds; a short one makes the C core shed them in
+    # microseconds, keeping accepted latency bounded. The status of a call it sheds is
+    # CANCELLED (not ours to choose), and it never reaches Python to be counted.
+    max_pending_calls: int = setting(
+        32,
+        "calls the transport holds before the event loop takes them; past it gRPC sheds new "
+        "calls at random, past 4x it sheds all (status CANCELLED); 0: gRPC's default",
+    )
     limits: Limits = dataclasses.field(default_factory=Limits)
     shapes: ShapeConfig = dataclasses.field(default_factory=ShapeConfig)
     batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)

@@ -35,14 +35,22 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 def create_grpc_server(
     address: str, max_request_bytes: int, max_concurrent_rpcs: int | None = None,
-    reuse_port: bool = False,
+    reuse_port: bool = False, max_pending_calls: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:  # fmt: skip
     """An aio server bound to `address` ("host:0" picks a port): (server, bound port).
 
     `max_concurrent_rpcs`: calls beyond it are refused by gRPC itself (RESOURCE_EXHAUSTED)
     before any Python runs. `reuse_port`: several processes may bind the same port
-    (SO_REUSEPORT); the kernel spreads connections across them.
+    (SO_REUSEPORT); the kernel spreads connections across them. `max_pending_calls`: the
+    transport's backlog of calls not yet taken by the event loop; past it gRPC's C core sheds
+    new calls at random, and past 4x it sheds them all (see server.config).
     """
+    pending = []
+    if max_pending_calls:
+        pending = [
+            ("grpc.server.max_pending_requests", max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", 4 * max_pending_calls),
+        ]
     server = grpc.aio.server(
         options=[
             # Transport limit above the service's own, so oversize requests reach validation
@@ -50,6 +58,7 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", 2 * max_request_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", int(reuse_port)),
+            *pending,
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
@@ -63,11 +72,12 @@ class GrpcFront:
     """A bound gRPC server for one RankingService, with health and its drain."""
 
     def __init__(self, service: RankingService, address: str, max_request_bytes: int,
-                 max_concurrent_rpcs: int | None = None, reuse_port: bool = False):  # fmt: skip
+                 max_concurrent_rpcs: int | None = None, reuse_port: bool = False,
+                 max_pending_calls: int | None = None):  # fmt: skip
         self.service = service
         self.health = health_aio.HealthServicer()
         self.server, self.port = create_grpc_server(
-            address, max_request_bytes, max_concurrent_rpcs, reuse_port
+            address, max_request_bytes, max_concurrent_rpcs, reuse_port, max_pending_calls
         )
         add_to_server(service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -154,7 +154,8 @@ async def _run(args: WorkerArgs) -> int:
     )
     service = RankingService(facts, link, config.limits, link)
     front = GrpcFront(service, f"{config.host}:{args.port}", config.limits.max_request_bytes,
-                      config.max_concurrent_rpcs, reuse_port=True)  # fmt: skip
+                      config.max_concurrent_rpcs, reuse_port=True,
+                      max_pending_calls=config.max_pending_calls)  # fmt: skip
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())
     writer.write(ipc.ready_frame(args.index))
