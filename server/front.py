@@ -114,17 +114,19 @@ class GrpcFront:
         drained = await wait_for_work(max(0.0, deadline - time.monotonic()))
         if not drained:
             log.warning("grace period ran out with requests still queued")
-        await self._lame_duck(deadline)
+        # The last answers just went out, and their callers may send again at once: the quiet
+        # period starts now, not at the last arrival.
+        await self._lame_duck(deadline, quiet_since=time.monotonic())
         # Handlers of drained requests only have to write their responses now; even when the
         # drain used up the grace period, give them a moment rather than aborting them.
         await self.server.stop(max(MIN_WRITE_SECONDS, deadline - time.monotonic()))
         return drained
 
-    async def _lame_duck(self, deadline: float) -> None:
+    async def _lame_duck(self, deadline: float, quiet_since: float) -> None:
         """Keep answering UNAVAILABLE until no call arrived for a quiet period (or deadline)."""
         while True:
             now = time.monotonic()
-            quiet_at = self.service.last_call + LAME_DUCK_QUIET_SECONDS
+            quiet_at = max(self.service.last_call, quiet_since) + LAME_DUCK_QUIET_SECONDS
             if now >= quiet_at or now >= deadline:
                 return
             await asyncio.sleep(min(quiet_at, deadline) - now)
