@@ -68,7 +68,9 @@ class DeviceLink:
         self.layout, self.width = layout, width
         self.in_flight = 0
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, asyncio.Future] = {}  # submitted, not yet answered by the device
+        self._answered = asyncio.Event()  # set whenever _pending is empty
+        self._answered.set()
         self.state = asyncio.Queue()  # STATE values from the device, or None when it is gone
         self.broken = False
 
@@ -86,15 +88,16 @@ class DeviceLink:
         call_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
+        self._answered.clear()
         self.writer.write(ipc.submit_frame(call_id, deadline, self.in_flight, encoded, self.layout))
         return future
 
     async def idle(self, timeout: float) -> bool:
-        """Wait until every submitted call has its answer; False on timeout."""
+        """Wait until the device has answered every submitted call (even those whose caller
+        cancelled meanwhile); False on timeout."""
         try:
             async with asyncio.timeout(timeout):
-                while self._pending:
-                    await asyncio.wait(list(self._pending.values()))
+                await self._answered.wait()
             return True
         except TimeoutError:
             return False
@@ -130,10 +133,13 @@ class DeviceLink:
                 if not future.done():
                     future.set_exception(ShuttingDown("the device process went away"))
             self._pending.clear()
+            self._answered.set()
             self.state.put_nowait(None)
 
     def _resolve(self, call_id: int, code: int, retry_ms: int, body) -> None:
         future = self._pending.pop(call_id, None)
+        if not self._pending:
+            self._answered.set()
         if future is None or future.done():
             return
         if code == 0:
