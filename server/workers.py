@@ -107,6 +107,9 @@ class FrontendHub:
                             await self._all_ready.wait()
                     except TimeoutError:
                         pass
+        except BaseException:
+            self.kill()
+            raise
         finally:
             holder.close()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
