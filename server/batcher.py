@@ -9,7 +9,7 @@ the batcher's own state needs no locks):
    (`server.admission.decide`) whether the queue can take that much more work before the
    request's deadline. Refused, it raises at once (`QueueFull` with a retry hint computed from
    the queue, or `DeadlineExceeded`); after `close()` it raises `ShuttingDown`. Admitted, its
-   pieces join one FIFO deque and it returns a future of the request's logits.
+   pieces join one FIFO deque and it returns a future of the request's scores.
 2. One batching task waits for the first piece. If the device is idle it dispatches at once
    (a lone request never waits for company). Otherwise the request would wait for the device
    anyway, so the batch stays open, collecting arrivals, until it is full (`plan.max_rows`
