@@ -27,26 +27,31 @@ def decode_rank_request(data: bytes, config: PhoenixModelConfig, limits: Limits)
     column) becomes numpy arrays with one copy per column; the row form costs a Python object
     per event and candidate, about 10x more host time (bench/host_path.py).
     """
-    if len(data) > limits.max_request_bytes:
-        raise InvalidArgument(
-            "request", f"{len(data)} bytes exceeds the server's limit of {limits.max_request_bytes}"
-        )
+    _check_size(len(data), limits)  # before parsing: an oversize request costs nothing
     try:
         request = pb.RankRequest.FromString(data)
     except Exception as e:  # DecodeError, or a RuntimeWarning-free upb error: bad bytes
         raise InvalidArgument("request", f"not a valid RankRequest message ({e})") from None
-    return raw_request_from_pb(request, config, limits, size=len(data))
+    return _raw_request(request, config, limits)
 
 
 def raw_request_from_pb(
-    request: pb.RankRequest, config: PhoenixModelConfig, limits: Limits, size: int | None = None
+    request: pb.RankRequest, config: PhoenixModelConfig, limits: Limits
 ) -> RawRequest:
     """Validate a RankRequest and turn it into numpy columns; InvalidArgument on bad input."""
-    size = request.ByteSize() if size is None else size
+    _check_size(request.ByteSize(), limits)
+    return _raw_request(request, config, limits)
+
+
+def _check_size(size: int, limits: Limits) -> None:
     if size > limits.max_request_bytes:
         raise InvalidArgument(
             "request", f"{size} bytes exceeds the server's limit of {limits.max_request_bytes}"
         )
+
+
+def _raw_request(request: pb.RankRequest, config: PhoenixModelConfig, limits: Limits) -> RawRequest:
+    """A size-checked RankRequest as numpy columns, every other field validated."""
     if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID_BYTES} bytes")
     history = _history_columns(request, limits)

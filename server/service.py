@@ -11,7 +11,8 @@ bytes that do not parse, is answered and counted here. In order:
    interval at a time, not for the milliseconds its decoding takes.
 3. Hand the encoded request to the batcher, which admits it by work and deadline or refuses
    it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and await it.
-4. Serialize the response with numpy (`convert.rank_response_bytes`), off the loop when large.
+4. Serialize the response with numpy (`convert.rank_response_bytes`), off the loop beyond
+   `INLINE_CANDIDATES`.
 
 Errors map to status codes through `server.errors`; anything unexpected becomes INTERNAL
 carrying the request id and is logged. Every call is counted in `phoenix_requests_total` with
@@ -50,10 +51,12 @@ try:  # what abort raises when the call is already over (gRPC's Cython layer)
 except ImportError:  # pragma: no cover - another grpcio layout: let the error surface
     _CALL_GONE = ()
 
-# Requests (and responses) up to this many bytes are decoded (serialized) on the event loop:
-# ~50 us of work, less than a hop to the host thread and back. A 32-candidate request in the
-# row form is ~2.4 KB, a 2,800-candidate one in the columnar form ~56 KB.
+# Requests up to this many bytes are decoded on the event loop: ~50 us of work, less than a
+# hop to the host thread and back. A 32-candidate request in the row form is ~2.4 KB, a
+# 2,800-candidate one in the columnar form ~56 KB.
 INLINE_BYTES = 16 * 1024
+# Responses for up to this many candidates are serialized on the event loop (~90 us at 512).
+INLINE_CANDIDATES = 512
 
 
 class Queue(Protocol):
@@ -156,8 +159,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         raw = convert.decode_rank_request(data, self.model.config, self.limits)
         return raw, encode(raw, self.model.config, self.model.rows)
 
-    async def _off_loop_if_large(self, size: int, fn, *args):
-        if size <= INLINE_BYTES:
+    async def _off_loop_if(self, large: bool, fn, *args):
+        if not large:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._host, fn, *args)
 
@@ -180,7 +183,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             self._preparing += 1
             self._prepared.clear()
             try:
-                raw, encoded = await self._off_loop_if_large(len(data), self._prepare, data)
+                raw, encoded = await self._off_loop_if(
+                    len(data) > INLINE_BYTES, self._prepare, data
+                )
                 request_id = raw.request_id or uuid.uuid4().hex
                 prepared = time.perf_counter()
                 future = self.queue.submit(encoded, deadline)
@@ -190,8 +195,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     self._prepared.set()
             scores = await future  # [m, 2A]
             a = len(ACTIONS)
-            return await self._off_loop_if_large(
-                32 * raw.num_candidates,
+            return await self._off_loop_if(
+                raw.num_candidates > INLINE_CANDIDATES,
                 convert.rank_response_bytes,
                 raw.candidate_post_ids,
                 scores[:, :a],

@@ -205,8 +205,7 @@ class FrontendHub:
         try:
             future = self.batcher.submit(encoded, deadline)
         except ServiceError as e:
-            retry = e.retry_after_ms if isinstance(e, QueueFull) else 0
-            writer.write(ipc.result_frame(call_id, e.code.value[0], message=str(e), retry_ms=retry))
+            writer.write(_refusal_frame(call_id, e))
             return
         future.add_done_callback(lambda f: self._answer(f, call_id, writer))
 
@@ -218,12 +217,16 @@ class FrontendHub:
                 call_id, grpc.StatusCode.CANCELLED.value[0], message="cancelled"
             )
         elif isinstance(future.exception(), ServiceError):
-            e = future.exception()
-            retry = e.retry_after_ms if isinstance(e, QueueFull) else 0
-            frame = ipc.result_frame(call_id, e.code.value[0], message=str(e), retry_ms=retry)
+            frame = _refusal_frame(call_id, future.exception())
         elif future.exception() is not None:
             log.error("batch failed for a frontend call", exc_info=future.exception())
             frame = ipc.result_frame(call_id, _INTERNAL, message="batch failed")
         else:
             frame = ipc.result_frame(call_id, 0, scores=future.result())
         writer.write(frame)
+
+
+def _refusal_frame(call_id: int, error: ServiceError) -> bytes:
+    """The RESULT frame of a refused call: its status, message and retry hint."""
+    retry = error.retry_after_ms if isinstance(error, QueueFull) else 0
+    return ipc.result_frame(call_id, error.code.value[0], message=str(error), retry_ms=retry)
