@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from model.actions import ACTIONS
 from model.checkpoint import default_checkpoint_path, load_checkpoint
@@ -26,23 +26,13 @@ from server.buckets import BucketPlan, make_plan
 from server.config import Limits, ServerConfig
 from server.front import GrpcFront
 from server.metrics import Metrics
+from server.metrics_http import MetricsHTTPServer, start_metrics_http, tls_context
 from server.rpc import ranking_pb2 as pb
 from server.runner import ModelRunner, WarmupAborted, enable_compilation_cache
 from server.service import MetricsRecorder, ModelFacts, RankingService
 from server.workers import FrontendHub
 
 log = logging.getLogger("phoenix.server")
-
-
-def _start_metrics_http(host: str, port: int, registry: CollectorRegistry):
-    """Serve /metrics; "::" falls back to IPv4 on hosts without IPv6, as gRPC itself does."""
-    try:
-        server, _ = start_http_server(port, host, registry)
-    except OSError:
-        if host != "::":
-            raise
-        server, _ = start_http_server(port, "0.0.0.0", registry)
-    return server
 
 
 def _log_compiled(done: int, total: int, shape, seconds: float) -> None:
@@ -113,7 +103,7 @@ class RankingServer:
         )
         self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled)
         self.port = self.metrics_port = 0
-        self._metrics_http = None
+        self._metrics_http: MetricsHTTPServer | None = None
         self.batcher: Batcher | None = None
         self.service: RankingService | None = None
         self.front: GrpcFront | None = None
@@ -133,6 +123,27 @@ class RankingServer:
             log.warning("compiled batch shape %s after warm-up (%.2fs)", tuple(shape), seconds)
 
     async def start(self) -> None:
+        """Bind /metrics, start the batcher, bind gRPC. Raises OSError (MetricsPortInUse
+        included) if a port cannot be bound, having started nothing that outlives it."""
+        c = self.config
+        t = c.transport
+        context = None
+        if c.metrics_tls:
+            if t.tls_cert is None or t.tls_key is None:
+                raise ValueError("--metrics-tls needs --tls-cert and --tls-key")
+            context = tls_context(t.tls_cert, t.tls_key, t.tls_client_ca)
+        self._metrics_http = start_metrics_http(c.metrics_host, c.metrics_port, self.registry,
+                                                context)  # fmt: skip
+        self.metrics_port = self._metrics_http.port
+        try:
+            await self._start_serving()
+        except BaseException:
+            self._metrics_http.stop()
+            if self.batcher is not None:
+                await self.batcher.stop()
+            raise
+
+    async def _start_serving(self) -> None:
         c = self.config
         self.batcher = Batcher(self.runner, c.batcher, self.metrics)
         self.batcher.start()
@@ -148,12 +159,9 @@ class RankingServer:
             recorder = MetricsRecorder(self.metrics)
             self.service = RankingService(facts, self.batcher, c.limits, recorder)
             address = f"{c.host}:{c.port}"
-            self.front = GrpcFront(self.service, address, c.limits.max_request_bytes,
-                                   c.max_concurrent_rpcs, max_pending_calls=c.max_pending_calls)  # fmt: skip
+            self.front = GrpcFront(self.service, address, c.transport)
             await self.front.start()
             self.port = self.front.port
-        self._metrics_http = _start_metrics_http(c.host.strip("[]"), c.metrics_port, self.registry)
-        self.metrics_port = self._metrics_http.server_port
 
     async def warm_up(self, abort: threading.Event | None = None) -> float:
         """Compile every planned shape (off the event loop), then report SERVING."""
@@ -186,15 +194,18 @@ class RankingServer:
             clean = await self.hub.stop(max(0.0, deadline - time.monotonic()))
             drained = await self._close_and_drain(max(0.0, deadline - time.monotonic())) and clean
         await self.batcher.stop(wait_for_device=drained)
-        self._metrics_http.shutdown()
-        self._metrics_http.server_close()
+        self._metrics_http.stop()
         return drained
 
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     server = RankingServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except (OSError, ValueError) as e:  # a port taken, a TLS file missing: one line, exit 2
+        log.error("cannot start: %s", e)
+        return 2
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -48,10 +48,33 @@ def cmd_serve(args) -> int:
     return asyncio.run(serve(config))
 
 
+def _add_connection(p) -> None:
+    """--target and the TLS options of a client command."""
+    p.add_argument("--target", default=_env("target", "localhost:50051"),
+                   help="host:port, http://host:port, or https://host:port (TLS) (PHOENIX_TARGET)")  # fmt: skip
+    p.add_argument("--tls-ca", type=Path, default=_env("tls_ca", "") or None,
+                   help="PEM CA that signed the server's certificate; implies TLS "
+                   "(PHOENIX_TLS_CA; https:// without it: the system roots)")  # fmt: skip
+    p.add_argument("--tls-cert", type=Path, default=_env("tls_client_cert", "") or None,
+                   help="PEM client certificate, for mutual TLS (PHOENIX_TLS_CLIENT_CERT)")  # fmt: skip
+    p.add_argument("--tls-key", type=Path, default=_env("tls_client_key", "") or None,
+                   help="PEM key of --tls-cert (PHOENIX_TLS_CLIENT_KEY)")  # fmt: skip
+    p.add_argument("--tls-server-name", default=None,
+                   help="name to verify the server's certificate against; default: the host")  # fmt: skip
+
+
+def _client(args, timeout: float):
+    from server.client import ClientTLS, RankingClient
+
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    return RankingClient(args.target, timeout=timeout, tls=tls)
+
+
 def _add_client_commands(sub) -> None:
     p = sub.add_parser("rank", help="rank a request with a running server and print the table")
-    p.add_argument("--target", default=_env("target", "localhost:50051"),
-                   help="host:port or http://host:port (PHOENIX_TARGET)")  # fmt: skip
+    _add_connection(p)
     p.add_argument("--request", type=Path, help="request JSON file (format: README, "
                    "request/request.schema.json, examples/request.json); default: a synthetic user")  # fmt: skip
     p.add_argument("--seed", type=int, default=7, help="synthetic user and candidates "
@@ -66,8 +89,7 @@ def _add_client_commands(sub) -> None:
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("health", help="exit 0 only if the server reports SERVING")
-    p.add_argument("--target", default=_env("target", "localhost:50051"),
-                   help="host:port or http://host:port (PHOENIX_TARGET)")  # fmt: skip
+    _add_connection(p)
     p.add_argument("--service", default="", help="service name; default: the whole server")
     p.add_argument("--timeout", type=float, default=2.0)
     p.set_defaults(func=cmd_health)
@@ -79,11 +101,10 @@ def cmd_rank(args) -> int:
     from model.scoring import format_ranking, parse_weights
     from request.raw import RawRequest
     from request.synthetic import synthetic_request_dict
-    from server.client import RankingClient
     from server.convert import probabilities_from_pb, raw_request_to_pb
 
     raw = RawRequest.from_json_file(args.request) if args.request else None
-    with RankingClient(args.target, timeout=args.timeout) as client:
+    with _client(args, args.timeout) as client:
         info = client.model_info()
         if raw is None:
             history = info.history_seq_len if args.history is None else args.history
@@ -105,10 +126,8 @@ def cmd_rank(args) -> int:
 
 
 def cmd_health(args) -> int:
-    from server.client import RankingClient
-
     try:
-        with RankingClient(args.target) as client:
+        with _client(args, args.timeout) as client:
             status = client.health(args.service, timeout=args.timeout)
     except grpc.RpcError as e:
         print(f"{args.target}: {e.code().name}: {e.details()}", file=sys.stderr)

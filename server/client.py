@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -9,29 +12,59 @@ from server.rpc import ranking_pb2 as pb
 from server.rpc import ranking_pb2_grpc
 
 
-def grpc_target(target: str) -> str:
-    """`host:port` for gRPC from `host:port`, `[::1]:port` or `http://host:port[/]`.
+@dataclasses.dataclass(frozen=True)
+class ClientTLS:
+    """TLS for the channel: `ca` verifies the server (empty: the system roots); `cert` and
+    `key` are this client's certificate for mutual TLS; `server_name` overrides the name the
+    server's certificate is checked against (default: the target's host)."""
 
-    The Rust client takes the same forms, so one --target works with both.
-    """
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+
+def parse_target(target: str) -> tuple[str, bool]:
+    """(`host:port`, TLS?) from `host:port`, `[::1]:port`, `http://host:port[/]` or
+    `https://host:port[/]` (https implies TLS). The Rust client takes the same forms."""
     text = target.strip()
-    if text.startswith("https://"):
-        raise ValueError(f"target {target!r}: this client speaks plaintext gRPC only")
-    text = text.removeprefix("http://").rstrip("/")
+    tls = text.startswith("https://")
+    text = text.removeprefix("https://").removeprefix("http://").rstrip("/")
     if not text or "/" in text:
-        raise ValueError(f"target {target!r} is not host:port or http://host:port")
-    return text
+        raise ValueError(f"target {target!r} is not host:port or http(s)://host:port")
+    return text, tls
+
+
+def grpc_target(target: str) -> str:
+    """`host:port` for gRPC (see `parse_target`)."""
+    return parse_target(target)[0]
 
 
 class RankingClient:
-    """One channel, reused for every call. Use as a context manager or call close()."""
+    """One channel, reused for every call. Use as a context manager or call close().
+    TLS when `tls` is given or the target is https://."""
 
-    def __init__(self, target: str, timeout: float = 10.0):
-        self.target = grpc_target(target)
+    def __init__(self, target: str, timeout: float = 10.0, tls: ClientTLS | None = None):
+        self.target, https = parse_target(target)
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            self.target, options=[("grpc.max_receive_message_length", 64 * 2**20)]
-        )
+        options = [("grpc.max_receive_message_length", 64 * 2**20)]
+        if tls is None and https:
+            tls = ClientTLS()
+        if tls is None:
+            self.channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self.channel = grpc.secure_channel(self.target, tls.credentials(), options=options)
         self.stub = ranking_pb2_grpc.RankingServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -34,6 +34,9 @@ class Limits:
     # The largest request the other limits allow is ~250 KB (4,096 events with every action
     # and 2,800 candidates, row form); anything much larger is refused before it is parsed.
     max_request_bytes: int = setting(1 * MiB, "largest serialized request", "bytes")
+    default_deadline_ms: float = setting(
+        10_000.0, "deadline given to a Rank call that carries none", "ms"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +75,89 @@ class BatcherConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Transport:
+    """The gRPC transport: concurrency bounds, connection hygiene and TLS (see server.front).
+
+    Every call's life is bounded: a Rank call that carries no deadline gets
+    `Limits.default_deadline_ms`; a connection lives at most `max_connection_age_s` + `max_connection_age_grace_s` (so a call
+    whose body never arrives is ended then), idle ones are closed after
+    `max_connection_idle_s`, and one that never completes its handshake after
+    `handshake_timeout_s`.
+    """
+
+    max_concurrent_rpcs: int = setting(
+        1024, "calls a gRPC server (each frontend's) handles at once; gRPC refuses the rest"
+    )
+    # Under overload the backlog that grows is the transport's (calls not yet taken by the
+    # event loop), where no admission policy sees it. gRPC's default (1,000, up to 3,000)
+    # let calls age there for seconds; a short one makes the C core shed them in
+    # microseconds, keeping accepted latency bounded. The status of a call it sheds is
+    # CANCELLED (not ours to choose), and it never reaches Python to be counted.
+    max_pending_calls: int = setting(
+        32,
+        "calls the transport holds before the event loop takes them; past it gRPC sheds new "
+        "calls at random, past 4x it sheds all (status CANCELLED); 0: gRPC's default",
+    )
+    max_streams_per_connection: int = setting(
+        256, "concurrent calls one HTTP/2 connection may carry (clients queue the rest)"
+    )
+    max_connection_idle_s: float = setting(
+        300.0, "a connection with no call for this long is closed (GOAWAY)", "s"
+    )
+    max_connection_age_s: float = setting(
+        600.0,
+        "a connection is asked to go away after this long, so clients rebalance across "
+        "replicas; 0: never",
+        "s",
+    )
+    max_connection_age_grace_s: float = setting(
+        30.0, "calls on a connection past its age get this long to finish before it closes", "s"
+    )
+    handshake_timeout_s: float = setting(
+        10.0, "a connection that has not completed its HTTP/2 (and TLS) handshake is closed", "s"
+    )
+    keepalive_time_s: float = setting(
+        60.0, "the server pings a connection silent for this long, to find dead peers", "s"
+    )
+    keepalive_timeout_s: float = setting(
+        20.0, "a ping unanswered for this long closes the connection", "s"
+    )
+    min_client_ping_interval_s: float = setting(
+        10.0, "clients pinging more often than this are sent GOAWAY (too_many_pings)", "s"
+    )
+    tls_cert: Path | None = setting(
+        None, "PEM certificate chain: serve gRPC over TLS (needs --tls-key); empty: plaintext"
+    )
+    tls_key: Path | None = setting(None, "PEM private key of --tls-cert")
+    tls_client_ca: Path | None = setting(
+        None, "PEM CA bundle: require and verify client certificates (mutual TLS)"
+    )
+    reflection: bool = setting(True, "serve gRPC server reflection (--reflection 0 turns it off)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything `phoenix-ranker serve` can be told."""
 
-    host: str = setting("[::]", "interface to bind (gRPC and /metrics)")
+    host: str = setting("[::]", "interface gRPC binds")
     port: int = setting(50051, "gRPC port; 0 picks a free one")
+    metrics_host: str = setting(
+        "127.0.0.1", "interface /metrics binds (a scraped pod sets 0.0.0.0 or its IP)"
+    )
     metrics_port: int = setting(9090, "Prometheus /metrics port; 0 picks a free one")
+    metrics_tls: bool = setting(
+        False, "serve /metrics over HTTPS with --tls-cert/--tls-key (and --tls-client-ca)"
+    )
     checkpoint: Path | None = setting(
         None, "safetensors checkpoint to serve; empty: the embedded default model"
+    )
+    checkpoint_dir: Path | None = setting(
+        None,
+        "directory of versioned checkpoints <N>.safetensors: the highest valid N serves, and "
+        "newer ones are loaded without downtime (excludes --checkpoint)",
+    )
+    poll_seconds: float = setting(
+        5.0, "how often --checkpoint-dir is checked for versions (SIGHUP checks at once)", "s"
     )
     dtype: str | None = setting(
         None,
@@ -103,19 +181,7 @@ class ServerConfig:
         "processes that share the gRPC port and do each call's host work (decode, hash, "
         "respond), handing encoded requests to this process; 0: one process does everything",
     )
-    max_concurrent_rpcs: int = setting(
-        1024, "calls a gRPC server (each frontend's) handles at once; gRPC refuses the rest"
-    )
-    # Under overload the backlog that grows is the transport's (calls not yet taken by the
-    # event loop), where no admission policy sees it. gRPC's default (1,000, up to 3,000)
-    # let calls age there for seconds; a short one makes the C core shed them in
-    # microseconds, keeping accepted latency bounded. The status of a call it sheds is
-    # CANCELLED (not ours to choose), and it never reaches Python to be counted.
-    max_pending_calls: int = setting(
-        32,
-        "calls the transport holds before the event loop takes them; past it gRPC sheds new "
-        "calls at random, past 4x it sheds all (status CANCELLED); 0: gRPC's default",
-    )
+    transport: Transport = dataclasses.field(default_factory=Transport)
     limits: Limits = dataclasses.field(default_factory=Limits)
     shapes: ShapeConfig = dataclasses.field(default_factory=ShapeConfig)
     batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)

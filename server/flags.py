@@ -131,6 +131,10 @@ def add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = N
             metavar=opt.name.upper() if not opt.choices else "{" + ",".join(opt.choices) + "}",
             help=f"{opt.help}{unit} (default: {opt.render(default) or 'empty'}; {opt.env})",
         )
+        if opt.kind is bool:  # and its negation: --no-reflection
+            parser.add_argument(
+                "--no-" + opt.flag[2:], dest=opt.name, action="store_false", help=argparse.SUPPRESS
+            )
 
 
 def config_from_args(args: argparse.Namespace, cls: type = ServerConfig) -> Any:
@@ -156,7 +160,8 @@ def options_table() -> str:
     for opt in options():
         default = opt.render(opt.field.default) or "empty"
         unit = f" {opt.unit}" if opt.unit and opt.field.default is not None else ""
-        lines.append(f"| `{opt.flag}` | `{opt.env}` | {default}{unit} | {opt.help} |")
+        flag = f"`{opt.flag}`, `--no-{opt.flag[2:]}`" if opt.kind is bool else f"`{opt.flag}`"
+        lines.append(f"| {flag} | `{opt.env}` | {default}{unit} | {opt.help} |")
     return "\n".join(lines)
 
 

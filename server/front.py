@@ -17,12 +17,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from server.config import Transport
 from server.rpc import ranking_pb2 as pb
 from server.service import RankingService, add_to_server
 
@@ -33,10 +35,65 @@ MIN_WRITE_SECONDS = 0.5  # least time answered handlers get to write their respo
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def channel_options(transport: Transport, max_request_bytes: int) -> list[tuple[str, int]]:
+    """gRPC core arguments of the server: message limits, backlog, connection hygiene."""
+    t = transport
+    options = [
+        # Transport limit above the service's own, so oversize requests reach validation
+        # and get INVALID_ARGUMENT naming the limit rather than a bare transport error.
+        ("grpc.max_receive_message_length", transport_limit(max_request_bytes)),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_concurrent_streams", t.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", _ms(t.max_connection_idle_s)),
+        ("grpc.server_handshake_timeout_ms", _ms(t.handshake_timeout_s)),
+        ("grpc.keepalive_time_ms", _ms(t.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", _ms(t.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(t.min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if t.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", _ms(t.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _ms(t.max_connection_age_grace_s)),
+        ]
+    if t.max_pending_calls:
+        options += [
+            ("grpc.server.max_pending_requests", t.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", 4 * t.max_pending_calls),
+        ]
+    return options
+
+
+def transport_limit(max_request_bytes: int) -> int:
+    """The largest message gRPC itself accepts; beyond it gRPC answers RESOURCE_EXHAUSTED
+    ("Received message larger than max") before any of our code runs."""
+    return 2 * max_request_bytes
+
+
+def server_credentials(transport: Transport) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files (mutual TLS with a client CA); None: plaintext."""
+    t = transport
+    if t.tls_cert is None and t.tls_key is None:
+        if t.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if t.tls_cert is None or t.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    chain, key = Path(t.tls_cert).read_bytes(), Path(t.tls_key).read_bytes()
+    client_ca = Path(t.tls_client_ca).read_bytes() if t.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def create_grpc_server(
-    address: str, max_request_bytes: int, max_concurrent_rpcs: int | None = None,
-    reuse_port: bool = False, max_pending_calls: int | None = None,
-) -> tuple[grpc.aio.Server, int]:  # fmt: skip
+    address: str, transport: Transport, max_request_bytes: int, reuse_port: bool = False
+) -> tuple[grpc.aio.Server, int]:
     """An aio server bound to `address` ("host:0" picks a port): (server, bound port).
 
     `max_concurrent_rpcs`: calls beyond it are refused by gRPC itself (RESOURCE_EXHAUSTED)
@@ -45,24 +102,18 @@ def create_grpc_server(
     transport's backlog of calls not yet taken by the event loop; past it gRPC's C core sheds
     new calls at random, and past 4x it sheds them all (see server.config).
     """
-    pending = []
-    if max_pending_calls:
-        pending = [
-            ("grpc.server.max_pending_requests", max_pending_calls),
-            ("grpc.server.max_pending_requests_hard_limit", 4 * max_pending_calls),
-        ]
     server = grpc.aio.server(
         options=[
-            # Transport limit above the service's own, so oversize requests reach validation
-            # and get INVALID_ARGUMENT naming the limit rather than a bare transport error.
-            ("grpc.max_receive_message_length", 2 * max_request_bytes),
-            ("grpc.max_send_message_length", -1),
+            *channel_options(transport, max_request_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
-            *pending,
         ],
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        maximum_concurrent_rpcs=transport.max_concurrent_rpcs,
     )
-    port = server.add_insecure_port(address)
+    credentials = server_credentials(transport)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind gRPC to {address}")
     return server, port
@@ -71,21 +122,21 @@ def create_grpc_server(
 class GrpcFront:
     """A bound gRPC server for one RankingService, with health and its drain."""
 
-    def __init__(self, service: RankingService, address: str, max_request_bytes: int,
-                 max_concurrent_rpcs: int | None = None, reuse_port: bool = False,
-                 max_pending_calls: int | None = None):  # fmt: skip
+    def __init__(self, service: RankingService, address: str, transport: Transport,
+                 reuse_port: bool = False):  # fmt: skip
         self.service = service
         self.health = health_aio.HealthServicer()
         self.server, self.port = create_grpc_server(
-            address, max_request_bytes, max_concurrent_rpcs, reuse_port, max_pending_calls
+            address, transport, service.limits.max_request_bytes, reuse_port
         )
         add_to_server(service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            self.server,
-        )  # fmt: skip
+        if transport.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME),
+                self.server,
+            )  # fmt: skip
 
     async def start(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

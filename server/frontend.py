@@ -159,9 +159,7 @@ async def _run(args: WorkerArgs) -> int:
         model_config, TableRows(*args.rows), pb.ModelInfo.FromString(args.model_info)
     )
     service = RankingService(facts, link, config.limits, link)
-    front = GrpcFront(service, f"{config.host}:{args.port}", config.limits.max_request_bytes,
-                      config.max_concurrent_rpcs, reuse_port=True,
-                      max_pending_calls=config.max_pending_calls)  # fmt: skip
+    front = GrpcFront(service, f"{config.host}:{args.port}", config.transport, reuse_port=True)
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())
     writer.write(ipc.ready_frame(args.index))

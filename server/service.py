@@ -178,7 +178,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             if not self.ready:
                 raise ShuttingDown("server is warming up; retry shortly")
             remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
+            if remaining is None:
+                remaining = self.limits.default_deadline_ms / 1000
+            deadline = time.monotonic() + remaining
             self.queue.precheck(deadline)
             self._preparing += 1
             self._prepared.clear()

@@ -13,7 +13,7 @@ from model import hash_rows, load_checkpoint
 from server.app import describe
 from server.batcher import Batcher
 from server.buckets import make_plan
-from server.config import BatcherConfig, Limits
+from server.config import BatcherConfig, Limits, Transport
 from server.convert import logits_from_pb, raw_request_to_pb
 from server.front import create_grpc_server
 from server.metrics import Metrics
@@ -51,7 +51,7 @@ def test_unexpected_errors_are_internal_with_the_request_id(runner, caplog):
         facts = ModelFacts(runner.config, runner.checkpoint.rows, describe(runner, Limits()))
         service = RankingService(facts, batcher, Limits(), MetricsRecorder(metrics))
         service.ready = True
-        server, port = create_grpc_server("127.0.0.1:0", Limits().max_request_bytes)
+        server, port = create_grpc_server("127.0.0.1:0", Transport(), Limits().max_request_bytes)
         add_to_server(service, server)
         await server.start()
         try:
