@@ -341,6 +341,8 @@ class Batcher:
             try:
                 await self._wait_for_batch()
                 self._take_batch(taken)
+                if not taken:  # live work that no batch takes: never spin on it
+                    self._fail_head(RuntimeError("the request's head window fits no batch"))
                 if taken:
                     packed = self.runner.pack(
                         [Piece(p.request.encoded, p.start, p.stop) for p in taken]
@@ -357,7 +359,10 @@ class Batcher:
                 raise
             except Exception as e:  # a bug in forming a batch: fail it, keep serving
                 log.exception("failed to form a batch of %d pieces", len(taken))
-                self._fail(taken, e)
+                if taken:
+                    self._fail(taken, e)
+                else:  # failing before taking anything: the head request cannot be served
+                    self._fail_head(e)
             finally:
                 if not dispatched:
                     self._slots.release()
@@ -374,6 +379,15 @@ class Batcher:
             piece = self._pieces.popleft()
             if not piece.request.future.done():
                 piece.request.future.set_exception(error)
+
+    def _fail_head(self, error: BaseException) -> None:
+        """Fail the request at the head of the queue: whatever made forming a batch fail
+        without taking a piece would otherwise recur on every pass of the loop, which never
+        awaits in that case and would freeze the event loop."""
+        if self._sweep_front(time.monotonic()):
+            log.error("failing a request no batch can take: %r", error)
+            self._fail([self._pieces[0]], error)
+            self._sweep_front(time.monotonic())
 
     def _fail(self, pieces: list[_QueuedPiece], error: BaseException) -> None:
         """Fail the requests of these pieces (service errors as they are, bugs as BatchFailed)."""

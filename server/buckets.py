@@ -46,6 +46,10 @@ class BucketPlan:
             values = getattr(self, name)
             if not values or any(v <= 0 for v in values) or list(values) != sorted(set(values)):
                 raise ValueError(f"{name} must be distinct positive ascending ints, got {values}")
+        if self.row_buckets[0] != 1:
+            raise ValueError(
+                f"row_buckets must start at 1 (a lone request runs alone), got {self.row_buckets}"
+            )
         if self.max_batch_candidates < self.candidate_buckets[-1]:
             raise ValueError(
                 f"max_batch_candidates ({self.max_batch_candidates}) must be at least the "

@@ -39,12 +39,15 @@ from request.encoding import EncodedRequest, encode
 from request.raw import RawRequest
 from server import convert
 from server.config import Limits
-from server.errors import QueueFull, ServiceError, ShuttingDown
+from server.errors import InvalidArgument, QueueFull, ServiceError, ShuttingDown
+from server.logs import RateLimited
 from server.metrics import Metrics
 from server.rpc import ranking_pb2 as pb
 from server.rpc import ranking_pb2_grpc
 
 log = logging.getLogger("phoenix.requests")
+# Bad requests are the caller's doing and can come by the thousand: one line a second at most.
+_invalid_requests = RateLimited(log)
 
 try:  # what abort raises when the call is already over (gRPC's Cython layer)
     from grpc._cython.cygrpc import ExecuteBatchError as _CALL_GONE
@@ -116,11 +119,7 @@ def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
     name = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
     handlers = {
         "Rank": grpc.unary_unary_rpc_method_handler(service.Rank),  # bytes in, bytes out
-        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
-            service.GetModelInfo,
-            request_deserializer=pb.GetModelInfoRequest.FromString,
-            response_serializer=pb.ModelInfo.SerializeToString,
-        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(service.GetModelInfo),  # bytes
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
@@ -208,6 +207,10 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         except ServiceError as e:
             code = e.code
+            if isinstance(e, InvalidArgument):
+                _invalid_requests.warning(
+                    "invalid Rank request: %s", e, fields={"request_id": request_id}
+                )
             if isinstance(e, QueueFull):
                 context.set_trailing_metadata((("grpc-retry-pushback-ms", str(e.retry_after_ms)),))
             code = await _abort(context, e.code, str(e))
@@ -245,7 +248,32 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         `draining` is set, so that a call that arrived before it is queued, not refused)."""
         await self._prepared.wait()
 
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
+    async def GetModelInfo(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.last_call = time.monotonic()
-        self.recorder.finished("GetModelInfo", grpc.StatusCode.OK, 0.0, 0)
-        return self.info
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            try:  # no fields today, but bytes that do not parse are still an invalid request
+                pb.GetModelInfoRequest.FromString(data)
+            except Exception as e:
+                raise InvalidArgument(
+                    "request", f"not a valid GetModelInfoRequest message ({e})"
+                ) from None
+            return self._info_bytes
+        except ServiceError as e:
+            code = e.code
+            _invalid_requests.warning("invalid GetModelInfo request: %s", e)
+            code = await _abort(context, e.code, str(e))
+            raise asyncio.CancelledError() from None
+        finally:
+            self.recorder.finished("GetModelInfo", code, time.perf_counter() - start, 0)
+
+    @property
+    def info(self) -> pb.ModelInfo:
+        return self._info
+
+    @info.setter
+    def info(self, info: pb.ModelInfo) -> None:
+        """The model's description (GetModelInfo); replaced when a new version serves."""
+        self._info = info
+        self._info_bytes = info.SerializeToString()

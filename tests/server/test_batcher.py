@@ -420,3 +420,40 @@ def test_the_device_rate_follows_measured_batches():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_row_buckets_must_start_at_one():
+    # Issue 12, defect 7: such a plan was accepted and could freeze the event loop.
+    with pytest.raises(ValueError, match="row_buckets must start at 1"):
+        BucketPlan((2, 4), (4,), (4, 8), 64)
+
+
+def test_a_request_no_batch_takes_fails_instead_of_freezing_the_loop(monkeypatch):
+    # Whatever makes batch formation take nothing must not make the batching task spin
+    # without awaiting (which froze the event loop): the head request fails, the loop goes on.
+    import server.batcher as batcher_module
+
+    real = batcher_module.next_batch_size
+
+    def refuses_single_candidate_windows(pieces, plan):
+        pieces = list(pieces)
+        return 0 if pieces and pieces[0][1] == 1 else real(pieces, plan)
+
+    monkeypatch.setattr(batcher_module, "next_batch_size", refuses_single_candidate_windows)
+    outcome = {}
+
+    async def main():
+        batcher = make(FakeRunner())
+        stuck = batcher.submit(request(1, 1))
+        with pytest.raises(RuntimeError, match="fits no batch"):
+            await asyncio.wait_for(stuck, 5)
+        np.testing.assert_allclose(await batcher.submit(request(2, 3)), expected(2, 3))
+        await batcher.stop()
+        outcome["ok"] = True
+
+    # In a thread, so that a frozen event loop fails the test instead of hanging it.
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the event loop froze"
+    assert outcome.get("ok")

@@ -53,11 +53,6 @@ def test_the_policy_stops_consuming_at_the_first_piece_that_does_not_join():
     assert len(consumed) == 9
 
 
-def test_a_plan_whose_row_buckets_do_not_start_at_one_never_raises():
-    plan = BucketPlan((2, 4), (4,), (4, 8), 64)
-    assert next_batch_size([(4, 4)], plan) == 1
-
-
 pieces = st.lists(st.tuples(st.integers(0, 64), st.integers(1, 128)), max_size=40)
 
 

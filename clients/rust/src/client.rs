@@ -1,10 +1,11 @@
 //! The typed client: one reused channel, deadlines, retries with jittered backoff.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Code, Request, Response, Status};
 
 use crate::pb::{self, ranking_service_client::RankingServiceClient};
@@ -12,7 +13,11 @@ use crate::scores::{PhoenixScores, Weights};
 use crate::synthetic::SplitMix64;
 
 /// Retries for `UNAVAILABLE` and `RESOURCE_EXHAUSTED` only (nothing else is safe or useful to
-/// retry); the delay before attempt n+1 is uniform in [0, min(max, initial * multiplier^n)]
+/// retry), except a `RESOURCE_EXHAUSTED` whose message says a message was larger than the
+/// maximum ("Received message larger than max (N vs. M)", matched case-insensitively on
+/// "larger than max", the phrase gRPC implementations use): that is a transport's message size
+/// limit, which the same request exceeds on every attempt (see [`RetryPolicy::retries`]).
+/// The delay before attempt n+1 is uniform in [0, min(max, initial * multiplier^n)]
 /// ("full jitter"), and at least the server's `grpc-retry-pushback-ms` hint.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -33,6 +38,83 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Whether a call that failed with `status` is worth another attempt: `UNAVAILABLE`, and
+    /// `RESOURCE_EXHAUSTED` unless it is a message size limit ("... larger than max ...").
+    pub fn retries(status: &Status) -> bool {
+        match status.code() {
+            Code::Unavailable => true,
+            Code::ResourceExhausted => !status
+                .message()
+                .to_ascii_lowercase()
+                .contains("larger than max"),
+            _ => false,
+        }
+    }
+}
+
+/// TLS for the channel, as the Python client's `ClientTLS` and the binaries' `--tls-*` flags.
+/// Every field empty still means TLS, verified with the system's roots (what an `https://`
+/// target gets without a `TlsConfig`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM CA certificate(s) that verify the server's certificate (`--tls-ca`); `None`: the
+    /// system's roots. Given, it is the only trust: the system's roots are not added.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain of this client, for mutual TLS (`--tls-cert`); needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (`--tls-key`).
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate is checked against, and sent as SNI
+    /// (`--tls-server-name`); `None`: the target's host.
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// The TLS of the binaries' flags: `None` (plaintext, unless the target is `https://`)
+    /// when none is given, as the Python client decides.
+    pub fn from_flags(
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        server_name: Option<String>,
+    ) -> Option<TlsConfig> {
+        let tls = TlsConfig {
+            ca,
+            cert,
+            key,
+            server_name,
+        };
+        (tls != TlsConfig::default()).then_some(tls)
+    }
+
+    /// tonic's configuration, the files read now. Errors name the file or the missing flag.
+    fn client_tls_config(&self, handshake_timeout: Duration) -> Result<ClientTlsConfig, String> {
+        fn read(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        }
+        let mut config = ClientTlsConfig::new().timeout(handshake_timeout);
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?)),
+            None => config.with_native_roots(),
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read(cert, "--tls-cert")?,
+                    read(key, "--tls-key")?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err("a client certificate needs both --tls-cert and --tls-key".into()),
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// How long `connect` may take to establish the HTTP/2 connection.
@@ -42,6 +124,9 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// Weights of [`ScoredCandidate::weighted_score`].
     pub weights: Weights,
+    /// TLS (over any target form); `None`: plaintext, except that an `https://` target gets TLS
+    /// verified with the system's roots.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ClientConfig {
@@ -51,6 +136,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(2),
             retry: RetryPolicy::default(),
             weights: Weights::default(),
+            tls: None,
         }
     }
 }
@@ -173,27 +259,46 @@ fn describe(error: &dyn std::error::Error) -> String {
 }
 
 /// One HTTP/2 channel to a target in any form [`normalize_target`] takes, connected within
-/// `connect_timeout`. Errors are [`ClientError::Connect`] and name the target.
-///
-/// This crate is built without TLS, so an `https://` target is refused with that reason rather
-/// than spoken to in plaintext.
+/// `connect_timeout`, in plaintext, or with TLS verified by the system's roots for an `https://`
+/// target (see [`channel_with_tls`]). Errors are [`ClientError::Connect`] and name the target.
 pub async fn channel(target: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
-    let uri = normalize_target(target)?;
+    channel_with_tls(target, connect_timeout, None).await
+}
+
+/// [`channel`] with TLS: with `tls` given, TLS over any target form (the target's scheme becomes
+/// `https://`); without, TLS only for an `https://` target (system roots), plaintext otherwise.
+/// The TLS handshake is part of the connection, so an untrusted server certificate is a
+/// [`ClientError::Connect`]. (A server that refuses this client's certificate may only say so
+/// after the handshake: then the first call fails, `UNAVAILABLE`.)
+pub async fn channel_with_tls(
+    target: &str,
+    connect_timeout: Duration,
+    tls: Option<&TlsConfig>,
+) -> Result<Channel, ClientError> {
+    let mut uri = normalize_target(target)?;
+    let tls = match (tls, uri.strip_prefix("http://")) {
+        (Some(tls), Some(authority)) => {
+            uri = format!("https://{authority}");
+            Some(tls.clone())
+        }
+        (Some(tls), None) => Some(tls.clone()),
+        (None, _) if uri.starts_with("https://") => Some(TlsConfig::default()),
+        (None, _) => None,
+    };
     let fail = |reason: String| ClientError::Connect {
         target: uri.clone(),
         reason,
     };
-    if uri.starts_with("https://") {
-        return Err(fail(
-            "this client is built without TLS (tonic's TLS features are off); \
-             use an http:// or host:port target"
-                .into(),
-        ));
-    }
-    let endpoint = Endpoint::from_shared(uri.clone())
+    let mut endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| fail(describe(&e)))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        let config = tls.client_tls_config(connect_timeout).map_err(&fail)?;
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| fail(format!("TLS: {}", describe(&e))))?;
+    }
     tokio::time::timeout(connect_timeout, endpoint.connect())
         .await
         .map_err(|_| fail(format!("timed out after {connect_timeout:?}")))?
@@ -238,9 +343,10 @@ fn pushback(status: &Status) -> Option<Duration> {
 
 impl PhoenixClient {
     /// Connects (within `connect_timeout`) and reads the server's `ModelInfo`. `target` is
-    /// `host:port`, `[::1]:port`, `http://host:port` or `https://…` (see [`normalize_target`]).
+    /// `host:port`, `[::1]:port`, `http://host:port` or `https://…` (see [`normalize_target`]);
+    /// TLS when `config.tls` is given or the target is `https://` (see [`channel_with_tls`]).
     pub async fn connect(target: &str, config: ClientConfig) -> Result<Self, ClientError> {
-        let channel = channel(target, config.connect_timeout).await?;
+        let channel = channel_with_tls(target, config.connect_timeout, config.tls.as_ref()).await?;
         let stub = RankingServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let mut client = PhoenixClient {
             stub,
@@ -347,8 +453,7 @@ impl PhoenixClient {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,
             };
-            let retryable = matches!(status.code(), Code::Unavailable | Code::ResourceExhausted);
-            if !retryable || attempts >= policy.max_attempts {
+            if !RetryPolicy::retries(&status) || attempts >= policy.max_attempts {
                 return Err(ClientError::Status { status, attempts });
             }
             let jittered = ceiling.mul_f64(rng.unit());
@@ -438,13 +543,76 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_unavailable_and_resource_exhausted_short_of_a_size_limit_are_retried() {
+        let retried = [
+            Status::unavailable("connection refused"),
+            Status::resource_exhausted("the batch queue is full"),
+            Status::resource_exhausted(""),
+            Status::resource_exhausted("too many candidates: larger than the queue"),
+        ];
+        for status in retried {
+            assert!(RetryPolicy::retries(&status), "{status:?}");
+        }
+        let not_retried = [
+            // What grpc-core and tonic answer for a request over the transport's size limit.
+            Status::resource_exhausted("Received message larger than max (4194400 vs. 4194304)"),
+            Status::resource_exhausted("Sent message larger than max (5000000 vs. 4194304)"),
+            Status::resource_exhausted("received message LARGER THAN MAX"),
+            Status::invalid_argument("candidates[1].product_surface"),
+            Status::deadline_exceeded("Deadline Exceeded"),
+            Status::internal("boom"),
+            Status::unknown("unavailable"),
+            Status::cancelled("cancelled"),
+        ];
+        for status in not_retried {
+            assert!(!RetryPolicy::retries(&status), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn tls_flags_make_a_config_only_when_given() {
+        assert_eq!(TlsConfig::from_flags(None, None, None, None), None);
+        let tls = TlsConfig::from_flags(None, None, None, Some("ranker.internal".into())).unwrap();
+        assert_eq!(tls.server_name.as_deref(), Some("ranker.internal"));
+        assert_eq!(
+            TlsConfig::from_flags(Some("ca.pem".into()), None, None, None)
+                .unwrap()
+                .ca,
+            Some(PathBuf::from("ca.pem"))
+        );
+    }
+
     #[tokio::test]
-    async fn https_is_refused_without_tls() {
-        let error = channel("https://127.0.0.1:1", Duration::from_secs(1))
+    async fn tls_files_and_pairs_are_checked_before_connecting() {
+        let missing = std::env::temp_dir().join("phoenix-no-such-ca.pem");
+        let tls = TlsConfig {
+            ca: Some(missing.clone()),
+            ..TlsConfig::default()
+        };
+        // A plain target with TLS options is spoken to over TLS (https://).
+        let error = channel_with_tls("127.0.0.1:1", Duration::from_secs(1), Some(&tls))
             .await
-            .expect_err("no TLS");
-        assert!(error.to_string().contains("https://127.0.0.1:1"), "{error}");
-        assert!(error.to_string().contains("TLS"), "{error}");
+            .expect_err("no CA file");
+        let text = error.to_string();
+        assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+        assert!(text.contains("https://127.0.0.1:1"), "{text}");
+        assert!(
+            text.contains(&format!("--tls-ca {}", missing.display())),
+            "{text}"
+        );
+
+        let half = TlsConfig {
+            cert: Some("client.pem".into()),
+            ..TlsConfig::default()
+        };
+        let error = channel_with_tls("https://127.0.0.1:1", Duration::from_secs(1), Some(&half))
+            .await
+            .expect_err("a certificate without its key");
+        assert!(
+            error.to_string().contains("both --tls-cert and --tls-key"),
+            "{error}"
+        );
     }
 }
 

@@ -11,9 +11,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! TLS: an `https://` target is verified with the system's roots; [`ClientConfig::tls`] (a
+//! [`TlsConfig`]: CA, client certificate for mutual TLS, server name) gives TLS over any target.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), phoenix_client::ClientError> {
+//! use phoenix_client::{ClientConfig, PhoenixClient, TlsConfig};
+//! let config = ClientConfig {
+//!     tls: Some(TlsConfig {
+//!         ca: Some("ca.pem".into()),
+//!         cert: Some("client.pem".into()), // mutual TLS: this client's certificate and key
+//!         key: Some("client.key".into()),
+//!         ..TlsConfig::default()
+//!     }),
+//!     ..ClientConfig::default()
+//! };
+//! let client = PhoenixClient::connect("https://ranker.internal:50051", config).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! * [`client`]: targets in the Python client's `host:port` form or as URIs
-//!   ([`normalize_target`]), connection with a timeout, per-call deadlines, jittered retries on
-//!   `UNAVAILABLE` / `RESOURCE_EXHAUSTED` only, one reused HTTP/2 channel.
+//!   ([`normalize_target`]), connection with a timeout, TLS and mutual TLS, per-call deadlines,
+//!   jittered retries on `UNAVAILABLE` / `RESOURCE_EXHAUSTED` only (not on a message size
+//!   limit, see [`RetryPolicy`]), one reused HTTP/2 channel.
 //! * [`scores`]: per-candidate [`PhoenixScores`] mapped by the action names the server reports,
 //!   and the home-mixer's weighted score.
 //! * [`synthetic`]: deterministic synthetic requests for examples and load tests, the same as
@@ -29,7 +49,7 @@ pub mod pb {
 }
 
 pub use client::{
-    channel, columnar, normalize_target, ClientConfig, ClientError, PhoenixClient, RetryPolicy,
-    ScoredCandidate,
+    channel, channel_with_tls, columnar, normalize_target, ClientConfig, ClientError,
+    PhoenixClient, RetryPolicy, ScoredCandidate, TlsConfig,
 };
 pub use scores::{PhoenixScores, Weights, ACTIONS};
