@@ -110,12 +110,15 @@ def create_grpc_server(
         maximum_concurrent_rpcs=transport.max_concurrent_rpcs,
     )
     credentials = server_credentials(transport)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # what grpcio raises when the bind fails
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind gRPC to {address}")
+        raise OSError(f"cannot bind gRPC to {address}: in use, or not an address of this host")
     return server, port
 
 

@@ -1,23 +1,23 @@
-"""The /metrics endpoint: a small HTTP(S) server with bounded threads and timeouts.
+"""The /metrics endpoint: a small HTTP(S) server on its own thread and event loop.
 
 prometheus_client's own `start_http_server` starts one thread per connection and never times
-one out, so idle or slow connections pile up threads without limit. This one:
+one out, so idle or slow connections pile up threads without limit. This one runs every
+connection on one asyncio loop in one thread (a connection costs a socket, not a thread):
 
-- serves at most `MAX_CONNECTIONS` connections at once; a connection over that is closed at
-  once (a scraper retries at its next interval);
-- gives each connection `TIMEOUT_SECONDS` for any read or write (TLS handshake included), so
-  a silent or stalled client costs a thread for that long at most;
-- answers `GET /metrics` (text or OpenMetrics, by the Accept header) and `GET /` with a
-  pointer, 404 otherwise; HTTP/1.1 keep-alive is honoured within the timeout;
-- optionally speaks TLS, requiring a client certificate signed by `client_ca` when given.
+- at most `MAX_CONNECTIONS` connections at once; one over that is closed at once (a scraper
+  retries at its next interval);
+- a connection that sends no complete request within `TIMEOUT_SECONDS` (TLS handshake
+  included), or whose request head exceeds `MAX_HEAD_BYTES`, is closed;
+- `GET /metrics` answers the registry (text or OpenMetrics, by the Accept header), `GET /` a
+  pointer, anything else 404 / 405; HTTP/1.1 keep-alive is honoured;
+- optionally TLS, requiring a client certificate signed by `client_ca` when given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import http.server
 import socket
-import socketserver
 import ssl
 import threading
 from pathlib import Path
@@ -25,8 +25,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 256
 TIMEOUT_SECONDS = 5.0
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class MetricsPortInUse(OSError):
@@ -44,99 +45,130 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return context
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = TIMEOUT_SECONDS  # per read and write on the connection
-    server: MetricsHTTPServer
-
-    def do_GET(self) -> None:  # noqa: N802 (the http.server convention)
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, encoder(self.server.registry), content_type)
-        elif path == "/":
-            self._reply(200, b"phoenix-ranker: metrics at /metrics\n", "text/plain")
-        else:
-            self._reply(404, b"not found\n", "text/plain")
-
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:  # scrapes are not news
-        pass
+def _response(status: str, body: bytes, content_type: str, keep_alive: bool) -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}"
+        "\r\n\r\n"
+    )
+    return head.encode() + body
 
 
-class MetricsHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """HTTP server for one registry; see the module docstring for its bounds."""
+class MetricsHTTPServer:
+    """/metrics for one registry on `host:port` (0: a free port); see the module docstring."""
 
-    daemon_threads = True
-    block_on_close = False  # keep no list of finished threads
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
                  context: ssl.SSLContext | None = None):  # fmt: skip
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
         self.context = context
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        try:
-            super().__init__(address, _Handler)
-        except OSError as e:
-            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise
-            raise MetricsPortInUse(
-                f"cannot serve /metrics on {host}:{address[1]}: {e.strerror}"
-            ) from None
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the connection bound: close at once
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            request.settimeout(TIMEOUT_SECONDS)
-            if self.context is not None:
-                request = self.context.wrap_socket(request, server_side=True)
-            super().process_request_thread(request, client_address)
-        except (OSError, ssl.SSLError):  # a failed handshake or a peer that went away
-            self.shutdown_request(request)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # timeouts and resets of one scrape connection are not errors of the service
+        self.connections = 0  # open now
+        self.refused = 0  # closed at once for being over MAX_CONNECTIONS
+        self._loop = asyncio.new_event_loop()
+        self._socket = _bind(host, port)
+        self.port = self._socket.getsockname()[1]
+        self._thread = threading.Thread(target=self._run, name="metrics-http", daemon=True)
+        self._started = threading.Event()
+        self._server: asyncio.Server | None = None
 
     def start(self) -> MetricsHTTPServer:
-        threading.Thread(target=self.serve_forever, name="metrics-http", daemon=True).start()
+        self._thread.start()
+        self._started.wait()
         return self
 
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        tls = (
+            {"ssl": self.context, "ssl_handshake_timeout": TIMEOUT_SECONDS} if self.context else {}
+        )
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, sock=self._socket, limit=MAX_HEAD_BYTES, **tls)
+        )
+        self._started.set()
+        self._loop.run_forever()
+        self._server.close()
+        self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.close()
+
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        self.connections += 1
+        try:
+            keep_alive = True
+            while keep_alive:
+                async with asyncio.timeout(TIMEOUT_SECONDS):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    reply, keep_alive = self._answer(head)
+                    writer.write(reply)
+                    await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, ssl.SSLError):  # fmt: skip
+            pass  # silent, slow, oversized or gone: the connection is closed
+        finally:
+            self.connections -= 1
+            writer.transport.abort()
+
+    def _answer(self, head: bytes) -> tuple[bytes, bool]:
+        """The response to one request head, and whether the connection stays open."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return _response("400 Bad Request", b"bad request\n", "text/plain", False), False
+        method, target, version = parts
+        keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
+        path = target.split("?", 1)[0]
+        if method != "GET":
+            reply = _response("405 Method Not Allowed", b"GET only\n", "text/plain", keep_alive)
+        elif path == "/metrics":
+            encoder, content_type = choose_encoder(headers.get("accept", ""))
+            reply = _response("200 OK", encoder(self.registry), content_type, keep_alive)
+        elif path == "/":
+            body = b"phoenix-ranker: metrics at /metrics\n"
+            reply = _response("200 OK", body, "text/plain", keep_alive)
+        else:
+            reply = _response("404 Not Found", b"not found\n", "text/plain", keep_alive)
+        return reply, keep_alive
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; "::" falls back to IPv4 on hosts without IPv6, as
+    gRPC itself does. MetricsPortInUse if the port is taken."""
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        if host != "::":
+            raise
+        family, host = socket.AF_INET, "0.0.0.0"
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise MetricsPortInUse(
+                f"cannot serve /metrics on {host}:{port}: {e.strerror}"
+            ) from None
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def start_metrics_http(host: str, port: int, registry: CollectorRegistry,
                        context: ssl.SSLContext | None = None) -> MetricsHTTPServer:  # fmt: skip
-    """Serve /metrics on `host:port` (0: a free port); "::" falls back to IPv4 on hosts
-    without IPv6, as gRPC itself does. Raises MetricsPortInUse if the port is taken."""
-    host = host.strip("[]")
-    try:
-        return MetricsHTTPServer((host, port), registry, context).start()
-    except MetricsPortInUse:
-        raise
-    except OSError:
-        if host != "::":
-            raise
-        return MetricsHTTPServer(("0.0.0.0", port), registry, context).start()
+    """Serve /metrics on `host:port` in a thread of its own (see MetricsHTTPServer)."""
+    return MetricsHTTPServer(host, port, registry, context).start()

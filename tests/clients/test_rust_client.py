@@ -51,6 +51,9 @@ def test_cargo_test_against_the_live_server(compilation_cache):
     for name in (
         "contract_against_a_live_server",
         "a_stopped_server_is_unavailable_after_the_retries",
+        "tls_server_is_verified_against_the_ca",
+        "tls_mutual_requires_a_client_certificate",
+        "only_unavailable_and_resource_exhausted_short_of_a_size_limit_are_retried",
         "fields_follow_names_not_positions",
         "splitmix64_matches_the_hashing_contract",
     ):

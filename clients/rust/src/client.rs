@@ -117,7 +117,7 @@ impl TlsConfig {
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// How long `connect` may take to establish the HTTP/2 connection.
+    /// How long `connect` may take to establish the HTTP/2 connection (and TLS handshake).
     pub connect_timeout: Duration,
     /// Deadline of each attempt, sent to the server as `grpc-timeout`.
     pub request_timeout: Duration,
@@ -172,13 +172,16 @@ impl std::fmt::Display for ClientError {
             ClientError::Connect { target, reason } => {
                 write!(f, "could not connect to {target}: {reason}")
             }
-            ClientError::Status { status, attempts } => write!(
-                f,
-                "{:?}: {} (after {attempts} attempt{})",
-                status.code(),
-                status.message(),
-                if *attempts == 1 { "" } else { "s" }
-            ),
+            ClientError::Status { status, attempts } => {
+                write!(f, "{:?}: {}", status.code(), status.message())?;
+                // A status the transport made (e.g. the connection closed), not the server's:
+                // the cause, which the message alone does not say.
+                if let Some(cause) = std::error::Error::source(status) {
+                    write!(f, " ({})", describe(cause))?;
+                }
+                let plural = if *attempts == 1 { "" } else { "s" };
+                write!(f, " (after {attempts} attempt{plural})")
+            }
             ClientError::Protocol(why) => write!(f, "protocol error: {why}"),
         }
     }
@@ -268,8 +271,9 @@ pub async fn channel(target: &str, connect_timeout: Duration) -> Result<Channel,
 /// [`channel`] with TLS: with `tls` given, TLS over any target form (the target's scheme becomes
 /// `https://`); without, TLS only for an `https://` target (system roots), plaintext otherwise.
 /// The TLS handshake is part of the connection, so an untrusted server certificate is a
-/// [`ClientError::Connect`]. (A server that refuses this client's certificate may only say so
-/// after the handshake: then the first call fails, `UNAVAILABLE`.)
+/// [`ClientError::Connect`]. A server that refuses this client's certificate (mutual TLS) may
+/// only close the connection after the handshake (TLS 1.3): then the first call fails, with
+/// the status tonic gives a closed connection (`CANCELLED` or `UNKNOWN`, not retried).
 pub async fn channel_with_tls(
     target: &str,
     connect_timeout: Duration,

@@ -3,25 +3,32 @@
 //! Environment: `PHOENIX_RANKER` (the `phoenix-ranker` command, default: from PATH) and
 //! `PHOENIX_PYTHON` (a Python with the project installed, for the cross-language check).
 //! `tests/clients/test_rust_client.py` sets both and runs `cargo test`. The tests named
-//! `offline_*` need no server.
+//! `offline_*` need no server; the `tls_*` ones also need the `openssl` command.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use phoenix_client::{synthetic, ClientConfig, ClientError, PhoenixClient, ACTIONS};
+use phoenix_client::{synthetic, ClientConfig, ClientError, PhoenixClient, TlsConfig, ACTIONS};
 use tonic::Code;
 
 struct Server {
     child: Child,
     /// `127.0.0.1:PORT`, the form the Python client takes (the Rust client takes it too).
     target: String,
+    port: u16,
 }
 
 impl Server {
     /// `phoenix-ranker serve --log-json ...`, ready once its log stream (stderr, one JSON
     /// object a line) has the `serving` event, as `tests/server/harness.py` waits for it.
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// [`Server::start`] with more flags (e.g. `--tls-cert`).
+    fn start_with(flags: &[&Path]) -> Server {
         let command = std::env::var("PHOENIX_RANKER").unwrap_or_else(|_| "phoenix-ranker".into());
         let mut child = Command::new(&command)
             .args([
@@ -35,6 +42,7 @@ impl Server {
                 "--log-json",
             ])
             .args(["--max-batch-size", "8", "--candidate-buckets", "8,32"])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -47,7 +55,7 @@ impl Server {
             };
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                 if event["event"] == "serving" {
-                    break event["port"].as_u64().unwrap();
+                    break u16::try_from(event["port"].as_u64().unwrap()).unwrap();
                 }
             }
             log.push(line);
@@ -56,6 +64,7 @@ impl Server {
         Server {
             child,
             target: format!("127.0.0.1:{port}"),
+            port,
         }
     }
 
@@ -116,6 +125,154 @@ fn stdout_of(command: &mut Command) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Test certificates made with the real `openssl` command, as `tests/certs.py` makes them: a CA,
+/// a server certificate for localhost / 127.0.0.1 signed by it, a client certificate signed by
+/// it, and a second CA that signed nothing of ours. Removed on drop.
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn make(name: &str) -> Certs {
+        let dir =
+            std::env::temp_dir().join(format!("phoenix-rust-certs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = Certs { dir };
+        certs.ca("ca");
+        certs.ca("other-ca");
+        certs.leaf(
+            "server",
+            "ca",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        );
+        certs.leaf("client", "ca", "extendedKeyUsage=clientAuth\n");
+        certs
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("the TLS tests need the openssl command (apt-get install openssl): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ca(&self, name: &str) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=phoenix test {name}"),
+        ]);
+    }
+
+    fn leaf(&self, name: &str, ca: &str, extensions: &str) {
+        std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=phoenix {name}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+
+    /// TLS trusting `ca` (a file of this directory), with the client certificate or without.
+    fn tls(&self, ca: &str, client_certificate: bool) -> TlsConfig {
+        TlsConfig {
+            ca: Some(self.path(ca)),
+            cert: client_certificate.then(|| self.path("client.pem")),
+            key: client_certificate.then(|| self.path("client.key")),
+            server_name: None,
+        }
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connects with `tls` and ranks a few candidates: every candidate gets a logit per action.
+async fn rank_over(target: &str, tls: Option<TlsConfig>) -> Result<(), ClientError> {
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(30),
+        tls,
+        ..ClientConfig::default()
+    };
+    let client = PhoenixClient::connect(target, config).await?;
+    let actions = client.model_info().actions.len();
+    let request = synthetic::request(3, 8, 5, client.model_info().product_surface_vocab_size);
+    let ranked = client
+        .rank(request.user_id, &request.history, &request.candidates)
+        .await?;
+    assert_eq!(ranked.len(), request.candidates.len());
+    for c in &ranked {
+        assert_eq!(c.logits.len(), actions, "post {}", c.post_id);
+        assert!(c.logits.iter().all(|x| x.is_finite()), "post {}", c.post_id);
+    }
+    Ok(())
+}
+
+/// Asserts that a client is refused: at connection (the TLS handshake), or on its first call
+/// (a server that refuses a client's certificate may say so only after the handshake).
+fn assert_refused(what: &str, result: Result<(), ClientError>) {
+    match result {
+        Err(ClientError::Connect { .. }) | Err(ClientError::Status { .. }) => {
+            eprintln!("{what}: refused as expected: {}", result.unwrap_err());
+        }
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +423,124 @@ async fn a_stopped_server_is_unavailable_after_the_retries() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_is_verified_against_the_ca() {
+    let certs = Certs::make("tls");
+    let server = Server::start_with(&[
+        Path::new("--tls-cert"),
+        &certs.path("server.pem"),
+        Path::new("--tls-key"),
+        &certs.path("server.key"),
+    ]);
+    let https = format!("https://localhost:{}", server.port);
+
+    // The CA that signed the server's certificate: ranks, by name (https://) and by IP (a plain
+    // target with TLS options is TLS too; 127.0.0.1 is in the certificate).
+    for target in [&https, &server.target] {
+        rank_over(target, Some(certs.tls("ca.pem", false)))
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+    }
+    // --tls-server-name: the name checked instead of the target's host.
+    let named = |name: &str| TlsConfig {
+        server_name: Some(name.into()),
+        ..certs.tls("ca.pem", false)
+    };
+    rank_over(&server.target, Some(named("localhost")))
+        .await
+        .unwrap();
+    match rank_over(&server.target, Some(named("ranker.example.com"))).await {
+        Err(ClientError::Connect { reason, .. }) => {
+            assert!(reason.contains("ranker.example.com"), "{reason}")
+        }
+        other => panic!("a name the certificate lacks: {other:?}"),
+    }
+
+    // A client trusting only another CA fails at the handshake.
+    match rank_over(&https, Some(certs.tls("other-ca.pem", false))).await {
+        Err(ClientError::Connect { target, reason }) => {
+            assert_eq!(target, https);
+            assert!(reason.contains("certificate"), "{reason}");
+        }
+        other => panic!("a server certificate of an untrusted CA: {other:?}"),
+    }
+    // http:// and host:port without TLS options stay plaintext, which a TLS server refuses.
+    for target in [format!("http://{}", server.target), server.target.clone()] {
+        assert_refused(
+            &format!("plaintext {target}"),
+            rank_over(&target, None).await,
+        );
+    }
+
+    // The rank binary over https:// with --tls-ca.
+    let text = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_rank"))
+            .args(["--target", &https, "--candidates", "4", "--tls-ca"])
+            .arg(certs.path("ca.pem")),
+    );
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.starts_with(&format!("{https}: model ")), "{text}");
+    assert_eq!(text.lines().count(), 2 + 4, "{text}");
+    // And with only the other CA, it fails naming the https:// target.
+    let out = Command::new(env!("CARGO_BIN_EXE_rank"))
+        .arg("--target")
+        .arg(&https)
+        .arg("--tls-ca")
+        .arg(certs.path("other-ca.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("could not connect to {https}: ")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mutual_requires_a_client_certificate() {
+    let certs = Certs::make("mtls");
+    let server = Server::start_with(&[
+        Path::new("--tls-cert"),
+        &certs.path("server.pem"),
+        Path::new("--tls-key"),
+        &certs.path("server.key"),
+        Path::new("--tls-client-ca"),
+        &certs.path("ca.pem"),
+    ]);
+    let https = format!("https://localhost:{}", server.port);
+
+    rank_over(&https, Some(certs.tls("ca.pem", true)))
+        .await
+        .unwrap_or_else(|e| panic!("with a client certificate: {e}"));
+    assert_refused(
+        "no client certificate",
+        rank_over(&https, Some(certs.tls("ca.pem", false))).await,
+    );
+
+    // The load generator over mutual TLS, configured by the flags' environment twins.
+    let report = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .env("PHOENIX_TARGET", &https)
+            .env("PHOENIX_TLS_CA", certs.path("ca.pem"))
+            .env("PHOENIX_TLS_CLIENT_CERT", certs.path("client.pem"))
+            .env("PHOENIX_TLS_CLIENT_KEY", certs.path("client.key"))
+            .args(["--concurrency", "2", "--duration-secs", "1"])
+            .args([
+                "--warmup-secs",
+                "0.2",
+                "--history",
+                "8",
+                "--candidates",
+                "8",
+            ]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(report["target"], https.as_str(), "{report}");
+}
+
 #[test]
 fn offline_every_binary_has_help() {
     for (binary, flags) in [
@@ -278,6 +553,13 @@ fn offline_every_binary_has_help() {
                 "--seed",
                 "--surfaces",
                 "--print-request",
+                "--tls-ca",
+                "--tls-cert",
+                "--tls-key",
+                "--tls-server-name",
+                "PHOENIX_TLS_CA",
+                "PHOENIX_TLS_CLIENT_CERT",
+                "PHOENIX_TLS_CLIENT_KEY",
             ][..],
         ),
         (
@@ -293,6 +575,13 @@ fn offline_every_binary_has_help() {
                 "--connections",
                 "--seed",
                 "--surfaces",
+                "--tls-ca",
+                "--tls-cert",
+                "--tls-key",
+                "--tls-server-name",
+                "PHOENIX_TLS_CA",
+                "PHOENIX_TLS_CLIENT_CERT",
+                "PHOENIX_TLS_CLIENT_KEY",
             ][..],
         ),
     ] {

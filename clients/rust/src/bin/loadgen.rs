@@ -3,6 +3,7 @@
 //!     loadgen [--target 127.0.0.1:50051] [--concurrency 8] [--duration-secs 10]
 //!             [--history 64] [--candidates 32] [--warmup-secs 1] [--timeout-ms 10000]
 //!             [--connections 1] [--seed 1] [--surfaces N] [--rows]
+//!             [--tls-ca PATH] [--tls-cert PATH --tls-key PATH] [--tls-server-name NAME]
 //!
 //! Requests go in the columnar form (what `PhoenixClient::rank` sends); `--rows` sends the
 //! row form instead.
@@ -11,12 +12,14 @@
 //! server's own behaviour is measured). Requests are generated before the clock starts.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use phoenix_client::pb::ranking_service_client::RankingServiceClient;
-use phoenix_client::{columnar, pb, synthetic, ClientConfig};
+use phoenix_client::{columnar, pb, synthetic, ClientConfig, TlsConfig};
 
 /// Closed-loop load generator for a Phoenix ranking server.
 ///
@@ -28,10 +31,26 @@ use phoenix_client::{columnar, pb, synthetic, ClientConfig};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The server: host:port, [::1]:port or http://host:port (https:// targets are refused:
-    /// this client is built without TLS)
+    /// The server: host:port, [::1]:port, http://host:port or https://host:port (TLS)
     #[arg(long, env = "PHOENIX_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
+
+    /// PEM CA that signed the server's certificate; implies TLS [https:// without it: the
+    /// system's roots]
+    #[arg(long, env = "PHOENIX_TLS_CA", value_name = "PATH")]
+    tls_ca: Option<OsString>,
+
+    /// PEM client certificate, for mutual TLS (with --tls-key); implies TLS
+    #[arg(long, env = "PHOENIX_TLS_CLIENT_CERT", value_name = "PATH")]
+    tls_cert: Option<OsString>,
+
+    /// PEM key of --tls-cert
+    #[arg(long, env = "PHOENIX_TLS_CLIENT_KEY", value_name = "PATH")]
+    tls_key: Option<OsString>,
+
+    /// Name to verify the server's certificate against; implies TLS [default: the target's host]
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
 
     /// Requests in flight
     #[arg(long, default_value_t = 8)]
@@ -75,6 +94,20 @@ struct Args {
     rows: bool,
 }
 
+impl Args {
+    /// The TLS of the --tls-* flags; `None` (plaintext unless the target is https://) when none
+    /// is given. An empty value (e.g. `PHOENIX_TLS_CA=`) is not given, as in the Python client.
+    fn tls(&self) -> Option<TlsConfig> {
+        let path = |v: &Option<OsString>| v.as_ref().filter(|v| !v.is_empty()).map(PathBuf::from);
+        TlsConfig::from_flags(
+            path(&self.tls_ca),
+            path(&self.tls_cert),
+            path(&self.tls_key),
+            self.tls_server_name.clone().filter(|v| !v.is_empty()),
+        )
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -96,6 +129,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let tls = args.tls();
     let Args {
         target,
         concurrency,
@@ -116,7 +150,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let connect_timeout = ClientConfig::default().connect_timeout;
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
-        channels.push(phoenix_client::channel(&target, connect_timeout).await?);
+        channels
+            .push(phoenix_client::channel_with_tls(&target, connect_timeout, tls.as_ref()).await?);
     }
     let surfaces = match args.surfaces {
         Some(n) => n,
@@ -252,5 +287,6 @@ mod tests {
         assert_eq!(args.seed, 1);
         assert_eq!(args.surfaces, None);
         assert!(!args.rows);
+        assert_eq!(args.tls(), None);
     }
 }

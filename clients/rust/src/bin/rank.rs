@@ -2,12 +2,15 @@
 //! (`--print-request`) prints the synthetic request as JSON without contacting a server.
 //!
 //!     rank [--target 127.0.0.1:50051] [--candidates 12] [--history N] [--seed 7] [--surfaces N]
+//!          [--tls-ca PATH] [--tls-cert PATH --tls-key PATH] [--tls-server-name NAME]
 //!     rank --print-request [--history 64] [--candidates 12] [--seed 7] [--surfaces 16]
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use phoenix_client::{synthetic, ClientConfig, PhoenixClient};
+use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsConfig};
 
 /// History events of `--print-request` when `--history` is not given (no server to ask).
 const OFFLINE_HISTORY: usize = 64;
@@ -23,10 +26,26 @@ const OFFLINE_SURFACES: u32 = 16;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The server: host:port, [::1]:port or http://host:port (https:// targets are refused:
-    /// this client is built without TLS)
+    /// The server: host:port, [::1]:port, http://host:port or https://host:port (TLS)
     #[arg(long, env = "PHOENIX_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
+
+    /// PEM CA that signed the server's certificate; implies TLS [https:// without it: the
+    /// system's roots]
+    #[arg(long, env = "PHOENIX_TLS_CA", value_name = "PATH")]
+    tls_ca: Option<OsString>,
+
+    /// PEM client certificate, for mutual TLS (with --tls-key); implies TLS
+    #[arg(long, env = "PHOENIX_TLS_CLIENT_CERT", value_name = "PATH")]
+    tls_cert: Option<OsString>,
+
+    /// PEM key of --tls-cert
+    #[arg(long, env = "PHOENIX_TLS_CLIENT_KEY", value_name = "PATH")]
+    tls_key: Option<OsString>,
+
+    /// Name to verify the server's certificate against; implies TLS [default: the target's host]
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
 
     /// Candidates to rank
     #[arg(long, default_value_t = 12)]
@@ -52,6 +71,20 @@ struct Args {
     print_request: bool,
 }
 
+impl Args {
+    /// The TLS of the --tls-* flags; `None` (plaintext unless the target is https://) when none
+    /// is given. An empty value (e.g. `PHOENIX_TLS_CA=`) is not given, as in the Python client.
+    fn tls(&self) -> Option<TlsConfig> {
+        let path = |v: &Option<OsString>| v.as_ref().filter(|v| !v.is_empty()).map(PathBuf::from);
+        TlsConfig::from_flags(
+            path(&self.tls_ca),
+            path(&self.tls_cert),
+            path(&self.tls_key),
+            self.tls_server_name.clone().filter(|v| !v.is_empty()),
+        )
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -75,7 +108,11 @@ async fn main() -> ExitCode {
 }
 
 async fn rank(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = PhoenixClient::connect(&args.target, ClientConfig::default()).await?;
+    let config = ClientConfig {
+        tls: args.tls(),
+        ..ClientConfig::default()
+    };
+    let client = PhoenixClient::connect(&args.target, config).await?;
     let info = client.model_info();
     let history = args.history.unwrap_or(info.history_seq_len as usize);
     let surfaces = match args.surfaces.unwrap_or(info.product_surface_vocab_size) {
@@ -138,5 +175,35 @@ mod tests {
         assert_eq!((args.history, args.surfaces), (None, None));
         assert!(!args.print_request);
         assert!(Args::try_parse_from(["rank", "--surfaces", "0"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_make_the_tls_config() {
+        let args = Args::try_parse_from(["rank"]).unwrap();
+        assert_eq!(args.tls(), None);
+        let args = Args::try_parse_from([
+            "rank",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "client.pem",
+            "--tls-key",
+            "client.key",
+            "--tls-server-name",
+            "localhost",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.tls(),
+            Some(TlsConfig {
+                ca: Some("ca.pem".into()),
+                cert: Some("client.pem".into()),
+                key: Some("client.key".into()),
+                server_name: Some("localhost".into()),
+            })
+        );
+        // An empty value is no value (PHOENIX_TLS_CA= turns TLS off, as in the Python client).
+        let args = Args::try_parse_from(["rank", "--tls-ca", "", "--tls-server-name", ""]).unwrap();
+        assert_eq!(args.tls(), None);
     }
 }
