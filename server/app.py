@@ -27,9 +27,11 @@ from server.config import Limits, ServerConfig
 from server.front import GrpcFront
 from server.metrics import Metrics
 from server.metrics_http import MetricsHTTPServer, start_metrics_http, tls_context
+from server.reload import VersionWatcher, load_best
 from server.rpc import ranking_pb2 as pb
-from server.runner import ModelRunner, WarmupAborted, enable_compilation_cache
+from server.runner import ModelRunner, ServedModel, WarmupAborted, enable_compilation_cache
 from server.service import MetricsRecorder, ModelFacts, RankingService
+from server.versions import VersionFile
 from server.workers import FrontendHub
 
 log = logging.getLogger("phoenix.server")
@@ -47,11 +49,11 @@ def _log_compiled(done: int, total: int, shape, seconds: float) -> None:
 
 
 def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
-    """GetModelInfo's answer: the loaded model and the serving limits."""
+    """GetModelInfo's answer: the serving model version and the serving limits."""
     c, m, h = runner.config, runner.config.model, runner.config.hash_config
     info, rows = runner.checkpoint.info, runner.checkpoint.rows
     return pb.ModelInfo(
-        model_version=info.model_version,
+        model_version=runner.model.version,
         actions=list(ACTIONS),
         history_seq_len=c.history_seq_len,
         candidate_seq_len=c.candidate_seq_len,
@@ -91,7 +93,18 @@ class RankingServer:
         self.metrics = Metrics(self.registry)
         if config.compilation_cache:
             enable_compilation_cache(str(config.compilation_cache))
-        checkpoint = load_checkpoint(config.checkpoint or default_checkpoint_path())
+        self.refused: set[VersionFile] = set()
+        self.version_file: VersionFile | None = None
+        version = None
+        if config.checkpoint_dir is not None:
+            if config.checkpoint is not None:
+                raise ValueError("--checkpoint and --checkpoint-dir exclude each other")
+            self.version_file, checkpoint = load_best(
+                config.checkpoint_dir, self.refused, self._refused_at_start
+            )
+            version = str(self.version_file.number)
+        else:
+            checkpoint = load_checkpoint(config.checkpoint or default_checkpoint_path())
         model_config = checkpoint.config
         shapes = config.shapes
         self.plan: BucketPlan = make_plan(
@@ -101,7 +114,10 @@ class RankingServer:
             shapes.history_buckets,
             shapes.max_batch_candidates,
         )
-        self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled)
+        self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled,
+                                  version=version)  # fmt: skip
+        self.metrics.models_resident.set_function(lambda: self.runner.resident_models)
+        self.watcher: VersionWatcher | None = None
         self.port = self.metrics_port = 0
         self._metrics_http: MetricsHTTPServer | None = None
         self.batcher: Batcher | None = None
@@ -109,12 +125,31 @@ class RankingServer:
         self.front: GrpcFront | None = None
         self.hub: FrontendHub | None = None
         self.ready = False
-        info = checkpoint.info
+        self._label_model()
+
+    def _label_model(self) -> None:
+        """phoenix_model_info: one series, the serving version's."""
+        model, c = self.runner.model, self.runner.config
+        self.metrics.model_info.clear()
         self.metrics.model_info.labels(
-            info.model_version, info.file_sha256, self.runner.backend, self.runner.dtype.name,
-            str(model_config.history_seq_len), str(model_config.emb_size),
-            str(model_config.model.num_layers),
+            model.version, model.checkpoint.info.file_sha256, self.runner.backend,
+            self.runner.dtype.name, str(c.history_seq_len), str(c.emb_size),
+            str(c.model.num_layers),
         ).set(1)  # fmt: skip
+
+    def _refused_at_start(self, version: VersionFile, error: Exception) -> None:
+        self.metrics.reload_failures.inc()
+        log.error("version %d refused: %s", version.number, error,
+                  extra={"fields": {"event": "reload_refused", "version": version.number}})  # fmt: skip
+
+    def _swapped(self, model: ServedModel) -> None:
+        """A new version serves: GetModelInfo and phoenix_model_info follow it."""
+        self.info = describe(self.runner, self.config.limits)
+        self._label_model()
+        if self.service is not None:
+            self.service.info = self.info
+        else:
+            self.hub.broadcast_info(self.info.SerializeToString())
 
     def _compiled(self, shape, seconds: float) -> None:
         self.metrics.compilations.inc()
@@ -174,11 +209,24 @@ class RankingServer:
         gc.freeze()
         self.metrics.warmup_seconds.set(seconds)
         self.ready = True
+        if self.version_file is not None:
+            c = self.config
+            self.watcher = VersionWatcher(c.checkpoint_dir, c.poll_seconds, self.runner,
+                                          self.version_file, self.refused, self.metrics,
+                                          self._swapped)  # fmt: skip
+            self.watcher.start()
         if self.front is not None:
             await self.front.set_serving()
         else:
             await self.hub.broadcast(ipc.SERVING)
         return seconds
+
+    def check_versions(self) -> None:
+        """SIGHUP: look at --checkpoint-dir now (a no-op without one)."""
+        if self.watcher is not None:
+            self.watcher.wake()
+        else:
+            log.info("SIGHUP ignored: no --checkpoint-dir to check")
 
     async def _close_and_drain(self, timeout: float) -> bool:
         self.batcher.close()
@@ -188,6 +236,8 @@ class RankingServer:
         """Drain and stop; True if every accepted request finished within the grace period."""
         grace = self.config.grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self.front is not None:
             drained = await self.front.drain(deadline, self._close_and_drain)
         else:  # the frontends drain their calls (answered from here), then exit
@@ -210,6 +260,7 @@ async def serve(config: ServerConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.check_versions)
     log.info(
         "listening; warming up %d batch shapes",
         len(server.plan.shapes()),

@@ -47,7 +47,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -71,8 +71,10 @@ class Runner(Protocol):
     plan: BucketPlan
     seconds_per_token: float  # device seconds per padded token, as measured at warm-up
     score_width: int  # W: scores per candidate that `run` returns
+    model: Any  # the serving version (has .version); replaced between batches on reload
 
-    def pack(self, pieces: Sequence[Piece]):  # -> PackedBatch with .shape and .pieces
+    def pack(self, pieces: Sequence[Piece], model: Any):
+        """-> PackedBatch with .shape, .pieces and .model (scored by `model`)."""
         ...
 
     def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
@@ -81,6 +83,13 @@ class Runner(Protocol):
 
 class BatchFailed(RuntimeError):
     """The batch holding this request failed (the cause is chained); other batches go on."""
+
+
+class Scored(NamedTuple):
+    """What a request's future resolves to."""
+
+    scores: np.ndarray  # float32 [m, W], request order
+    model_version: str  # the one version that scored every window of the request
 
 
 @dataclass(eq=False)
@@ -96,6 +105,7 @@ class _Request:
     queued_tokens: int  # their padded tokens (1 + S + C per piece, of its own bucket)
     counted: bool = True  # still counted in the queue totals
     started: bool = False
+    model: Any = None  # the version its first window was packed for; the rest follow it
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -199,8 +209,8 @@ class Batcher:
             raise QueueFull(refusal.message, refusal.retry_after_ms)
 
     def submit(self, encoded: EncodedRequest, deadline: float | None = None) -> asyncio.Future:
-        """Queue a request; the future resolves to its float32 scores [m, W] in request order
-        (W = `runner.score_width`)."""
+        """Queue a request; the future resolves to its `Scored`: float32 scores [m, W] in
+        request order (W = `runner.score_width`) and the version that scored them."""
         plan, now = self.runner.plan, time.monotonic()
         m, n = encoded.num_candidates, encoded.num_history
         spans = windows(m, plan.window_for(m, n))
@@ -218,7 +228,8 @@ class Batcher:
             queued_tokens=sum(tokens),
         )
         if not spans:
-            request.future.set_result(np.zeros((0, self.runner.score_width), np.float32))
+            empty = np.zeros((0, self.runner.score_width), np.float32)
+            request.future.set_result(Scored(empty, _version(self.runner.model)))
             return request.future
         self._pieces.extend(
             _QueuedPiece(request, start, stop, t)
@@ -316,12 +327,24 @@ class Batcher:
                 return True
         return False
 
-    def _take_batch(self, taken: list[_QueuedPiece]) -> None:
-        """Pop live pieces into `taken`, in FIFO order, while they fit (step 3 above)."""
+    def _take_batch(self, taken: list[_QueuedPiece]) -> Any:
+        """Pop live pieces into `taken`, in FIFO order, while they fit (step 3 above);
+        returns the model version that scores them.
+
+        A request is scored by one version: its windows follow the version its first window
+        was packed for. Only the head request can be part-dispatched (pieces leave in FIFO
+        order), so after a swap at most one batch holds the rest of a request on the old
+        version, alone; every other batch takes the serving version."""
         now = time.monotonic()
         count = self._batch_size(now)
+        model = None
         while len(taken) < count and self._sweep_front(now):
+            wants = self._pieces[0].request.model or self.runner.model
+            if taken and wants is not model:
+                break
+            model = wants
             taken.append(self._pop())
+        return model
 
     def _batch_size(self, now: float) -> int:
         """How many of the live pieces at the head of the queue the next batch takes."""
@@ -340,13 +363,15 @@ class Batcher:
             dispatched = False
             try:
                 await self._wait_for_batch()
-                self._take_batch(taken)
+                model = self._take_batch(taken)
                 if not taken:  # live work that no batch takes: never spin on it
                     self._fail_head(RuntimeError("the request's head window fits no batch"))
                 if taken:
                     packed = self.runner.pack(
-                        [Piece(p.request.encoded, p.start, p.stop) for p in taken]
+                        [Piece(p.request.encoded, p.start, p.stop) for p in taken], model
                     )
+                    for p in taken:
+                        p.request.model = p.request.model or model
                     self._observe_dispatch(taken, packed)
                     result = loop.run_in_executor(self._device, self._run_timed, packed)
                     self._in_flight += 1
@@ -442,7 +467,11 @@ class Batcher:
                 request.pieces_left -= 1
                 if request.pieces_left == 0:
                     self.metrics.candidates_scored.inc(len(request.scores))
-                    request.future.set_result(request.scores)
+                    request.future.set_result(Scored(request.scores, _version(request.model)))
         except (Exception, asyncio.CancelledError) as e:
             log.exception("batch of %d rows failed", len(taken))
             self._fail(taken, e)
+
+
+def _version(model: Any) -> str:
+    return "" if model is None else model.version

@@ -72,6 +72,7 @@ class DeviceLink:
         self._answered = asyncio.Event()  # set whenever _pending is empty
         self._answered.set()
         self.state = asyncio.Queue()  # STATE values from the device, or None when it is gone
+        self.on_info = None  # called with each new ModelInfo the device sends
         self.broken = False
 
     # -- Queue ---------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class DeviceLink:
                     self._resolve(*ipc.parse_result(payload, self.width))
                 elif kind == ipc.STATE:
                     self.state.put_nowait(ipc.parse_state(payload))
+                elif kind == ipc.INFO and self.on_info is not None:
+                    self.on_info(pb.ModelInfo.FromString(payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -159,6 +162,7 @@ async def _run(args: WorkerArgs) -> int:
         model_config, TableRows(*args.rows), pb.ModelInfo.FromString(args.model_info)
     )
     service = RankingService(facts, link, config.limits, link)
+    link.on_info = lambda info: setattr(service, "info", info)
     front = GrpcFront(service, f"{config.host}:{args.port}", config.transport, reuse_port=True)
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())

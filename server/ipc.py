@@ -7,8 +7,10 @@ pickle, no per-element work):
     SUBMIT  frontend -> device  call id, absolute deadline (CLOCK_MONOTONIC seconds, shared by
                                 the processes of one machine; NaN = none), the frontend's calls
                                 in flight, n, m, then the EncodedRequest's eight arrays
-    RESULT  device -> frontend  call id, status code, retry hint (ms), then float32 [m, W]
-                                scores (OK) or a UTF-8 message
+    RESULT  device -> frontend  call id, status code, retry hint (ms), then (OK) the UTF-8
+                                model version that scored it and float32 [m, W] scores, or
+                                a UTF-8 message
+    INFO    device -> frontend  a serialized ModelInfo (after a new version is swapped in)
     DONE    frontend -> device  one finished call for the metrics: method, status code,
                                 seconds, candidates, the frontend's calls in flight
     STATE   device -> frontend  SERVING or DRAINING
@@ -29,14 +31,15 @@ import numpy as np
 
 from model.config import PhoenixModelConfig
 from request.encoding import EncodedRequest
+from server.batcher import Scored
 
-SUBMIT, RESULT, DONE, STATE, READY = 1, 2, 3, 4, 5
+SUBMIT, RESULT, DONE, STATE, READY, INFO = 1, 2, 3, 4, 5, 6
 SERVING, DRAINING = 1, 2
 METHODS = ("Rank", "GetModelInfo")
 
 _FRAME = struct.Struct("<IB")
 _SUBMIT = struct.Struct("<QdIII")  # call id, deadline, in flight, n, m
-_RESULT = struct.Struct("<QBI")  # call id, status code, retry hint ms
+_RESULT = struct.Struct("<QBIH")  # call id, status code, retry hint ms, version bytes
 _DONE = struct.Struct("<BBdII")  # method, status code, seconds, candidates, in flight
 _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
@@ -112,19 +115,29 @@ def parse_submit(
 
 
 def result_frame(
-    call_id: int, code: int, scores: np.ndarray | None = None, message: str = "", retry_ms: int = 0
+    call_id: int, code: int, scored: Scored | None = None, message: str = "", retry_ms: int = 0
 ) -> bytes:
-    body = scores.astype("<f4", copy=False).tobytes() if scores is not None else message.encode()
-    return frame(RESULT, _RESULT.pack(call_id, code, retry_ms), body)
+    if scored is None:
+        return frame(RESULT, _RESULT.pack(call_id, code, retry_ms, 0), message.encode())
+    version = scored.model_version.encode()
+    body = scored.scores.astype("<f4", copy=False).tobytes()
+    return frame(RESULT, _RESULT.pack(call_id, code, retry_ms, len(version)), version, body)
 
 
-def parse_result(payload: memoryview, width: int) -> tuple[int, int, int, np.ndarray | str]:
-    """(call id, status code, retry ms, scores float32 [m, W] if OK else the message)."""
-    call_id, code, retry_ms = _RESULT.unpack_from(payload)
+def parse_result(payload: memoryview, width: int) -> tuple[int, int, int, Scored | str]:
+    """(call id, status code, retry ms, Scored (float32 [m, W]) if OK else the message)."""
+    call_id, code, retry_ms, version_bytes = _RESULT.unpack_from(payload)
     body = payload[_RESULT.size :]
     if code == 0:
-        return call_id, code, retry_ms, np.frombuffer(body, "<f4").reshape(-1, width)
+        version = bytes(body[:version_bytes]).decode()
+        scores = np.frombuffer(body[version_bytes:], "<f4").reshape(-1, width)
+        return call_id, code, retry_ms, Scored(scores, version)
     return call_id, code, retry_ms, bytes(body).decode(errors="replace")
+
+
+def info_frame(info: bytes) -> bytes:
+    """A new ModelInfo (serialized), for the frontends' GetModelInfo."""
+    return frame(INFO, info)
 
 
 def done_frame(method: str, code: int, seconds: float, candidates: int, in_flight: int) -> bytes:

@@ -89,6 +89,20 @@ class Metrics:
         self.warmup_seconds = Gauge(
             "phoenix_warmup_seconds", "Duration of the start-up warm-up.", registry=registry
         )
+        self.reloads = Counter(
+            "phoenix_reloads", "New model versions swapped in while serving.", registry=registry
+        )
+        self.reload_failures = Counter(
+            "phoenix_reload_failures",
+            "Model versions refused (unreadable, corrupt, incompatible or non-finite); the "
+            "serving version kept serving.",
+            registry=registry,
+        )
+        self.models_resident = Gauge(
+            "phoenix_models_resident",
+            "Model versions whose parameters are in memory (2 only during a swap).",
+            registry=registry,
+        )
         self.model_info = Gauge(
             "phoenix_model_info", "The served model (value is always 1).",
             ["version", "checkpoint_sha256", "backend", "dtype", "history_seq_len", "emb_size",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,11 +47,26 @@ class UnservableModelError(ValueError):
     """A checkpoint whose scores would depend on how the server lays out candidates."""
 
 
+class IncompatibleVersionError(ValueError):
+    """A new version whose architecture or tables differ from the serving one's: requests
+    already hashed and executables already compiled would not fit it (a restart serves it)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """One version of the model, resident on the device."""
+
+    version: str  # what responses' model_version say
+    checkpoint: Checkpoint
+    params: dict  # the parameter tree on the device
+
+
 @dataclass(frozen=True, eq=False)
 class PackedBatch:
     shape: BatchShape
     batch: RankingBatch  # numpy arrays of `shape`
     pieces: tuple[Piece, ...]  # row r holds pieces[r]; rows past len(pieces) are padding
+    model: ServedModel  # the version that scores this batch
 
 
 class ModelRunner:
@@ -60,7 +76,9 @@ class ModelRunner:
         plan: BucketPlan,
         dtype: jnp.dtype | None = None,
         on_compile: Callable[[BatchShape, float], None] | None = None,
+        version: str | None = None,
     ):
+        """`version`: what responses say scored them; default: the checkpoint's own."""
         config = checkpoint.config
         if not config.candidates_isolated_across_windows:
             raise UnservableModelError(
@@ -73,12 +91,15 @@ class ModelRunner:
                 f"the largest history bucket ({plan.history_buckets[-1]}) must equal the "
                 f"model's history_seq_len ({config.history_seq_len})"
             )
-        self.checkpoint = checkpoint
         self.config = config
         self.plan = plan
         self.dtype = jnp.dtype(dtype or default_compute_dtype())
         self.backend = jax.default_backend()
-        self.params = jax.device_put(checkpoint.state.params)
+        self.model = ServedModel(
+            version or checkpoint.info.model_version, checkpoint,
+            jax.device_put(checkpoint.state.params),
+        )  # fmt: skip
+        self._resident = weakref.WeakSet([self.model])  # versions whose parameters are alive
         self.num_parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
         forward = make_forward(config, checkpoint.rows, self.dtype).apply
 
@@ -92,6 +113,52 @@ class ModelRunner:
         # Device seconds per padded token; measured by warmup() on the largest shape.
         self.seconds_per_token = 1e-6
         self.score_width = 2 * config.num_actions  # logits, then probabilities
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The serving version's checkpoint."""
+        return self.model.checkpoint
+
+    @property
+    def params(self) -> dict:
+        return self.model.params
+
+    def prepare(self, checkpoint: Checkpoint, version: str) -> ServedModel:
+        """Put a new version on the device beside the serving one, ready to swap in (any
+        thread). Its config and table sizes must equal the serving version's, so that every
+        compiled executable serves it unchanged (no compilation) and requests hashed for one
+        version are valid for the other; it must score one row of every planned history and
+        candidate bucket with finite results. Raises IncompatibleVersionError or ValueError otherwise."""
+        serving = self.model.checkpoint
+        if checkpoint.config != serving.config or checkpoint.rows != serving.rows:
+            changed = _config_changes(serving, checkpoint)
+            raise IncompatibleVersionError(
+                f"version {version} changes {changed}; a config change needs a restart"
+            )
+        model = ServedModel(version, checkpoint, jax.device_put(checkpoint.state.params))
+        self._resident.add(model)
+        # One row of every history and candidate bucket: each window layout is scored once
+        # (the other row counts run the same code on more rows).
+        for shape in self.plan.shapes():
+            executable = self._executables.get(shape)
+            if shape.rows != 1 or executable is None:  # reuse only; never compile here
+                continue
+            scores = np.asarray(executable(model.params, empty_batch(self.config, *shape)))
+            if not np.isfinite(scores).all():
+                raise ValueError(f"version {version} scores non-finite values (shape {shape})")
+        return model
+
+    @property
+    def resident_models(self) -> int:
+        """Versions whose parameters are alive: the serving one, and for a while after a swap
+        the one it replaced (until its last batch and pinned request are done)."""
+        return len(self._resident)
+
+    def swap(self, model: ServedModel) -> ServedModel:
+        """Serve `model` from the next packed batch on; returns the version it replaces.
+        Call on the event loop that packs batches (so the swap falls between batches)."""
+        previous, self.model = self.model, model
+        return previous
 
     def warmup(
         self,
@@ -134,8 +201,9 @@ class ModelRunner:
                 self._on_compile(shape, time.perf_counter() - start)
         return executable
 
-    def pack(self, pieces: Sequence[Piece]) -> PackedBatch:
-        """Pad pieces into the smallest planned shape that holds them (host only)."""
+    def pack(self, pieces: Sequence[Piece], model: ServedModel | None = None) -> PackedBatch:
+        """Pad pieces into the smallest planned shape that holds them (host only), to be
+        scored by `model` (default: the serving version)."""
         shape = self.plan.shape_for(
             len(pieces),
             max(p.request.num_history for p in pieces),
@@ -144,10 +212,21 @@ class ModelRunner:
         if shape is None:
             raise ValueError(f"{len(pieces)} pieces fit no planned batch shape")
         batch = pack_rows(self.config, pieces, *shape)
-        return PackedBatch(shape, batch, tuple(pieces))
+        return PackedBatch(shape, batch, tuple(pieces), model or self.model)
 
     def run(self, packed: PackedBatch) -> np.ndarray:
         """Scores float32 [B, C, 2A] of a packed batch: the A logits of each candidate, then
         their sigmoids (computed on the device, so the host only copies bytes). Blocks until
         the device is done."""
-        return np.asarray(self._executable(packed.shape)(self.params, packed.batch))
+        return np.asarray(self._executable(packed.shape)(packed.model.params, packed.batch))
+
+
+def _config_changes(old: Checkpoint, new: Checkpoint) -> str:
+    """What differs between two versions' configs and tables, for the refusal message."""
+    fields = [f"{k} {a} -> {b}" for k, a, b in zip(old.rows._fields, old.rows, new.rows, strict=True)
+              if a != b]  # fmt: skip
+    a, b = old.config.to_dict(), new.config.to_dict()
+    fields += [
+        f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
+    return ", ".join(fields) or "nothing visible"

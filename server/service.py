@@ -31,13 +31,13 @@ from collections.abc import Awaitable
 from typing import Protocol
 
 import grpc
-import numpy as np
 
 from model.actions import ACTIONS
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest, encode
 from request.raw import RawRequest
 from server import convert
+from server.batcher import Scored
 from server.config import Limits
 from server.errors import InvalidArgument, QueueFull, ServiceError, ShuttingDown
 from server.logs import RateLimited
@@ -68,8 +68,9 @@ class Queue(Protocol):
 
     def precheck(self, deadline: float | None) -> None: ...
 
-    def submit(self, encoded: EncodedRequest, deadline: float | None) -> Awaitable[np.ndarray]:
-        """Scores float32 [m, 2A]: logits, then probabilities."""
+    def submit(self, encoded: EncodedRequest, deadline: float | None) -> Awaitable[Scored]:
+        """Scores float32 [m, 2A] (logits, then probabilities) and the version that
+        computed them."""
         ...
 
 
@@ -194,16 +195,16 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 self._preparing -= 1
                 if not self._preparing:
                     self._prepared.set()
-            scores = await future  # [m, 2A]
+            scored = await future  # Scored: [m, 2A] and the version that computed them
             a = len(ACTIONS)
             return await self._off_loop_if(
                 raw.num_candidates > INLINE_CANDIDATES,
                 convert.rank_response_bytes,
                 raw.candidate_post_ids,
-                scores[:, :a],
-                self.info.model_version,
+                scored.scores[:, :a],
+                scored.model_version,
                 request_id,
-                scores[:, a:],
+                scored.scores[:, a:],
             )
         except ServiceError as e:
             code = e.code

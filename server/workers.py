@@ -20,6 +20,7 @@ machine where the model itself runs on the same cores, there is no spare core to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from server.config import ServerConfig
 from server.errors import QueueFull, ServiceError
 from server.frontend import WorkerArgs, main
 from server.metrics import Metrics
+from server.rpc import ranking_pb2 as pb
 from server.service import MetricsRecorder, ModelFacts
 
 log = logging.getLogger("phoenix.server")
@@ -140,6 +142,15 @@ class FrontendHub:
                 writer.write(frame)
                 await writer.drain()
 
+    def broadcast_info(self, info: bytes) -> None:
+        """A new ModelInfo for the frontends' GetModelInfo (after a swap); frontends started
+        later get it with their arguments."""
+        self.facts = dataclasses.replace(self.facts, info=pb.ModelInfo.FromString(info))
+        frame = ipc.info_frame(info)
+        for writer in self._writers:
+            if not writer.is_closing():
+                writer.write(frame)
+
     async def stop(self, timeout: float) -> bool:
         """Tell the frontends to drain, wait for them to exit; True if all did in time."""
         await self.broadcast(ipc.DRAINING)
@@ -222,7 +233,7 @@ class FrontendHub:
             log.error("batch failed for a frontend call", exc_info=future.exception())
             frame = ipc.result_frame(call_id, _INTERNAL, message="batch failed")
         else:
-            frame = ipc.result_frame(call_id, 0, scores=future.result())
+            frame = ipc.result_frame(call_id, 0, scored=future.result())
         writer.write(frame)
 
 

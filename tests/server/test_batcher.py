@@ -37,12 +37,14 @@ CONFIG = PhoenixModelConfig(
 class FakePacked:
     shape: tuple
     pieces: tuple
+    model: object = None
 
 
 class FakeRunner:
     config = CONFIG
     seconds_per_token = 1e-3  # a 1 x 4 x 4 row (9 tokens) "costs" 9 ms to admission
     score_width = A  # the fake returns one score per action
+    model = None  # no versions (see test_reload for swaps)
 
     def __init__(
         self, plan: BucketPlan | None = None, gated: bool = False, poison: int | None = None
@@ -55,10 +57,10 @@ class FakeRunner:
         self.batches: list[list[int]] = []  # user rows of the requests in each batch
         self.poison = poison
 
-    def pack(self, pieces):
+    def pack(self, pieces, model=None):
         shape = self.plan.shape_for(len(pieces), 1, max(p.stop - p.start for p in pieces))
         assert shape is not None, "the batcher formed a batch that fits no planned shape"
-        return FakePacked(shape, tuple(pieces))
+        return FakePacked(shape, tuple(pieces), model)
 
     def run(self, packed: FakePacked) -> np.ndarray:
         self.started.set()
@@ -114,7 +116,7 @@ def test_windows_are_scattered_back_in_request_order():
     async def main():
         runner = FakeRunner()
         batcher = make(runner)
-        logits = await batcher.submit(request(3, 21))  # windows of 8: 8 + 8 + 5
+        logits = (await batcher.submit(request(3, 21))).scores  # windows of 8: 8 + 8 + 5
         np.testing.assert_allclose(logits, expected(3, 21))
         assert sorted(sum(runner.batches, [])) == [3, 3, 3]
         await batcher.stop()
@@ -132,7 +134,7 @@ def test_concurrent_requests_share_batches():
         runner.gate.set()
         results = await asyncio.gather(first, *futures)
         for u, logits in zip(range(1, 8), results, strict=True):
-            np.testing.assert_allclose(logits, expected(u, 2 if u == 1 else 3))
+            np.testing.assert_allclose(logits.scores, expected(u, 2 if u == 1 else 3))
         assert max(len(b) for b in runner.batches) > 1
         assert batcher.batches_run < 7
         await batcher.stop()
@@ -172,7 +174,7 @@ def test_expired_and_cancelled_requests_are_not_computed():
         await running
         with pytest.raises(DeadlineExceeded, match="not computed"):
             await expired
-        np.testing.assert_allclose(await alive, expected(4, 1))
+        np.testing.assert_allclose((await alive).scores, expected(4, 1))
         assert sorted(sum(runner.batches, [])) == [1, 4]
         await batcher.stop()
 
@@ -185,7 +187,7 @@ def test_a_failing_batch_fails_only_its_requests():
         batcher = make(runner)
         with pytest.raises(RuntimeError, match="poisoned"):
             await batcher.submit(request(13, 2))
-        np.testing.assert_allclose(await batcher.submit(request(14, 2)), expected(14, 2))
+        np.testing.assert_allclose((await batcher.submit(request(14, 2))).scores, expected(14, 2))
         await batcher.stop()
 
     asyncio.run(main())
@@ -203,7 +205,7 @@ def test_close_refuses_new_work_and_drain_waits_for_accepted():
         runner.gate.set()
         assert await batcher.drain(10)
         for u, f in zip((1, 2, 3), accepted, strict=True):
-            np.testing.assert_allclose(f.result(), expected(u, 9))
+            np.testing.assert_allclose(f.result().scores, expected(u, 9))
         await batcher.stop()
 
     asyncio.run(main())
@@ -213,7 +215,7 @@ def test_no_candidates_resolves_immediately():
     async def main():
         runner = FakeRunner(gated=True)
         batcher = make(runner)
-        assert (await batcher.submit(request(1, 0))).shape == (0, A)
+        assert (await batcher.submit(request(1, 0))).scores.shape == (0, A)
         assert runner.batches == []
         runner.gate.set()
         await batcher.stop()
@@ -243,7 +245,7 @@ def test_an_idle_device_takes_a_lone_request_at_once():
         batcher = make(runner, max_batch_wait_ms=60_000)
         # With the device idle, nothing is worth waiting for: no minute-long batching delay.
         logits = await asyncio.wait_for(batcher.submit(request(1, 3)), timeout=10)
-        np.testing.assert_allclose(logits, expected(1, 3))
+        np.testing.assert_allclose(logits.scores, expected(1, 3))
         await batcher.stop()
 
     asyncio.run(main())
@@ -324,7 +326,7 @@ def test_batches_are_cut_back_rather_than_padded_with_whole_rows():
         batcher, first = await busy(runner, max_batch_wait_ms=50)
         three_windows = batcher.submit(request(2, 12))  # would be 3 rows padded to 4
         runner.gate.set()
-        np.testing.assert_allclose(await three_windows, expected(2, 12))
+        np.testing.assert_allclose((await three_windows).scores, expected(2, 12))
         await first
         assert runner.batches == [[1], [2, 2], [2]]
         await batcher.stop()
@@ -370,7 +372,7 @@ def test_the_queue_is_bounded_by_work_not_by_count():
         await asyncio.gather(running, *queued)
         assert 5 not in sum(runner.batches, [])
         # An empty queue takes a request of any size.
-        assert len(await batcher.submit(request(6, 64))) == 64
+        assert len((await batcher.submit(request(6, 64))).scores) == 64
         await batcher.stop()
 
     asyncio.run(main())
@@ -447,7 +449,7 @@ def test_a_request_no_batch_takes_fails_instead_of_freezing_the_loop(monkeypatch
         stuck = batcher.submit(request(1, 1))
         with pytest.raises(RuntimeError, match="fits no batch"):
             await asyncio.wait_for(stuck, 5)
-        np.testing.assert_allclose(await batcher.submit(request(2, 3)), expected(2, 3))
+        np.testing.assert_allclose((await batcher.submit(request(2, 3))).scores, expected(2, 3))
         await batcher.stop()
         outcome["ok"] = True
 

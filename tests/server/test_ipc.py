@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from server import ipc
+from server.batcher import Scored
 from tests.helpers import random_request
 
 
@@ -40,10 +41,10 @@ def test_a_submitted_request_arrives_identical(parity_config, layout, n, m):
 
 def test_results_carry_scores_or_a_refusal():
     scores = np.arange(3 * 38, dtype=np.float32).reshape(3, 38)
-    _, payload = asyncio.run(_read(ipc.result_frame(7, 0, scores=scores)))
+    _, payload = asyncio.run(_read(ipc.result_frame(7, 0, scored=Scored(scores, "v7"))))
     call_id, code, retry, body = ipc.parse_result(payload, 38)
-    assert (call_id, code, retry) == (7, 0, 0)
-    np.testing.assert_array_equal(body, scores)
+    assert (call_id, code, retry, body.model_version) == (7, 0, 0, "v7")
+    np.testing.assert_array_equal(body.scores, scores)
     _, payload = asyncio.run(_read(ipc.result_frame(8, 8, message="overloaded ü", retry_ms=25)))
     assert ipc.parse_result(payload, 38) == (8, 8, 25, "overloaded ü")
 

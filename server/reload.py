@@ -1,0 +1,152 @@
+"""Zero-downtime model reload from a directory of versioned checkpoints (`server.versions`).
+
+`VersionWatcher` checks the directory every `poll_seconds`, and at once when woken (SIGHUP).
+When the best available version (the highest that has not failed as it is now) is not the
+one serving, it:
+
+1. waits until at most one version is resident (a previous swap's version is freed once the
+   last batch and the last request pinned to it are done), so never more than two are;
+2. loads the file off the event loop: `load_checkpoint` validates the format, the names and
+   shapes of every tensor and the content checksum;
+3. prepares it beside the serving version (`ModelRunner.prepare`): same config and tables,
+   so every compiled executable is reused with no compilation; one row of every bucket
+   scored, all finite;
+4. swaps it in on the event loop, between two batches (`ModelRunner.swap`). Batches already
+   packed finish on the old version, and a request split across batches stays on the version
+   its first window was packed for (`server.batcher`): each response's `model_version` names
+   the one version that scored all of it. `on_swap` then updates GetModelInfo and metrics.
+
+A version that fails any step is refused with one log line and `phoenix_reload_failures_total`
+and the serving version keeps serving; it is not retried until its file changes. A rollback is
+removing the newest version: the next one down is then the best available and is swapped in
+the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from model.checkpoint import Checkpoint, load_checkpoint
+from model.errors import CheckpointError
+from server import versions
+from server.metrics import Metrics
+from server.runner import ModelRunner, ServedModel
+
+log = logging.getLogger("phoenix.reload")
+
+RESIDENT_POLL_SECONDS = 0.05  # how often a pending swap looks whether the old version is freed
+
+
+class NoServableVersion(CheckpointError):
+    """The checkpoint directory holds no version that loads."""
+
+
+def load_best(directory: Path, refused: set[versions.VersionFile],
+              on_refused: Callable[[versions.VersionFile, Exception], None]
+              ) -> tuple[versions.VersionFile, Checkpoint]:  # fmt: skip
+    """Load the best version of `directory` that loads (at start-up); NoServableVersion if
+    none does. Versions that fail are added to `refused` and reported to `on_refused`."""
+    try:
+        available = versions.scan(directory)
+    except OSError as e:
+        raise NoServableVersion(f"{directory}: {e.strerror or e}") from None
+    for version in versions.candidates(available, refused):
+        try:
+            return version, load_checkpoint(version.path)
+        except CheckpointError as e:
+            refused.add(version)
+            on_refused(version, e)
+    raise NoServableVersion(
+        f"{directory}: no loadable <N>.safetensors version ({len(available)} found)"
+    )
+
+
+class VersionWatcher:
+    def __init__(self, directory: Path, poll_seconds: float, runner: ModelRunner,
+                 serving: versions.VersionFile, refused: set[versions.VersionFile],
+                 metrics: Metrics, on_swap: Callable[[ServedModel], None]):  # fmt: skip
+        self.directory = directory
+        self.poll_seconds = poll_seconds
+        self.runner = runner
+        self.serving = serving  # the file of the serving version
+        self.refused = refused
+        self.metrics = metrics
+        self.on_swap = on_swap
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="reload")
+
+    def wake(self) -> None:
+        """Check the directory now (SIGHUP)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # a bug here must not stop serving, nor later checks
+                log.exception("checking %s for new versions failed", self.directory)
+            try:
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def check(self) -> bool:
+        """Swap in the best available version if it is not the serving one; True if a swap
+        happened."""
+        try:
+            available = versions.scan(self.directory)
+        except OSError as e:
+            log.warning("cannot read %s: %s; the serving version stays", self.directory, e)
+            return False
+        for version in versions.candidates(available, self.refused):
+            if version.number == self.serving.number:
+                return False  # the best one is already serving
+            if await self._swap_to(version):
+                return True
+        return False
+
+    async def _swap_to(self, version: versions.VersionFile) -> bool:
+        loop = asyncio.get_running_loop()
+        while self.runner.resident_models > 1:  # the last swap's old version is still in use
+            await asyncio.sleep(RESIDENT_POLL_SECONDS)
+        started = time.monotonic()
+        try:
+            checkpoint = await loop.run_in_executor(None, load_checkpoint, version.path)
+            model = await loop.run_in_executor(
+                None, self.runner.prepare, checkpoint, str(version.number)
+            )
+        except (CheckpointError, ValueError) as e:
+            self.refused.add(version)
+            self.metrics.reload_failures.inc()
+            log.error(
+                "version %d refused: %s; version %d keeps serving",
+                version.number, e, self.serving.number,
+                extra={"fields": {"event": "reload_refused", "version": version.number}},
+            )  # fmt: skip
+            return False
+        previous = self.runner.swap(model)
+        self.serving = version
+        self.metrics.reloads.inc()
+        self.on_swap(model)
+        seconds = time.monotonic() - started
+        log.info(
+            "version %d serving (was %s) after %.2fs of loading and checks",
+            version.number, previous.version, seconds,
+            extra={"fields": {"event": "reloaded", "version": version.number,
+                              "previous": previous.version, "seconds": round(seconds, 3)}},
+        )  # fmt: skip
+        return True

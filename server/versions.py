@@ -1,0 +1,51 @@
+"""Versioned checkpoints in a directory, TF Serving's convention: `<N>.safetensors` for an
+integer version N. Which version should serve is a pure decision over a directory listing.
+
+Other names are ignored (a file being copied in under a temporary name, then renamed, is seen
+only once complete). A version that failed to load is not tried again until its file changes
+(another size or modification time), so a broken file costs one log line, not one per poll.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+VERSION_FILE = re.compile(r"^(0|[1-9][0-9]{0,17})\.safetensors$")
+
+
+class VersionFile(NamedTuple):
+    """One version's file as last seen (a changed file is a different VersionFile)."""
+
+    number: int
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def scan(directory: Path) -> list[VersionFile]:
+    """The version files in `directory`, highest version first (OSError if unreadable)."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = VERSION_FILE.match(entry.name)
+            if match is None:
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+                stat = entry.stat()
+            except FileNotFoundError:  # removed while we looked
+                continue
+            found.append(VersionFile(int(match[1]), Path(entry.path), stat.st_size,
+                                     stat.st_mtime_ns))  # fmt: skip
+    return sorted(found, key=lambda v: v.number, reverse=True)
+
+
+def candidates(available: list[VersionFile], refused: set[VersionFile]) -> list[VersionFile]:
+    """The versions worth loading, best first: every available one not already refused as
+    it is now. The first of them that loads should serve (a rollback is removing the
+    newest: the next one down then comes first)."""
+    return [v for v in available if v not in refused]
