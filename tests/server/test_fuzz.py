@@ -355,7 +355,10 @@ ANY_ACTION = st.one_of(
 )
 GOOD_MASK = st.integers(0, 2**NUM_ACTIONS - 1)
 ANY_MASK = st.one_of(
-    GOOD_MASK, st.sampled_from([1 << NUM_ACTIONS, 1 << 31, 2**32 - 1]), st.integers(0, 2**32 - 1)
+    GOOD_MASK,
+    st.sampled_from([1 << NUM_ACTIONS, 1 << 31, 2**32 - 1]),
+    GOOD_MASK.map(lambda m: m | 1 << NUM_ACTIONS),  # just one bit too high
+    st.integers(0, 2**32 - 1),
 )
 ODD_TEXT = [
     "\n",
@@ -602,6 +605,15 @@ def mutated_requests(draw) -> bytes:
     return bytes(data)
 
 
+# A columnar history of one event, valid but for its mask's bit 19 (Action 20).
+ONE_EVENT_WITH_BIT_19 = ld(
+    5,
+    ld(1, packed_fixed([7], 8))
+    + ld(2, packed_fixed([8], 8))
+    + ld(3, packed_fixed([1 << NUM_ACTIONS | 1], 4))
+    + ld(4, packed_fixed([3], 4)),
+)
+
 RAW_BYTES = st.one_of(
     st.binary(max_size=64),
     st.binary(max_size=2048),
@@ -635,7 +647,8 @@ def test_rank_survives_arbitrary_bytes(fuzzed, data):
 @example(data=ld(2, tag(3, 0) + varint(-1)))  # a negative action, unpacked
 @example(data=ld(2, ld(3, b"\x01\x01\x13")) + ld(3, b""))  # duplicate actions
 @example(data=ld(6, ld(1, packed_fixed([2**64 - 1], 8))))  # columns of mismatched lengths
-@example(data=ld(5, ld(3, packed_fixed([1 << 19], 4))))
+@example(data=ld(5, ld(3, packed_fixed([1 << 19], 4))))  # more masks than post ids
+@example(data=ONE_EVENT_WITH_BIT_19)  # the first bit too high, alone
 @example(data=ld(3, b"") * (MAX_CANDIDATES + 1))
 def test_rank_answers_structured_requests_by_the_contract(fuzzed, data):
     check_rank(fuzzed, data)

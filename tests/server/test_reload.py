@@ -1,0 +1,279 @@
+"""Model reload from --checkpoint-dir: the version policy, version pinning in the batcher,
+and the real server swapping versions under continuous load, in both serving modes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from model import Ranker
+from model.checkpoint import (
+    content_sha256,
+    default_checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
+from model.params import flatten, unflatten
+from server.convert import logits_from_pb, raw_request_to_pb
+from server.versions import candidates, scan
+from tests.helpers import random_request
+from tests.server.conftest import SMALL_PLAN
+from tests.server.harness import ServerProcess, phoenix_ranker
+from tests.server.test_batcher import FakeRunner, make, request, wait_started
+
+# -- the version policy ----------------------------------------------------------------------
+
+
+def test_only_integer_safetensors_names_are_versions(tmp_path):
+    for name in ("1.safetensors", "12.safetensors", ".3.safetensors.tmp", "4.safetensors.part",
+                 "latest.safetensors", "05.safetensors", "7.npz"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "9.safetensors").mkdir()  # a directory is not a version
+    assert [v.number for v in scan(tmp_path)] == [12, 1]
+
+
+def test_refused_versions_are_skipped_until_their_file_changes(tmp_path):
+    (tmp_path / "1.safetensors").write_bytes(b"one")
+    (tmp_path / "2.safetensors").write_bytes(b"two")
+    first = scan(tmp_path)
+    refused = {first[0]}
+    assert [v.number for v in candidates(first, refused)] == [1]
+    (tmp_path / "2.safetensors").write_bytes(b"two, fixed")  # another size: tried again
+    assert [v.number for v in candidates(scan(tmp_path), refused)] == [2, 1]
+    (tmp_path / "2.safetensors").unlink()  # rollback: the next one down is first
+    assert [v.number for v in candidates(scan(tmp_path), refused)] == [1]
+
+
+# -- a request stays on one version ----------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Version:
+    version: str
+
+
+class VersionedRunner(FakeRunner):
+    """FakeRunner that records which version scored each batch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model = Version("1")
+        self.scored_by: list[tuple[str, list[int]]] = []
+
+    def run(self, packed):
+        out = super().run(packed)
+        self.scored_by.append((packed.model.version, self.batches[-1]))
+        return out
+
+
+def test_a_request_split_across_batches_is_scored_by_one_version():
+    from server.buckets import BucketPlan
+
+    async def main():
+        # One row per batch, windows of 4: a 12-candidate request runs as 3 batches.
+        runner = VersionedRunner(BucketPlan((1,), (4,), (4,), 4), gated=True)
+        batcher = make(runner, pipeline_depth=1)
+        split = batcher.submit(request(1, 12))
+        await wait_started(runner)  # its first window is on the device, with version 1
+        runner.model = Version("2")  # the swap, between two batches
+        later = batcher.submit(request(2, 4))
+        runner.gate.set()
+        first, second = await split, await later
+        assert (first.model_version, second.model_version) == ("1", "2")
+        assert runner.scored_by == [("1", [1]), ("1", [1]), ("1", [1]), ("2", [2])]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+# -- the real server ---------------------------------------------------------------------------
+
+
+def perturbed(path: Path, seed: int) -> Path:
+    """A new version of the default model: same config, other weights."""
+    checkpoint = load_checkpoint(default_checkpoint_path())
+    rng = np.random.default_rng(seed)
+    flat = {k: np.asarray(v) + rng.normal(0, 0.05, v.shape).astype(np.float32)
+            for k, v in flatten(checkpoint.state.params).items()}  # fmt: skip
+    save_checkpoint(path, unflatten(flat), checkpoint.config, f"perturbed-{seed}")
+    return path
+
+
+def drop_in(directory: Path, source: Path, number: int) -> None:
+    """Copy under a temporary name, then rename: how a version should arrive."""
+    tmp = directory / f".{number}.safetensors.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, directory / f"{number}.safetensors")
+
+
+def truncated(source: Path, out: Path) -> Path:
+    data = source.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    return out
+
+
+def bad_checksum(source: Path, out: Path) -> Path:
+    data = bytearray(source.read_bytes())
+    data[-5] ^= 0xFF  # one bit pattern inside the last tensor
+    out.write_bytes(bytes(data))
+    return out
+
+
+def wrong_shapes(source: Path, out: Path) -> Path:
+    """A well-formed file whose checksum is right but one tensor has the wrong shape."""
+    checkpoint = load_checkpoint(source)
+    flat = {k: np.ascontiguousarray(v) for k, v in flatten(checkpoint.state.params).items()}
+    name = sorted(flat)[-1]
+    flat[name] = np.ascontiguousarray(flat[name].reshape(-1)[:-1])
+    with open(source, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        metadata = json.loads(f.read(header_len))["__metadata__"]
+    metadata["content_sha256"] = content_sha256(flat)
+    safetensors.numpy.save_file(flat, str(out), metadata=metadata)
+    return out
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` (a real condition on the server) until true, or fail naming it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Load:
+    """Clients sending Rank continuously (each in its own thread, one call at a time), each
+    recording (model_version, logits) or the error of every call."""
+
+    def __init__(self, target: str, requests, clients: int = 3):
+        self.target, self.requests = target, requests
+        self.stop = threading.Event()
+        self.results: list[list[tuple[int, str, np.ndarray]]] = [[] for _ in range(clients)]
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            rank = channel.unary_unary(
+                "/phoenix.ranking.v1.RankingService/Rank",
+                response_deserializer=__import__(
+                    "server.rpc.ranking_pb2", fromlist=["x"]
+                ).RankResponse.FromString,
+            )
+            n = 0
+            while not self.stop.is_set():
+                k = (i + n) % len(self.requests)
+                n += 1
+                try:
+                    response = rank(self.requests[k].SerializeToString(), timeout=30)
+                except grpc.RpcError as e:
+                    self.errors.append(f"{e.code().name}: {e.details()}")
+                    continue
+                self.results[i].append((k, response.model_version, logits_from_pb(response)))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def versions_seen(self) -> set[str]:
+        return {v for calls in self.results for _, v, _ in calls}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frontends", ["0", "2"], ids=["one-process", "frontend-workers"])
+def test_versions_swap_under_load_with_no_failed_call(frontends, tmp_path, parity_checkpoint,
+                                                      compilation_cache):  # fmt: skip
+    versions_dir = tmp_path / "versions"
+    versions_dir.mkdir()
+    drop_in(versions_dir, default_checkpoint_path(), 1)
+    v2 = perturbed(tmp_path / "v2.safetensors", seed=2)
+    rankers = {
+        "1": Ranker.from_checkpoint(default_checkpoint_path()),
+        "2": Ranker.from_checkpoint(v2),
+    }
+    rng = np.random.default_rng(12)
+    raws = [random_request(rng, int(rng.integers(0, 64)), m) for m in (3, 40, 70)]  # 70: 3 windows
+    expected = {v: [r.logits(raw) for raw in raws] for v, r in rankers.items()}
+    requests = [raw_request_to_pb(raw) for raw in raws]
+    with ServerProcess(*SMALL_PLAN, "--checkpoint-dir", str(versions_dir), "--poll-seconds", "0.5",
+                       "--frontend-workers", frontends, env=compilation_cache) as server:  # fmt: skip
+        compilations = server.metrics()["phoenix_compilations_total"]
+        with Load(server.target, requests) as load:
+            wait_until(lambda: sum(map(len, load.results)) >= 30, 60, "load to start")
+            drop_in(versions_dir, v2, 2)
+            wait_until(lambda: "2" in load.versions_seen(), 60, "responses from version 2")
+            assert server.client.model_info().model_version == "2"
+            # Broken versions 3: each refused, version 2 keeps serving.
+            failures = server.metrics()["phoenix_reload_failures_total"]
+            for make_broken in (truncated, bad_checksum, wrong_shapes):
+                broken = make_broken(v2, tmp_path / f"{make_broken.__name__}.safetensors")
+                drop_in(versions_dir, broken, 3)
+                server.proc.send_signal(signal.SIGHUP)
+                failures += 1
+                wait_until(lambda f=failures: server.metrics()["phoenix_reload_failures_total"] >= f,
+                           60, f"{make_broken.__name__} to be refused")  # fmt: skip
+            drop_in(versions_dir, parity_checkpoint, 3)  # a valid file of another architecture
+            server.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: server.metrics()["phoenix_reload_failures_total"] >= failures + 1,
+                       60, "the incompatible version to be refused")  # fmt: skip
+            served_before = sum(map(len, load.results))
+            wait_until(lambda: sum(map(len, load.results)) >= served_before + 10, 60, "more calls")
+        assert not load.errors, load.errors[:5]
+        for calls in load.results:
+            seen = [v for _, v, _ in calls]
+            assert set(seen) <= {"1", "2"}
+            switch = seen.index("2")  # each client sees 1, then only 2
+            assert set(seen[:switch]) <= {"1"} and set(seen[switch:]) == {"2"}
+            for k, version, logits in calls:  # all of a response from the version it names
+                np.testing.assert_allclose(logits, expected[version][k], rtol=1e-5, atol=1e-5)
+        metrics = server.metrics()
+        assert metrics["phoenix_compilations_total"] == compilations  # executables reused
+        assert metrics["phoenix_reloads_total"] == 1
+        info = [k for k in metrics if k.startswith("phoenix_model_info{")]
+        sha = load_checkpoint(v2).info.file_sha256
+        assert len(info) == 1 and "version=2}" in info[0] and sha in info[0]  # one, the new one
+        wait_until(lambda: server.metrics()["phoenix_models_resident"] == 1, 30,
+                   "the old version to be freed")  # fmt: skip
+        # Rollback: remove the newest valid version (and the broken one).
+        (versions_dir / "3.safetensors").unlink()
+        (versions_dir / "2.safetensors").unlink()
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: server.client.model_info().model_version == "1", 60, "the rollback")
+        response = server.client.rank(requests[1])
+        assert response.model_version == "1"
+        np.testing.assert_allclose(logits_from_pb(response), expected["1"][1], rtol=1e-5, atol=1e-5)
+        refused = [e for e in server.events() if e.get("event") == "reload_refused"]
+        assert len(refused) == 4 and all(e["level"] == "error" for e in refused)
+        assert not any("Traceback" in line for line in server.log().splitlines())
+
+
+def test_a_directory_without_a_loadable_version_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "1.safetensors").write_bytes(b"not a checkpoint")
+    run = subprocess.run([*phoenix_ranker(), "serve", "--checkpoint-dir", str(tmp_path),
+                          "--port", "0", "--metrics-port", "0"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "no loadable <N>.safetensors version" in run.stderr
+    assert "Traceback" not in run.stderr
