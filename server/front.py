@@ -1,14 +1,24 @@
 """The gRPC front door: one aio server with the ranking service, health and reflection, and
 its drain. Used by the single-process server and by each frontend worker alike.
 
-Drain, in order: health NOT_SERVING and new calls UNAVAILABLE; calls already past the door
-finish decoding and join the queue; `wait_for_work` waits for the accepted work to be answered;
-then lame duck until callers go quiet; then the transport stops.
+Drain (SIGTERM), everything by the grace period's end:
 
-Why the lame-duck phase: gRPC's C core cancels (status CANCELLED) every call that reached the
-transport but was not yet handed to a handler when the server stops. Stopping only once no
-call has arrived for `LAME_DUCK_QUIET_SECONDS` (bounded by the grace period) means callers
-that are still sending see UNAVAILABLE, which they know to retry elsewhere, not CANCELLED.
+1. Health NOT_SERVING; new calls are answered UNAVAILABLE at once (retry elsewhere); calls
+   already past the door finish decoding and join the queue; `wait_for_work` waits until the
+   accepted work is answered (until `STOP_RESERVE_SECONDS` before the end at the latest).
+2. Lame duck: new calls are *parked* (held, unanswered) until no call has arrived for
+   `LAME_DUCK_QUIET_SECONDS`, at most `LAME_DUCK_MAX_SECONDS`.
+3. The transport stops (listener closed, GOAWAY sent), then the parked calls are answered
+   UNAVAILABLE, and the server waits for the last responses to be written.
+
+Why park: gRPC's C core cancels (status CANCELLED) every call that has reached the transport
+but not yet a handler when the server stops. A client that re-sends the instant it is
+refused always has such a call in transit, so answering UNAVAILABLE at once would never let
+callers go quiet, and whatever moment the server stopped at, their calls in transit would end
+CANCELLED. A parked caller is waiting for its answer and sends nothing; once every caller is
+parked, nothing is in transit, and each gets UNAVAILABLE after the listener has closed (a
+re-send then fails to connect: UNAVAILABLE again, at the client). A caller waits at most
+`LAME_DUCK_MAX_SECONDS` longer for its refusal.
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ from server.service import RankingService, add_to_server
 
 log = logging.getLogger("phoenix.server")
 
-LAME_DUCK_QUIET_SECONDS = 0.25
-MIN_WRITE_SECONDS = 0.5  # least time answered handlers get to write their responses on stop
+LAME_DUCK_QUIET_SECONDS = 0.05  # no arrival for this long: every caller is parked
+LAME_DUCK_MAX_SECONDS = 0.5  # the longest a call is parked
+STOP_RESERVE_SECONDS = 0.5  # of the grace period, kept for writing the last responses and exit
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -158,29 +169,31 @@ class GrpcFront:
     ) -> bool:
         """Drain and stop by `deadline` (time.monotonic()); True if all accepted work was
         answered. `wait_for_work(timeout)` closes the queue and waits for its work."""
+        work_deadline = deadline - min(STOP_RESERVE_SECONDS, (deadline - time.monotonic()) / 4)
         await self.health.enter_graceful_shutdown()
         self.service.draining = True
         try:  # calls that arrived before the drain and are still being decoded join the queue
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout(max(0.0, work_deadline - time.monotonic())):
                 await self.service.preparing_done()
         except TimeoutError:
             pass
-        drained = await wait_for_work(max(0.0, deadline - time.monotonic()))
+        drained = await wait_for_work(max(0.0, work_deadline - time.monotonic()))
         if not drained:
             log.warning("grace period ran out with requests still queued")
-        # The last answers just went out, and their callers may send again at once: the quiet
-        # period starts now, not at the last arrival.
-        await self._lame_duck(deadline, quiet_since=time.monotonic())
-        # Handlers of drained requests only have to write their responses now; even when the
-        # drain used up the grace period, give them a moment rather than aborting them.
-        await self.server.stop(max(MIN_WRITE_SECONDS, deadline - time.monotonic()))
+        self.service.parking = True
+        now = time.monotonic()
+        await self._lame_duck(min(work_deadline, now + LAME_DUCK_MAX_SECONDS), quiet_since=now)
+        stopping = asyncio.ensure_future(self.server.stop(max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(0)  # the stop has begun: no new connection, GOAWAY on the old ones
+        self.service.release_parked()
+        await stopping
         return drained
 
-    async def _lame_duck(self, deadline: float, quiet_since: float) -> None:
-        """Keep answering UNAVAILABLE until no call arrived for a quiet period (or deadline)."""
+    async def _lame_duck(self, until: float, quiet_since: float) -> None:
+        """Park arriving calls until none arrived for a quiet period (or `until`)."""
         while True:
             now = time.monotonic()
             quiet_at = max(self.service.last_call, quiet_since) + LAME_DUCK_QUIET_SECONDS
-            if now >= quiet_at or now >= deadline:
+            if now >= quiet_at or now >= until:
                 return
-            await asyncio.sleep(min(quiet_at, deadline) - now)
+            await asyncio.sleep(min(quiet_at, until) - now)

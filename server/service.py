@@ -152,6 +152,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self._prepared = asyncio.Event()  # set whenever _preparing is 0
         self._prepared.set()
         self.draining = False  # set on shutdown
+        self.parking = False  # set in the drain's lame-duck phase: new calls wait, then refused
+        self._released = asyncio.Event()
         self.last_call = time.monotonic()  # when the latest RPC arrived (for the lame-duck phase)
 
     def _prepare(self, data: bytes) -> tuple[RawRequest, EncodedRequest]:
@@ -174,6 +176,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self.recorder.started()
         try:
             if self.draining:
+                if self.parking:  # held until the transport stops (see server.front)
+                    await self._released.wait()
                 raise ShuttingDown("server is shutting down; retry on another replica")
             if not self.ready:
                 raise ShuttingDown("server is warming up; retry shortly")
@@ -243,6 +247,10 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                         }
                     },
                 )
+
+    def release_parked(self) -> None:
+        """Answer the parked calls (UNAVAILABLE), and any later one at once."""
+        self._released.set()
 
     async def preparing_done(self) -> None:
         """Wait until no call is between the door and the batcher (used on shutdown, after

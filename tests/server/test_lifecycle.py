@@ -196,3 +196,59 @@ def test_a_frontend_worker_that_dies_is_replaced(compilation_cache):
                 assert client.health() == "SERVING"
                 assert len(client.rank(request, timeout=30).scores) == 8
         assert "exited with -9; starting another" in server.log()
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "frontend-workers"])
+def test_sigterm_while_clients_resend_at_once_exits_in_time_and_cancels_nothing(
+    compilation_cache, workers
+):
+    # Issue 12, defect 2: with callers re-sending the instant they are refused, the drain
+    # overran the grace period and calls ended CANCELLED.
+    grace = 3.0
+    server = ServerProcess(*SMALL_PLAN, "--grace-seconds", str(grace),
+                           "--frontend-workers", str(workers), env=compilation_cache)  # fmt: skip
+    codes: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+    exited = threading.Event()
+    first_ok = threading.Barrier(9)
+
+    def client_loop(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        request = raw_request_to_pb(random_request(rng, 20, int(rng.integers(1, 40))))
+        waited = False
+        with RankingClient(server.target) as client:
+            while not exited.is_set():  # no backoff, ever
+                try:
+                    client.rank(request, timeout=10)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    code = e.code()
+                with lock:
+                    codes.append(code)
+                if not waited:
+                    waited = True
+                    first_ok.wait(60)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        first_ok.wait(60)  # every client has had an answer: all are sending
+        with lock:
+            before = len(codes)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        exit_code = server.proc.wait(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        exited.set()
+        for t in threads:
+            t.join(60)
+        server.kill()
+    assert exit_code == 0, server.log()
+    assert elapsed <= grace + 1, elapsed
+    during = codes[before:]
+    assert grpc.StatusCode.UNAVAILABLE in during  # they kept sending through the drain
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, {
+        c: codes.count(c) for c in set(codes)
+    }
