@@ -59,10 +59,15 @@ class RankingServiceServicer:
         RESOURCE_EXHAUSTED  the server's queue holds as much work as it may (or gRPC's limit
         on concurrent calls is reached); retry with backoff. The trailer
         `grpc-retry-pushback-ms` gives the estimated time until the queue
-        has room for this request.
+        has room for this request. Not retryable: the message "Received
+        message larger than max" (no trailer), which gRPC's transport
+        itself answers for a request over twice the server's
+        max_request_bytes; a smaller oversize request is INVALID_ARGUMENT.
         DEADLINE_EXCEEDED   the deadline passed, or the work queued ahead of the request means
-        it could not finish in time; it was not computed.
-        UNAVAILABLE         the server is shutting down; retry on another replica.
+        it could not finish in time; it was not computed. A call without a
+        deadline gets the server's default (--default-deadline-ms).
+        UNAVAILABLE         the server is warming up or shutting down, or the connection
+        failed; retry (on another replica).
         INTERNAL            an unexpected server error; the message carries the request id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -70,7 +75,8 @@ class RankingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the loaded model and the serving limits.
+        """Describes the serving model version and the serving limits; follows a reload. Errors:
+        INVALID_ARGUMENT for bytes that are not a GetModelInfoRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

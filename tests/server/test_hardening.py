@@ -296,3 +296,44 @@ def test_reflection_can_be_switched_off(mtls_server, certs, default_server):
     tls = ClientTLS(ca=certs.ca, cert=certs.client_cert, key=certs.client_key)
     with RankingClient(f"localhost:{mtls_server.port}", tls=tls) as client:
         assert list_services(client.channel) == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- defect 6: requests over the transport's limit -----------------------------------------
+
+
+def test_oversize_requests_are_refused_distinguishably_from_overload(default_server):
+    from server.config import Limits
+    from server.front import transport_limit
+
+    limit = Limits().max_request_bytes
+
+    # Field 1 (user_id) would be a varint; a huge length-delimited unknown field (15) is
+    # just bytes to skip: only the size matters here.
+    def padded(size: int) -> bytes:
+        header = b"\x7a" + _varint(size - 1 - len(_varint(size)))
+        return header + b"\0" * (size - len(header))
+
+    with grpc.insecure_channel(
+        default_server.target, options=[("grpc.max_send_message_length", -1)]
+    ) as channel:
+        call = channel.unary_unary(RANK)
+        with pytest.raises(grpc.RpcError) as error:  # ours: over max_request_bytes
+            call(padded(limit + limit // 2), timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "exceeds the server's limit" in error.value.details()
+        with pytest.raises(grpc.RpcError) as error:  # gRPC's: over the transport's limit
+            call(padded(transport_limit(limit) + 1), timeout=30)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in error.value.details()
+        trailers = dict(error.value.trailing_metadata() or ())
+        assert "grpc-retry-pushback-ms" not in trailers  # unlike every overload refusal
+    assert default_server.client.model_info().model_version  # and the server is fine
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
