@@ -2,7 +2,8 @@
 
 start     start the batcher; bind gRPC (health NOT_SERVING), in this process or in frontend
           worker processes (`--frontend-workers`); bind /metrics
-warm_up   compile every batch shape off the event loop, then health SERVING
+warm_up   compile every batch shape off the event loop, then health SERVING; with
+          --checkpoint-dir, start watching it for new versions (server.reload; SIGHUP: now)
 shutdown  drain (server.front): refuse new requests (UNAVAILABLE), let queued and in-flight
           requests finish within the grace period, lame duck until callers go quiet, stop
 """
@@ -225,6 +226,8 @@ class RankingServer:
         """SIGHUP: look at --checkpoint-dir now (a no-op without one)."""
         if self.watcher is not None:
             self.watcher.wake()
+        elif self.version_file is not None:
+            log.info("SIGHUP: --checkpoint-dir is checked once warm-up is done")
         else:
             log.info("SIGHUP ignored: no --checkpoint-dir to check")
 

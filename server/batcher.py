@@ -26,8 +26,14 @@ the batcher's own state needs no locks):
    requests), so host work overlaps device work. The slot is taken before a batch is formed,
    so under load the next batch is formed only when it can run soon, and it is full.
 5. When a batch's scores come back (on the loop), each row's scores are copied into its
-   request's result buffer; a request's future resolves when its last piece lands. A failed
-   batch fails exactly the requests in it; the loop carries on.
+   request's result buffer; a request's future resolves when its last piece lands, with the
+   model version that scored it. A failed batch fails exactly the requests in it; the loop
+   carries on.
+
+Model versions (server.reload): a batch is packed for one version, `runner.model` when it is
+formed, and a request is pinned to the version of its first batch; its later windows only
+join batches of that version. Only the head request can be part-dispatched (pieces leave in
+FIFO order), so after a swap at most one batch finishes a request on the old version.
 6. `close()` stops accepting; `drain(timeout)` waits until every accepted request has been
    resolved, so shutdown never loses or strands an accepted request.
 
