@@ -40,6 +40,7 @@
 //!   Python's `request/synthetic.py` makes for the same seed.
 
 pub mod client;
+pub mod flags;
 pub mod scores;
 pub mod synthetic;
 
@@ -52,4 +53,5 @@ pub use client::{
     channel, channel_with_tls, columnar, normalize_target, ClientConfig, ClientError,
     PhoenixClient, RetryPolicy, ScoredCandidate, TlsConfig,
 };
+pub use flags::TlsFlags;
 pub use scores::{PhoenixScores, Weights, ACTIONS};

@@ -12,14 +12,12 @@
 //! server's own behaviour is measured). Requests are generated before the clock starts.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use phoenix_client::pb::ranking_service_client::RankingServiceClient;
-use phoenix_client::{columnar, pb, synthetic, ClientConfig, TlsConfig};
+use phoenix_client::{columnar, pb, synthetic, ClientConfig, TlsFlags};
 
 /// Closed-loop load generator for a Phoenix ranking server.
 ///
@@ -35,22 +33,8 @@ struct Args {
     #[arg(long, env = "PHOENIX_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
 
-    /// PEM CA that signed the server's certificate; implies TLS [https:// without it: the
-    /// system's roots]
-    #[arg(long, env = "PHOENIX_TLS_CA", value_name = "PATH")]
-    tls_ca: Option<OsString>,
-
-    /// PEM client certificate, for mutual TLS (with --tls-key); implies TLS
-    #[arg(long, env = "PHOENIX_TLS_CLIENT_CERT", value_name = "PATH")]
-    tls_cert: Option<OsString>,
-
-    /// PEM key of --tls-cert
-    #[arg(long, env = "PHOENIX_TLS_CLIENT_KEY", value_name = "PATH")]
-    tls_key: Option<OsString>,
-
-    /// Name to verify the server's certificate against; implies TLS [default: the target's host]
-    #[arg(long, value_name = "NAME")]
-    tls_server_name: Option<String>,
+    #[command(flatten)]
+    tls: TlsFlags,
 
     /// Requests in flight
     #[arg(long, default_value_t = 8)]
@@ -94,20 +78,6 @@ struct Args {
     rows: bool,
 }
 
-impl Args {
-    /// The TLS of the --tls-* flags; `None` (plaintext unless the target is https://) when none
-    /// is given. An empty value (e.g. `PHOENIX_TLS_CA=`) is not given, as in the Python client.
-    fn tls(&self) -> Option<TlsConfig> {
-        let path = |v: &Option<OsString>| v.as_ref().filter(|v| !v.is_empty()).map(PathBuf::from);
-        TlsConfig::from_flags(
-            path(&self.tls_ca),
-            path(&self.tls_cert),
-            path(&self.tls_key),
-            self.tls_server_name.clone().filter(|v| !v.is_empty()),
-        )
-    }
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -129,7 +99,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let tls = args.tls();
+    let tls = args.tls.config();
     let Args {
         target,
         concurrency,
@@ -287,6 +257,6 @@ mod tests {
         assert_eq!(args.seed, 1);
         assert_eq!(args.surfaces, None);
         assert!(!args.rows);
-        assert_eq!(args.tls(), None);
+        assert_eq!(args.tls.config(), None);
     }
 }

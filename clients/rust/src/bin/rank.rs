@@ -5,12 +5,10 @@
 //!          [--tls-ca PATH] [--tls-cert PATH --tls-key PATH] [--tls-server-name NAME]
 //!     rank --print-request [--history 64] [--candidates 12] [--seed 7] [--surfaces 16]
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsConfig};
+use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsFlags};
 
 /// History events of `--print-request` when `--history` is not given (no server to ask).
 const OFFLINE_HISTORY: usize = 64;
@@ -30,22 +28,8 @@ struct Args {
     #[arg(long, env = "PHOENIX_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
 
-    /// PEM CA that signed the server's certificate; implies TLS [https:// without it: the
-    /// system's roots]
-    #[arg(long, env = "PHOENIX_TLS_CA", value_name = "PATH")]
-    tls_ca: Option<OsString>,
-
-    /// PEM client certificate, for mutual TLS (with --tls-key); implies TLS
-    #[arg(long, env = "PHOENIX_TLS_CLIENT_CERT", value_name = "PATH")]
-    tls_cert: Option<OsString>,
-
-    /// PEM key of --tls-cert
-    #[arg(long, env = "PHOENIX_TLS_CLIENT_KEY", value_name = "PATH")]
-    tls_key: Option<OsString>,
-
-    /// Name to verify the server's certificate against; implies TLS [default: the target's host]
-    #[arg(long, value_name = "NAME")]
-    tls_server_name: Option<String>,
+    #[command(flatten)]
+    tls: TlsFlags,
 
     /// Candidates to rank
     #[arg(long, default_value_t = 12)]
@@ -69,20 +53,6 @@ struct Args {
     /// exit without contacting a server; --history then defaults to 64 and --surfaces to 16
     #[arg(long)]
     print_request: bool,
-}
-
-impl Args {
-    /// The TLS of the --tls-* flags; `None` (plaintext unless the target is https://) when none
-    /// is given. An empty value (e.g. `PHOENIX_TLS_CA=`) is not given, as in the Python client.
-    fn tls(&self) -> Option<TlsConfig> {
-        let path = |v: &Option<OsString>| v.as_ref().filter(|v| !v.is_empty()).map(PathBuf::from);
-        TlsConfig::from_flags(
-            path(&self.tls_ca),
-            path(&self.tls_cert),
-            path(&self.tls_key),
-            self.tls_server_name.clone().filter(|v| !v.is_empty()),
-        )
-    }
 }
 
 #[tokio::main]
@@ -109,7 +79,7 @@ async fn main() -> ExitCode {
 
 async fn rank(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = ClientConfig {
-        tls: args.tls(),
+        tls: args.tls.config(),
         ..ClientConfig::default()
     };
     let client = PhoenixClient::connect(&args.target, config).await?;
@@ -180,7 +150,7 @@ mod tests {
     #[test]
     fn tls_flags_make_the_tls_config() {
         let args = Args::try_parse_from(["rank"]).unwrap();
-        assert_eq!(args.tls(), None);
+        assert_eq!(args.tls.config(), None);
         let args = Args::try_parse_from([
             "rank",
             "--tls-ca",
@@ -194,8 +164,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            args.tls(),
-            Some(TlsConfig {
+            args.tls.config(),
+            Some(phoenix_client::TlsConfig {
                 ca: Some("ca.pem".into()),
                 cert: Some("client.pem".into()),
                 key: Some("client.key".into()),
@@ -204,6 +174,6 @@ mod tests {
         );
         // An empty value is no value (PHOENIX_TLS_CA= turns TLS off, as in the Python client).
         let args = Args::try_parse_from(["rank", "--tls-ca", "", "--tls-server-name", ""]).unwrap();
-        assert_eq!(args.tls(), None);
+        assert_eq!(args.tls.config(), None);
     }
 }
