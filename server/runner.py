@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.checkpoint import Checkpoint
+from model.params import flatten
 from model.ranker import RankingBatch, default_compute_dtype, make_forward
 from request.layout import Piece, empty_batch, pack_rows
 from server.buckets import BatchShape, BucketPlan
@@ -127,25 +128,28 @@ class ModelRunner:
         """Put a new version on the device beside the serving one, ready to swap in (any
         thread). Its config and table sizes must equal the serving version's, so that every
         compiled executable serves it unchanged (no compilation) and requests hashed for one
-        version are valid for the other; it must score one row of every planned history and
-        candidate bucket with finite results. Raises IncompatibleVersionError or ValueError otherwise."""
+        version are valid for the other; its parameters must be finite, and so must its scores
+        of one batch. Raises IncompatibleVersionError or ValueError otherwise."""
         serving = self.model.checkpoint
         if checkpoint.config != serving.config or checkpoint.rows != serving.rows:
             changed = _config_changes(serving, checkpoint)
             raise IncompatibleVersionError(
                 f"version {version} changes {changed}; a config change needs a restart"
             )
+        for name, value in flatten(checkpoint.state.params).items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"version {version}: {name} has non-finite values")
         model = ServedModel(version, checkpoint, jax.device_put(checkpoint.state.params))
         self._resident.add(model)
-        # One row of every history and candidate bucket: each window layout is scored once
-        # (the other row counts run the same code on more rows).
-        for shape in self.plan.shapes():
-            executable = self._executables.get(shape)
-            if shape.rows != 1 or executable is None:  # reuse only; never compile here
-                continue
-            scores = np.asarray(executable(model.params, empty_batch(self.config, *shape)))
+        # The executables take the parameters as an argument, and these have the serving
+        # version's shapes and dtypes: every compiled shape serves them as it is. One batch,
+        # of the smallest shape, proves it end to end without taking the device for long.
+        shape = min(self._executables, key=lambda s: s.rows * s.row_tokens, default=None)
+        if shape is not None:
+            batch = empty_batch(self.config, *shape)
+            scores = np.asarray(self._executables[shape](model.params, batch))
             if not np.isfinite(scores).all():
-                raise ValueError(f"version {version} scores non-finite values (shape {shape})")
+                raise ValueError(f"version {version} scores non-finite values")
         return model
 
     @property

@@ -277,3 +277,28 @@ def test_a_directory_without_a_loadable_version_is_one_line_and_exit_2(tmp_path)
     assert run.returncode == 2, run.stderr
     assert "no loadable <N>.safetensors version" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_prepare_refuses_non_finite_and_incompatible_versions(tmp_path, parity_checkpoint):
+    from server.buckets import make_plan
+    from server.runner import IncompatibleVersionError, ModelRunner
+
+    serving = load_checkpoint(default_checkpoint_path())
+    compiled = []
+    runner = ModelRunner(
+        serving, make_plan(64, 1, (8,), (64,)), on_compile=lambda s, t: compiled.append(s)
+    )
+    runner.warmup()
+    flat = {k: np.array(v) for k, v in flatten(serving.state.params).items()}
+    name = sorted(flat)[0]
+    flat[name].reshape(-1)[0] = np.nan
+    nan_path = tmp_path / "nan.safetensors"
+    save_checkpoint(nan_path, unflatten(flat), serving.config, "nan")
+    with pytest.raises(ValueError, match=f"{name} has non-finite values"):
+        runner.prepare(load_checkpoint(nan_path), "2")
+    with pytest.raises(IncompatibleVersionError, match="a config change needs a restart"):
+        runner.prepare(load_checkpoint(parity_checkpoint), "3")
+    assert runner.resident_models == 1  # neither was kept
+    good = runner.prepare(load_checkpoint(perturbed(tmp_path / "v4.safetensors", 4)), "4")
+    assert runner.resident_models == 2 and runner.swap(good).version == serving.info.model_version
+    assert len(compiled) == 1  # warm-up's one shape; preparing compiled nothing
