@@ -5,7 +5,7 @@ start     start the batcher; bind gRPC (health NOT_SERVING), in this process or 
 warm_up   compile every batch shape off the event loop, then health SERVING; with
           --checkpoint-dir, start watching it for new versions (server.reload; SIGHUP: now)
 shutdown  drain (server.front): refuse new requests (UNAVAILABLE), let queued and in-flight
-          requests finish within the grace period, lame duck until callers go quiet, stop
+          requests finish, hold late callers until they go quiet, stop; all within the grace period
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ neither JAX nor the model's parameters: it starts in about a second.
 
 Lifecycle: connect to the device process, bind the port, say READY; serve once the device
 says SERVING; on DRAINING (or its own SIGTERM, or the device process going away) drain like
-the single-process server: refuse new calls, answer those accepted, lame duck, exit.
+the single-process server: refuse new calls, answer those accepted, hold late callers until
+they go quiet, stop, exit.
 """
 
 from __future__ import annotations
