@@ -1,7 +1,7 @@
 """Assembles the service and owns its lifecycle.
 
-start     start the batcher; bind gRPC (health NOT_SERVING), in this process or in frontend
-          worker processes (`--frontend-workers`); bind /metrics
+start     bind /metrics; start the batcher; bind gRPC (health NOT_SERVING), in this process
+          or in frontend worker processes (`--frontend-workers`)
 warm_up   compile every batch shape off the event loop, then health SERVING; with
           --checkpoint-dir, start watching it for new versions (server.reload; SIGHUP: now)
 shutdown  drain (server.front): refuse new requests (UNAVAILABLE), let queued and in-flight
