@@ -144,7 +144,8 @@ class ServerConfig:
     metrics_host: str = setting(
         "127.0.0.1", "interface /metrics binds (a scraped pod sets 0.0.0.0 or its IP)"
     )
-    metrics_port: int = setting(9090, "Prometheus /metrics port; 0 picks a free one")
+    # 9464, not Prometheus's own 9090 (a Prometheus beside the server would collide with it).
+    metrics_port: int = setting(9464, "Prometheus /metrics port; 0 picks a free one")
     metrics_tls: bool = setting(
         False, "serve /metrics over HTTPS with --tls-cert/--tls-key (and --tls-client-ca)"
     )

@@ -6,7 +6,15 @@ service (sub-millisecond to seconds latencies, batch sizes up to a few hundred r
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -19,6 +27,10 @@ CANDIDATE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2800, 4096)
 class Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        # The standard process_* (CPU, memory, open files), python_gc_* and python_info series
+        # of this process (with frontend workers: the device process, which serves /metrics).
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
         self.requests = Counter(
             "phoenix_requests", "RPCs by method and final status code.", ["method", "code"],
             registry=registry,
