@@ -351,6 +351,15 @@ impl PhoenixClient {
     /// TLS when `config.tls` is given or the target is `https://` (see [`channel_with_tls`]).
     pub async fn connect(target: &str, config: ClientConfig) -> Result<Self, ClientError> {
         let channel = channel_with_tls(target, config.connect_timeout, config.tls.as_ref()).await?;
+        Self::from_channel(channel, config).await
+    }
+
+    /// A client over a channel made elsewhere, e.g. one that balances calls across every
+    /// replica (`Channel::balance_list`, or `Channel::balance_channel` fed by re-resolving a
+    /// headless Service; docs/deployment.md), keeping this crate's deadlines and retries.
+    /// Reads the server's `ModelInfo` through it. (`config.tls` and `connect_timeout` are the
+    /// channel's business here and are not used.)
+    pub async fn from_channel(channel: Channel, config: ClientConfig) -> Result<Self, ClientError> {
         let stub = RankingServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let mut client = PhoenixClient {
             stub,

@@ -315,6 +315,24 @@ async fn contract_against_a_live_server() {
         assert!((c.weighted_score - client.config().weights.score(&c.scores)).abs() < 1e-9);
     }
 
+    // The same request through a channel that balances per call (here over two endpoints of
+    // the one server: what a headless Service's addresses look like to the client).
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.target)).unwrap();
+    let balanced =
+        tonic::transport::Channel::balance_list([endpoint.clone(), endpoint].into_iter());
+    let via_balanced = PhoenixClient::from_channel(balanced, client.config().clone())
+        .await
+        .unwrap()
+        .rank(request.user_id, &request.history, &request.candidates)
+        .await
+        .unwrap();
+    let bits: Vec<Vec<u32>> = via_balanced
+        .iter()
+        .map(|c| c.logits.iter().map(|x| x.to_bits()).collect())
+        .collect();
+    assert_eq!(bits, ours, "a balanced channel gives other logits");
+
     // Candidate isolation seen from Rust: alone == inside the larger (multi-window) request.
     for index in [0usize, 20, 44] {
         let alone = client
