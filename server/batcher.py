@@ -139,6 +139,7 @@ class Batcher:
         self._in_flight_tokens = 0  # padded tokens of the batches on the device
         self._peak_work = 0.0
         self.rate = DeviceRate(runner.seconds_per_token)
+        metrics.queue_work_limit.set(config.max_queue_ms / 1000)
         self._wakeup = asyncio.Event()  # a piece arrived or a batch finished
         self._in_flight = 0  # batches handed to the device thread and not finished
         self._slots = asyncio.Semaphore(config.pipeline_depth)

@@ -59,6 +59,11 @@ class Metrics:
             "Estimated device time of the queued requests (what admission bounds).",
             registry=registry,
         )
+        self.queue_work_limit = Gauge(
+            "phoenix_queue_work_limit_seconds",
+            "The bound admission keeps phoenix_queue_work_seconds under (--max-queue-ms).",
+            registry=registry,
+        )
         self.queue_work_peak = Gauge(
             "phoenix_queue_work_peak_seconds",
             "Highest estimated device time of queued requests since start.",
