@@ -93,7 +93,7 @@ class RankingServer:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         if config.compilation_cache:
-            enable_compilation_cache(str(config.compilation_cache))
+            enable_compilation_cache(config.compilation_cache.expanduser())
         self.refused: set[VersionFile] = set()
         self.version_file: VersionFile | None = None
         version = None

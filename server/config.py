@@ -166,7 +166,9 @@ class ServerConfig:
         choices=("float32", "bfloat16"),
     )
     compilation_cache: Path | None = setting(
-        None, "JAX persistent compilation cache directory: restarts skip compiling"
+        Path("~/.cache/phoenix-ranker/jax"),
+        "JAX persistent compilation cache directory: a restart reads its executables instead "
+        "of compiling them; empty: off",
     )
     grace_seconds: float = setting(
         10.0, "time queued and in-flight requests get after SIGTERM", "s"

@@ -16,11 +16,14 @@ windows against it only needs different `pack`/`run` bodies; the batcher is unaf
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +36,18 @@ from request.layout import Piece, empty_batch, pack_rows
 from server.buckets import BatchShape, BucketPlan
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """Persist compiled executables in `directory`, so a restart's warm-up is mostly reads."""
-    jax.config.update("jax_compilation_cache_dir", directory)
+def enable_compilation_cache(directory: str | os.PathLike) -> None:
+    """Persist compiled executables in `directory` (created if absent), so a restart's
+    warm-up is mostly reads. A directory that cannot be created leaves the cache off."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        logging.getLogger("phoenix.server").warning(
+            "compilation cache off: cannot create %s (%s)", directory, e.strerror
+        )
+        return
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    logging.getLogger("phoenix.server").info("compilation cache: %s", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -94,3 +94,18 @@ def test_serve_help_documents_every_variable(capsys):
     text = capsys.readouterr().out
     for opt in OPTIONS:
         assert opt.flag in text and opt.env in text
+
+
+def test_the_compilation_cache_is_on_by_default_and_an_empty_value_turns_it_off(monkeypatch):
+    assert str(ServerConfig().compilation_cache).startswith("~/.cache/phoenix-ranker")
+    monkeypatch.setenv("PHOENIX_COMPILATION_CACHE", "")
+    assert config_from_args(build_parser().parse_args(["serve"])).compilation_cache is None
+
+
+def test_a_compilation_cache_that_cannot_be_created_is_a_warning(tmp_path, caplog):
+    from server.runner import enable_compilation_cache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    enable_compilation_cache(blocker / "cache")  # under a file: cannot be created
+    assert "compilation cache off" in caplog.text
