@@ -2,8 +2,10 @@
 
 start     bind /metrics; start the batcher; bind gRPC (health NOT_SERVING), in this process
           or in frontend worker processes (`--frontend-workers`)
-warm_up   compile every batch shape off the event loop, then health SERVING; with
-          --checkpoint-dir, start watching it for new versions (server.reload; SIGHUP: now)
+warm_up   compile the shapes that hold any request off the event loop, then health SERVING;
+          with --checkpoint-dir, start watching it for new versions (server.reload; SIGHUP)
+compile_rest  compile the other planned shapes on a thread while serving; batches use each
+          shape once it is ready (`compiled_all` logged at the end)
 shutdown  drain (server.front): refuse new requests (UNAVAILABLE), let queued and in-flight
           requests finish, hold late callers until they go quiet, stop; all within the grace period
 """
@@ -155,8 +157,8 @@ class RankingServer:
     def _compiled(self, shape, seconds: float) -> None:
         self.metrics.compilations.inc()
         self.metrics.compilation_seconds.inc(seconds)
-        if self.ready:
-            log.warning("compiled batch shape %s after warm-up (%.2fs)", tuple(shape), seconds)
+        if shape not in self.plan.shapes():  # never planned: a bug, compiled on the hot path
+            log.warning("compiled unplanned batch shape %s (%.2fs)", tuple(shape), seconds)
 
     async def start(self) -> None:
         """Bind /metrics, start the batcher, bind gRPC. Raises OSError (MetricsPortInUse
@@ -200,9 +202,10 @@ class RankingServer:
             self.port = self.front.port
 
     async def warm_up(self, abort: threading.Event | None = None) -> float:
-        """Compile every planned shape (off the event loop), then report SERVING."""
+        """Compile the shapes that hold any request (off the event loop), then report SERVING
+        (`compile_rest` compiles the others); returns the seconds it took."""
         loop = asyncio.get_running_loop()
-        seconds = await loop.run_in_executor(None, self.runner.warmup, abort, _log_compiled)
+        seconds = await loop.run_in_executor(None, self.runner.warmup, abort, self._log_compiled)
         # JAX, the model and the compiled executables are hundreds of thousands of long-lived
         # objects; freezing them keeps the garbage collector from rescanning them (a full
         # collection took 100-200 ms) while requests churn short-lived ones.
@@ -221,6 +224,35 @@ class RankingServer:
         else:
             await self.hub.broadcast(ipc.SERVING)
         return seconds
+
+    def compile_rest(self, abort: threading.Event | None) -> None:
+        """Compile the remaining planned shapes on a thread of their own while serving; batches
+        use each shape once it is ready. A daemon thread: a shutdown does not wait for it."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                seconds = self.runner.compile_rest(abort, self._log_compiled)
+            except WarmupAborted:
+                return
+            except Exception:
+                log.exception("compiling the remaining batch shapes failed; serving with %d",
+                              self.runner.shapes_ready)  # fmt: skip
+                return
+            loop.call_soon_threadsafe(self._compiled_all, seconds)
+
+        threading.Thread(target=run, name="compile-rest", daemon=True).start()
+
+    def _compiled_all(self, seconds: float) -> None:
+        gc.freeze()  # the new executables are long-lived too (see warm_up)
+        shapes = len(self.plan.shapes())
+        log.info("all %d batch shapes compiled (%.2fs after serving began)", shapes, seconds,
+                 extra={"fields": {"event": "compiled_all", "shapes": shapes,
+                                   "seconds": round(seconds, 2)}})  # fmt: skip
+
+    def _log_compiled(self, done: int, total: int, shape, seconds: float) -> None:
+        self.metrics.shapes_ready.set(done)
+        _log_compiled(done, total, shape, seconds)
 
     def check_versions(self) -> None:
         """SIGHUP: look at --checkpoint-dir now (a no-op without one)."""
@@ -290,9 +322,13 @@ async def serve(config: ServerConfig) -> int:
             "metrics_port": server.metrics_port,
             "model_version": server.info.model_version,
             "warmup_seconds": round(warm.result(), 2),
+            "shapes_ready": server.runner.shapes_ready,
+            "shapes": len(server.plan.shapes()),
         }
         log.info("serving", extra={"fields": ready})
+        server.compile_rest(abort_warmup)
         await stopped
+        abort_warmup.set()  # stop compiling the remaining shapes, if any are left
     elif warm.exception() is not None and not isinstance(warm.exception(), WarmupAborted):
         log.error("warm-up failed; not serving", exc_info=warm.exception())
         exit_code = 1

@@ -12,7 +12,9 @@ compiled only if B * C <= `max_batch_candidates` (the batcher never forms larger
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,6 +42,9 @@ class BucketPlan:
     history_buckets: tuple[int, ...]  # S, ascending; the last is the model's history_seq_len
     candidate_buckets: tuple[int, ...]  # C, ascending; the last is the window size
     max_batch_candidates: int  # upper bound on B * C
+    # The shapes compiled so far, while the rest compile in the background (see
+    # `server.runner.ModelRunner.warmup`); None: every shape of the plan.
+    ready: frozenset[BatchShape] | None = None
 
     def __post_init__(self) -> None:
         for name in ("row_buckets", "history_buckets", "candidate_buckets"):
@@ -72,17 +77,33 @@ class BucketPlan:
         c = _ceil_bucket(self.candidate_buckets, candidates)
         if r is None or s is None or c is None or r * c > self.max_batch_candidates:
             return None
-        return BatchShape(r, s, c)
+        shape = BatchShape(r, s, c)
+        if self.ready is None or shape in self.ready:
+            return shape
+        holds = [x for x in self.ready if x.rows >= r and x.history >= s and x.candidates >= c]
+        return min(holds, key=lambda x: (x.rows * x.row_tokens, x), default=None)
 
     def window_for(self, num_candidates: int, num_history: int) -> int:
         """The window to split a request into: the candidate bucket that scores it in the
         fewest padded tokens, each row costing its user + history slots plus its window."""
-        history = _ceil_bucket(self.history_buckets, num_history) or self.history_buckets[-1]
+        history = min(num_history, self.history_buckets[-1])
 
-        def tokens(window: int) -> int:
-            return -(-num_candidates // window) * BatchShape(1, history, window).row_tokens
+        def tokens(window: int) -> float:
+            shape = self.shape_for(1, history, window)
+            return math.inf if shape is None else -(-num_candidates // window) * shape.row_tokens
 
         return min(self.candidate_buckets, key=tokens)
+
+    def essential(self) -> list[BatchShape]:
+        """The shapes that hold any request, one window per batch: one row of the full history
+        and each candidate bucket. Serving can start once these are compiled."""
+        s = self.history_buckets[-1]
+        return [BatchShape(1, s, c) for c in self.candidate_buckets]
+
+    def with_ready(self, shapes) -> BucketPlan:
+        """This plan restricted to `shapes` (compiled so far); all of them: the full plan."""
+        ready = frozenset(shapes)
+        return dataclasses.replace(self, ready=None if ready >= set(self.shapes()) else ready)
 
     def shapes(self) -> list[BatchShape]:
         """Every shape `shape_for` can return: what warm-up compiles."""

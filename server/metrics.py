@@ -97,14 +97,22 @@ class Metrics:
         )
         self.compilations = Counter(
             "phoenix_compilations",
-            "XLA compilations of the forward pass (all during warm-up unless a bug).",
+            "XLA compilations of the forward pass (one per planned shape, during warm-up and "
+            "the background compilation after it; more is a bug).",
             registry=registry,
         )
         self.compilation_seconds = Counter(
             "phoenix_compilation_seconds", "Time spent compiling.", registry=registry
         )
         self.warmup_seconds = Gauge(
-            "phoenix_warmup_seconds", "Duration of the start-up warm-up.", registry=registry
+            "phoenix_warmup_seconds",
+            "Start to SERVING: compiling the shapes that hold any request.",
+            registry=registry,
+        )
+        self.shapes_ready = Gauge(
+            "phoenix_batch_shapes_ready",
+            "Batch shapes compiled; the rest compile in the background while serving.",
+            registry=registry,
         )
         self.reloads = Counter(
             "phoenix_reloads", "New model versions swapped in while serving.", registry=registry

@@ -4,10 +4,12 @@ Glossary: B batch rows, S history slots, C candidate slots per row, A actions.
 
 `pack` is host work (hashing is already done; this pads pieces into a numpy batch of a bucket
 shape) and is safe to call from any thread. `run` blocks until the device has computed the
-logits and must be called from one thread at a time (the batcher's device thread). Every shape
-of the plan is compiled ahead of time by `warmup`; a shape outside the plan would be compiled
-on first use and reported through `on_compile`, which is how the no-compilation-after-warm-up
-guarantee is measured.
+logits and must be called from one thread at a time (the batcher's device thread). `warmup`
+compiles the shapes that hold any request (one row of the full history and each candidate
+bucket), so serving can begin; `compile_rest` compiles the others while serving. `plan` offers
+only compiled shapes, so no batch ever waits for a compilation; a shape outside the plan would
+be compiled on first use and reported through `on_compile`, which is how that guarantee is
+measured.
 
 Extension point: candidate isolation makes user+history keys/values identical for every
 candidate of a request. A runner that encodes each request's prefix once and scores candidate
@@ -105,7 +107,9 @@ class ModelRunner:
                 f"model's history_seq_len ({config.history_seq_len})"
             )
         self.config = config
-        self.plan = plan
+        self.full_plan = plan  # every shape to compile
+        self._ready: set[BatchShape] = set()
+        self.plan = plan.with_ready(())  # the shapes compiled so far: what batches may use
         self.dtype = jnp.dtype(dtype or default_compute_dtype())
         self.backend = jax.default_backend()
         self.model = ServedModel(
@@ -181,30 +185,54 @@ class ModelRunner:
         abort: threading.Event | None = None,
         progress: Callable[[int, int, BatchShape, float], None] | None = None,
     ) -> float:
-        """Compile (and run once) every shape of the plan; returns the seconds it took.
+        """Compile (and run once) the plan's essential shapes, those that hold any request
+        (`BucketPlan.essential`); returns the seconds it took. From then on `plan` offers
+        them, and the server can serve; `compile_rest` compiles the others.
 
         Setting `abort` (e.g. on SIGTERM) stops after the shape being compiled, raising
         WarmupAborted, so a shutdown need not wait for the whole warm-up. `progress(done,
-        total, shape, seconds)` is called after each shape.
+        total, shape, seconds)` is called after each shape (`total`: every planned shape).
         """
         start = time.perf_counter()
-        shapes = self.plan.shapes()
-        for done, shape in enumerate(shapes, 1):
-            if abort is not None and abort.is_set():
-                raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
-            began = time.perf_counter()
-            out = self._executable(shape)(self.params, empty_batch(self.config, *shape))
-            jax.block_until_ready(out)
-            if progress is not None:
-                progress(done, len(shapes), shape, time.perf_counter() - began)
-        if shapes:
-            largest = max(shapes, key=lambda s: s.rows * s.row_tokens)
+        self._compile(self.full_plan.essential(), abort, progress)
+        if self._ready:
+            largest = max(self._ready, key=lambda s: s.rows * s.row_tokens)
             batch = empty_batch(self.config, *largest)
             began = time.perf_counter()
             jax.block_until_ready(self._executable(largest)(self.params, batch))
             seconds = time.perf_counter() - began
             self.seconds_per_token = seconds / (largest.rows * largest.row_tokens)
         return time.perf_counter() - start
+
+    def compile_rest(
+        self,
+        abort: threading.Event | None = None,
+        progress: Callable[[int, int, BatchShape, float], None] | None = None,
+    ) -> float:
+        """Compile every other planned shape, fewest rows first (any thread, while serving:
+        `plan` offers each shape as soon as it is ready); returns the seconds it took."""
+        start = time.perf_counter()
+        rest = [s for s in self.full_plan.shapes() if s not in self._ready]
+        self._compile(sorted(rest, key=lambda s: (s.rows, s.row_tokens)), abort, progress)
+        return time.perf_counter() - start
+
+    def _compile(self, shapes, abort, progress) -> None:
+        total = len(self.full_plan.shapes())
+        for shape in shapes:
+            if abort is not None and abort.is_set():
+                raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
+            began = time.perf_counter()
+            out = self._executable(shape)(self.params, empty_batch(self.config, *shape))
+            jax.block_until_ready(out)
+            self._ready.add(shape)
+            # Readiness only grows, so a batch composed under the previous plan still fits.
+            self.plan = self.full_plan.with_ready(self._ready)
+            if progress is not None:
+                progress(len(self._ready), total, shape, time.perf_counter() - began)
+
+    @property
+    def shapes_ready(self) -> int:
+        return len(self._ready)
 
     def _executable(self, shape: BatchShape) -> Callable:
         executable = self._executables.get(shape)

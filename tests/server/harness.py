@@ -34,7 +34,11 @@ class ServerProcess:
     """`phoenix-ranker serve --port 0 --metrics-port 0 --log-json ...`, ready once its log
     stream (stderr, one JSON object a line) has the `serving` event."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 all_shapes: bool = True):  # fmt: skip
+        """`all_shapes`: return once every batch shape is compiled (the `compiled_all` event),
+        not at `serving`, when the rest are still compiling in the background; tests that
+        count compilations or time batches then see a settled server."""
         self.stderr = tempfile.NamedTemporaryFile("w+", prefix="phoenix-serve-", suffix=".log")
         self._log_lock = threading.Lock()
         cmd = [
@@ -78,9 +82,14 @@ class ServerProcess:
             if line is None:
                 raise RuntimeError(f"server exited with {self.proc.wait()}:\n{self.log()}")
             if line.startswith("{"):
-                event = json.loads(line)
-                if event.get("event") == "serving":
+                record = json.loads(line)
+                if record.get("event") == "serving":
+                    event = record
+                    if not all_shapes or record["shapes_ready"] == record["shapes"]:
+                        break
+                elif record.get("event") == "compiled_all":
                     break
+        self.serving_event = event
         self.port = event["port"]
         self.metrics_port = event["metrics_port"]
         self.target = f"127.0.0.1:{self.port}"

@@ -66,3 +66,23 @@ def test_every_decision_fits_a_planned_shape_with_bounded_padding(queue):
         shape = PLAN.shape_for(count, max(h for h, _ in taken), max(c for _, c in taken))
         assert shape is not None
         assert shape.rows - count <= MAX_PADDING_ROWS * shape.rows or count == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces, st.data())
+def test_while_shapes_compile_every_decision_fits_a_compiled_one(queue, data):
+    # Warm-up compiles the essential shapes first, then the rest in any order; at every point
+    # in between, batches may only use what is compiled.
+    rest = [s for s in PLAN.shapes() if s not in PLAN.essential()]
+    compiled = data.draw(st.lists(st.sampled_from(rest), unique=True)) if rest else []
+    plan = PLAN.with_ready([*PLAN.essential(), *compiled])
+    count = next_batch_size(queue, plan)
+    assert (count == 0) == (not queue)  # the essential shapes hold any piece
+    if count:
+        taken = queue[:count]
+        shape = plan.shape_for(count, max(h for h, _ in taken), max(c for _, c in taken))
+        assert shape is not None and (plan.ready is None or shape in plan.ready)
+        assert shape.rows >= count
+    for m, n in ((1, 0), (100, 64), (2800, 10)):  # windows too: only compiled ones
+        window = plan.window_for(m, n)
+        assert plan.shape_for(1, n, window) is not None

@@ -3,6 +3,7 @@ and through frontend workers, with requests in the row and the columnar form."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import time
 
@@ -17,6 +18,8 @@ from server.convert import (
     sigmoid,
 )
 from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_DIR, PARITY_RTOL
+from tests.helpers import random_request
+from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess, phoenix_ranker
 
 pytestmark = pytest.mark.slow
@@ -67,3 +70,27 @@ def test_every_call_is_counted_once(parity_server):
         assert time.monotonic() < deadline
     assert m[key] == before[key] + 3
     assert m["phoenix_requests_in_flight"] == 0
+
+
+def test_serving_begins_before_every_shape_is_compiled_and_stays_exact(tmp_path, default_ranker):
+    # A cold cache: compiling the rest takes seconds, so requests meet a partly ready plan.
+    env = {"PHOENIX_COMPILATION_CACHE": str(tmp_path / "cold-cache")}
+    with ServerProcess(*SMALL_PLAN, env=env, all_shapes=False) as server:
+        serving = server.serving_event
+        assert serving["shapes_ready"] < serving["shapes"]
+        rng = np.random.default_rng(21)
+        raws = [random_request(rng, int(rng.integers(0, 64)), m) for m in (1, 9, 33, 70, 5, 40)]
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda r: server.client.rank(raw_request_to_pb(r)), raws))
+        for raw, response in zip(raws, responses, strict=True):
+            np.testing.assert_allclose(
+                logits_from_pb(response), default_ranker.logits(raw), rtol=1e-5, atol=1e-5
+            )
+        deadline = time.monotonic() + 300
+        while not any(e.get("event") == "compiled_all" for e in server.events()):
+            assert time.monotonic() < deadline, "the remaining shapes never finished compiling"
+            time.sleep(0.1)
+        m = server.metrics()
+        assert m["phoenix_batch_shapes_ready"] == m["phoenix_compilations_total"]
+        assert m["phoenix_compilations_total"] == serving["shapes"]  # each planned shape once
+        assert "unplanned" not in server.log()

@@ -237,15 +237,23 @@ def test_health_fails_for_a_server_that_is_not_there():
 
 
 def test_the_log_stream_reports_warm_up_progress_then_serving(default_server):
-    """One stream (stderr), one format (JSON lines with --log-json): n of N per shape, then
-    the serving event; stdout carries nothing."""
+    """One stream (stderr), one format (JSON lines with --log-json): n of N per shape; the
+    serving event once the shapes that hold any request are compiled (one row of the full
+    history and each candidate bucket); the rest compile after it, then `compiled_all`."""
     events = default_server.events()
     compiled = [e for e in events if e.get("event") == "compiled"]
-    total = len(make_plan(64, 8, (8, 32)).shapes())
+    plan = make_plan(64, 8, (8, 32))
+    total = len(plan.shapes())
     assert [e["msg"].split()[3] for e in compiled] == [f"{i}/{total}" for i in range(1, total + 1)]
+    essential = len(plan.essential())
+    assert [tuple(e["shape"]) for e in compiled[:essential]] == plan.essential()
     serving = [e for e in events if e.get("event") == "serving"]
     assert len(serving) == 1 and serving[0]["port"] == default_server.port
-    assert events.index(serving[0]) > events.index(compiled[-1])
+    assert (serving[0]["shapes_ready"], serving[0]["shapes"]) == (essential, total)
+    assert events.index(compiled[essential - 1]) < events.index(serving[0])
+    assert events.index(serving[0]) < events.index(compiled[essential])  # the rest: after
+    done = [e for e in events if e.get("event") == "compiled_all"]
+    assert len(done) == 1 and events.index(done[0]) > events.index(compiled[-1])
 
 
 def test_cli_rank_takes_both_target_forms_and_survives_a_closed_pipe(default_server):
