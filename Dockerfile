@@ -58,8 +58,8 @@ VOLUME ["/var/cache/phoenix"]
 EXPOSE 50051 9464
 # SIGTERM drains queued and in-flight requests within PHOENIX_GRACE_SECONDS, then exits 0.
 STOPSIGNAL SIGTERM
-# Health is NOT_SERVING until warm-up has compiled every batch shape: up to ~245 s cold on a
-# busy 2-core host (about 30 s with a warm compilation cache), hence the start period.
+# Health is NOT_SERVING until warm-up has compiled the shapes that hold any request (seconds;
+# the rest compile while serving). The start period leaves room for a slow, busy host.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
     CMD ["phoenix-ranker", "health", "--target", "127.0.0.1:50051"]
 ENTRYPOINT ["phoenix-ranker", "serve"]
