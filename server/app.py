@@ -239,7 +239,10 @@ class RankingServer:
                 log.exception("compiling the remaining batch shapes failed; serving with %d",
                               self.runner.shapes_ready)  # fmt: skip
                 return
-            loop.call_soon_threadsafe(self._compiled_all, seconds)
+            try:
+                loop.call_soon_threadsafe(self._compiled_all, seconds)
+            except RuntimeError:  # the server stopped meanwhile; nothing left to report
+                pass
 
         threading.Thread(target=run, name="compile-rest", daemon=True).start()
 
