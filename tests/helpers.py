@@ -43,3 +43,14 @@ def with_candidates(request: RawRequest, index) -> RawRequest:
         candidate_surface=request.candidate_surface[index],
         request_id=request.request_id,
     )
+
+
+def varint(value: int) -> bytes:
+    """A protobuf base-128 varint, written by hand (independent of the code under test)."""
+    value &= 2**64 - 1  # negative int32 enums are sign-extended to 10 bytes
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

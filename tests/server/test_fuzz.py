@@ -64,7 +64,7 @@ from model.actions import NUM_ACTIONS
 from request.schema import MAX_REQUEST_ID_BYTES
 from server.convert import raw_request_to_columnar_pb
 from server.rpc import ranking_pb2 as pb
-from tests.helpers import random_request
+from tests.helpers import random_request, varint
 from tests.server.harness import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -114,16 +114,6 @@ def fuzz_settings(kind: str) -> settings:
 
 
 # --- wire format --------------------------------------------------------------------------
-
-
-def varint(value: int) -> bytes:
-    value &= 2**64 - 1  # negative int32 enums are sign-extended to 10 bytes
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def tag(number: int, wire_type: int) -> bytes:

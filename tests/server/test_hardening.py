@@ -26,7 +26,7 @@ from server.convert import logits_from_pb, raw_request_to_pb
 from server.logs import TextFormatter
 from server.metrics_http import MAX_CONNECTIONS, TIMEOUT_SECONDS
 from tests.certs import make_certs
-from tests.helpers import random_request
+from tests.helpers import random_request, varint
 from tests.server.conftest import SMALL_PLAN
 from tests.server.h2raw import (
     ENHANCE_YOUR_CALM,
@@ -310,7 +310,7 @@ def test_oversize_requests_are_refused_distinguishably_from_overload(default_ser
     # Field 1 (user_id) would be a varint; a huge length-delimited unknown field (15) is
     # just bytes to skip: only the size matters here.
     def padded(size: int) -> bytes:
-        header = b"\x7a" + _varint(size - 1 - len(_varint(size)))
+        header = b"\x7a" + varint(size - 1 - len(varint(size)))
         return header + b"\0" * (size - len(header))
 
     with grpc.insecure_channel(
@@ -328,12 +328,3 @@ def test_oversize_requests_are_refused_distinguishably_from_overload(default_ser
         trailers = dict(error.value.trailing_metadata() or ())
         assert "grpc-retry-pushback-ms" not in trailers  # unlike every overload refusal
     assert default_server.client.model_info().model_version  # and the server is fine
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
