@@ -103,7 +103,7 @@ class RankingServer:
             if config.checkpoint is not None:
                 raise ValueError("--checkpoint and --checkpoint-dir exclude each other")
             self.version_file, checkpoint = load_best(
-                config.checkpoint_dir, self.refused, self._refused_at_start
+                config.checkpoint_dir, self.refused, self.metrics
             )
             version = str(self.version_file.number)
         else:
@@ -139,11 +139,6 @@ class RankingServer:
             self.runner.dtype.name, str(c.history_seq_len), str(c.emb_size),
             str(c.model.num_layers),
         ).set(1)  # fmt: skip
-
-    def _refused_at_start(self, version: VersionFile, error: Exception) -> None:
-        self.metrics.reload_failures.inc()
-        log.error("version %d refused: %s", version.number, error,
-                  extra={"fields": {"event": "reload_refused", "version": version.number}})  # fmt: skip
 
     def _swapped(self, model: ServedModel) -> None:
         """A new version serves: GetModelInfo and phoenix_model_info follow it."""

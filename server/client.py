@@ -44,11 +44,6 @@ def parse_target(target: str) -> tuple[str, bool]:
     return text, tls
 
 
-def grpc_target(target: str) -> str:
-    """`host:port` for gRPC (see `parse_target`)."""
-    return parse_target(target)[0]
-
-
 class RankingClient:
     """One channel, reused for every call. Use as a context manager or call close().
     TLS when `tls` is given or the target is https://."""

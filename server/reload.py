@@ -45,11 +45,21 @@ class NoServableVersion(CheckpointError):
     """The checkpoint directory holds no version that loads."""
 
 
-def load_best(directory: Path, refused: set[versions.VersionFile],
-              on_refused: Callable[[versions.VersionFile, Exception], None]
+def refuse(refused: set[versions.VersionFile], metrics: Metrics, version: versions.VersionFile,
+           error: Exception, serving: versions.VersionFile | None = None) -> None:  # fmt: skip
+    """Record a version that failed: not tried again until its file changes, counted in
+    phoenix_reload_failures_total, and one log line."""
+    refused.add(version)
+    metrics.reload_failures.inc()
+    keeps = "" if serving is None else f"; version {serving.number} keeps serving"
+    log.error("version %d refused: %s%s", version.number, error, keeps,
+              extra={"fields": {"event": "reload_refused", "version": version.number}})  # fmt: skip
+
+
+def load_best(directory: Path, refused: set[versions.VersionFile], metrics: Metrics
               ) -> tuple[versions.VersionFile, Checkpoint]:  # fmt: skip
     """Load the best version of `directory` that loads (at start-up); NoServableVersion if
-    none does. Versions that fail are added to `refused` and reported to `on_refused`."""
+    none does. Versions that fail are refused (`refuse`)."""
     try:
         available = versions.scan(directory)
     except OSError as e:
@@ -58,8 +68,7 @@ def load_best(directory: Path, refused: set[versions.VersionFile],
         try:
             return version, load_checkpoint(version.path)
         except CheckpointError as e:
-            refused.add(version)
-            on_refused(version, e)
+            refuse(refused, metrics, version, e)
     raise NoServableVersion(
         f"{directory}: no loadable <N>.safetensors version ({len(available)} found)"
     )
@@ -130,13 +139,7 @@ class VersionWatcher:
                 None, self.runner.prepare, checkpoint, str(version.number)
             )
         except (CheckpointError, ValueError) as e:
-            self.refused.add(version)
-            self.metrics.reload_failures.inc()
-            log.error(
-                "version %d refused: %s; version %d keeps serving",
-                version.number, e, self.serving.number,
-                extra={"fields": {"event": "reload_refused", "version": version.number}},
-            )  # fmt: skip
+            refuse(self.refused, self.metrics, version, e, self.serving)
             return False
         previous = self.runner.swap(model)
         self.serving = version

@@ -136,20 +136,21 @@ class FrontendHub:
 
     async def broadcast(self, state: int) -> None:
         self._state = state
-        frame = ipc.state_frame(state)
-        for writer in self._writers:
-            if not writer.is_closing():
-                writer.write(frame)
-                await writer.drain()
+        for writer in self._send_all(ipc.state_frame(state)):
+            await writer.drain()
 
     def broadcast_info(self, info: bytes) -> None:
         """A new ModelInfo for the frontends' GetModelInfo (after a swap); frontends started
         later get it with their arguments."""
         self.facts = dataclasses.replace(self.facts, info=pb.ModelInfo.FromString(info))
-        frame = ipc.info_frame(info)
-        for writer in self._writers:
-            if not writer.is_closing():
-                writer.write(frame)
+        self._send_all(ipc.info_frame(info))
+
+    def _send_all(self, frame: bytes) -> list[asyncio.StreamWriter]:
+        """Write `frame` to every connected frontend; returns the writers written to."""
+        open_writers = [w for w in self._writers if not w.is_closing()]
+        for writer in open_writers:
+            writer.write(frame)
+        return open_writers
 
     async def stop(self, timeout: float) -> bool:
         """Tell the frontends to drain, wait for them to exit; True if all did in time."""
