@@ -87,46 +87,65 @@ class MultiHeadAttention(hk.Module):
             raise ValueError(f"attention must be 'isolated' or 'dense', got {ctx.attention!r}")
         return Linear(d)(out.reshape(b, t, hkv * g * k))  # [B, T, D]
 
-    def _attend(self, q, key, value, mask):
-        """q [B, Tq, G, Q, K], key/value [B, Tk, G, K], mask bool [B, Tq, Tk]."""
-        logits = jnp.einsum("bthgk,bshk->bhgts", q, key, preferred_element_type=jnp.float32)
-        weights = attention_weights(logits, mask[:, None, None], self.multiplier)
-        return jnp.einsum("bhgts,bshk->bthgk", weights.astype(value.dtype), value)
-
     def _dense(self, q, key, value, ctx: SequenceContext):
         t = q.shape[1]
         structure = ranking_attn_mask(t, ctx.candidate_start_offset, ctx.history_attention)
         mask = structure[0] & ctx.padding_mask[:, None, :]  # [B, T, T]
-        return self._attend(q, key, value, mask)
+        return masked_attention(q, key, value, mask, self.multiplier)
 
     def _isolated(self, q, key, value, ctx: SequenceContext):
         p = ctx.candidate_start_offset
         key_ok = ctx.padding_mask  # [B, T]
         # User+history queries: only prefix keys are visible to them.
         prefix_mask = prefix_attn_mask(p, ctx.history_attention)[None] & key_ok[:, None, :p]
-        prefix_out = self._attend(
-            q[:, :p], key[:, :p], value[:, :p], prefix_mask
+        prefix_out = masked_attention(
+            q[:, :p], key[:, :p], value[:, :p], prefix_mask, self.multiplier
         )  # [B, P, G, Q, K]
-
-        # Candidate queries: the P prefix keys plus the candidate's own key.
-        q_c, k_c, v_c = q[:, p:], key[:, p:], value[:, p:]
-        to_prefix = jnp.einsum(
-            "bchgk,bphk->bhgcp", q_c, key[:, :p], preferred_element_type=jnp.float32
-        )  # [B, G, Q, C, P]
-        to_self = jnp.einsum("bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32)[
-            ..., None
-        ]  # [B, G, Q, C, 1]
-        mask = jnp.concatenate(
-            [
-                jnp.broadcast_to(key_ok[:, None, :p], (q_c.shape[0], q_c.shape[1], p)),
-                key_ok[:, p:, None],
-            ],
-            axis=-1,
-        )  # [B, C, P + 1]
-        weights = attention_weights(
-            jnp.concatenate([to_prefix, to_self], axis=-1), mask[:, None, None], self.multiplier
-        ).astype(value.dtype)  # [B, G, Q, C, P + 1]
-        cand_out = jnp.einsum("bhgcp,bphk->bchgk", weights[..., :p], value[:, :p])
-        self_weight = jnp.transpose(weights[..., p], (0, 3, 1, 2))[..., None]  # [B, C, G, Q, 1]
-        cand_out = cand_out + self_weight * v_c[:, :, :, None, :]  # [B, C, G, Q, K]
+        cand_out = candidate_attention(
+            q[:, p:], key[:, p:], value[:, p:], key[:, :p], value[:, :p],
+            key_ok[:, :p], key_ok[:, p:], self.multiplier,
+        )  # fmt: skip
         return jnp.concatenate([prefix_out, cand_out], axis=1)  # [B, T, G, Q, K]
+
+
+def masked_attention(q, key, value, mask, multiplier: float) -> jax.Array:
+    """Grouped-query attention under a mask.
+
+    q [B, Tq, G, Q, K], key/value [B, Tk, G, K], mask bool [B, Tq, Tk] -> [B, Tq, G, Q, K].
+    """
+    logits = jnp.einsum("bthgk,bshk->bhgts", q, key, preferred_element_type=jnp.float32)
+    weights = attention_weights(logits, mask[:, None, None], multiplier)
+    return jnp.einsum("bhgts,bshk->bthgk", weights.astype(value.dtype), value)
+
+
+def candidate_attention(
+    q_c, k_c, v_c, k_p, v_p, prefix_ok, self_ok, multiplier: float
+) -> jax.Array:
+    """Candidate isolation: each candidate query attends to its row's prefix keys and its own.
+
+    Args:
+      q_c: candidate queries [B, C, G, Q, K]; k_c, v_c: their keys/values [B, C, G, K].
+      k_p, v_p: the prefix (user + history) keys/values of each row [B, P, G, K].
+      prefix_ok: bool [B, P], real prefix tokens; self_ok: bool [B, C], real candidates.
+      multiplier: the model's `attn_output_multiplier`.
+
+    Returns:
+      [B, C, G, Q, K]. Equal to the [T, T] masked softmax's candidate rows, whose masked-out
+      terms are exactly 0; a row is a request's window or, in `model.prefix`, a chunk.
+    """
+    b, c, p = q_c.shape[0], q_c.shape[1], k_p.shape[1]
+    to_prefix = jnp.einsum(
+        "bchgk,bphk->bhgcp", q_c, k_p, preferred_element_type=jnp.float32
+    )  # [B, G, Q, C, P]
+    to_self = jnp.einsum("bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32)[
+        ..., None
+    ]  # [B, G, Q, C, 1]
+    mask = jnp.concatenate(
+        [jnp.broadcast_to(prefix_ok[:, None, :], (b, c, p)), self_ok[:, :, None]], axis=-1
+    )  # [B, C, P + 1]
+    weights = attention_weights(
+        jnp.concatenate([to_prefix, to_self], axis=-1), mask[:, None, None], multiplier
+    ).astype(v_p.dtype)  # [B, G, Q, C, P + 1]
+    out = jnp.einsum("bhgcp,bphk->bchgk", weights[..., :p], v_p)
+    self_weight = jnp.transpose(weights[..., p], (0, 3, 1, 2))[..., None]  # [B, C, G, Q, 1]
+    return out + self_weight * v_c[:, :, :, None, :]  # [B, C, G, Q, K]

@@ -76,22 +76,33 @@ def pack_rows(
         raise ValueError(f"{len(pieces)} pieces do not fit in {num_rows} rows")
     batch = empty_batch(config, num_rows, history_slots, candidate_slots)
     for r, piece in enumerate(pieces):
-        req, n, m = piece.request, piece.request.num_history, piece.stop - piece.start
+        n, m = piece.request.num_history, piece.stop - piece.start
         if n > history_slots or m > candidate_slots:
             raise ValueError(
                 f"row {r} needs {n} history / {m} candidate slots, batch has "
                 f"{history_slots} / {candidate_slots}"
             )
-        cand = slice(piece.start, piece.stop)
-        batch.user_rows[r] = req.user_rows
-        batch.history_post_rows[r, :n] = req.history_post_rows
-        batch.history_author_rows[r, :n] = req.history_author_rows
-        batch.history_actions[r, :n] = req.history_actions
-        batch.history_surface[r, :n] = req.history_surface
-        batch.candidate_post_rows[r, :m] = req.candidate_post_rows[cand]
-        batch.candidate_author_rows[r, :m] = req.candidate_author_rows[cand]
-        batch.candidate_surface[r, :m] = req.candidate_surface[cand]
+        fill_prefix(batch, r, piece.request)
+        fill_candidates(batch, r, piece)
     return batch
+
+
+def fill_prefix(batch: RankingBatch, row: int, req: EncodedRequest) -> None:
+    """Write a request's user and history into row `row` (its n history slots first)."""
+    n = req.num_history
+    batch.user_rows[row] = req.user_rows
+    batch.history_post_rows[row, :n] = req.history_post_rows
+    batch.history_author_rows[row, :n] = req.history_author_rows
+    batch.history_actions[row, :n] = req.history_actions
+    batch.history_surface[row, :n] = req.history_surface
+
+
+def fill_candidates(batch: RankingBatch, row: int, piece: Piece) -> None:
+    """Write a piece's candidates into the first slots of row `row`."""
+    req, m, cand = piece.request, piece.stop - piece.start, slice(piece.start, piece.stop)
+    batch.candidate_post_rows[row, :m] = req.candidate_post_rows[cand]
+    batch.candidate_author_rows[row, :m] = req.candidate_author_rows[cand]
+    batch.candidate_surface[row, :m] = req.candidate_surface[cand]
 
 
 def windows(num_candidates: int, size: int) -> list[tuple[int, int]]:
