@@ -27,6 +27,12 @@ import grpc
 # Weight of the newest batch in the seconds-per-token estimate (an exponential moving average
 # over roughly the last 1 / EWMA_WEIGHT batches).
 EWMA_WEIGHT = 0.1
+# A batch counts as at most this many times the current estimate: one batch stalled by
+# something else (a compilation in the background, a garbage collection) moves the estimate by
+# at most EWMA_WEIGHT x (MAX_SAMPLE_RATIO - 1) = 30%, while a lasting slow-down is still
+# followed within a few batches. Small batches (one chunk of 16-32 candidates) make single
+# stalls weigh heavily per token, which is why this matters.
+MAX_SAMPLE_RATIO = 4.0
 
 
 class DeviceRate:
@@ -40,7 +46,7 @@ class DeviceRate:
     def observe(self, tokens: int, seconds: float) -> None:
         """One batch of `tokens` padded tokens took `seconds` on the device."""
         if tokens > 0 and seconds > 0:
-            sample = seconds / tokens
+            sample = min(seconds / tokens, MAX_SAMPLE_RATIO * self.seconds_per_token)
             self.seconds_per_token += EWMA_WEIGHT * (sample - self.seconds_per_token)
 
     def seconds(self, tokens: int) -> float:

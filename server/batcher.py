@@ -80,7 +80,8 @@ class Runner(Protocol):
     model: Any  # the serving version (has .version); replaced between batches on reload
 
     def pack(self, pieces: Sequence[Piece], model: Any):
-        """-> PackedBatch with .shape, .pieces and .model (scored by `model`)."""
+        """-> PackedBatch with .shape, .pieces, .model (scored by `model`) and .tokens
+        (padded tokens the device computes for it)."""
         ...
 
     def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
@@ -108,7 +109,7 @@ class _Request:
     enqueued_at: float
     queued_pieces: int  # pieces still in the deque
     queued_candidates: int  # their candidates
-    queued_tokens: int  # their padded tokens (1 + S + C per piece, of its own bucket)
+    queued_tokens: int  # their padded tokens (`BucketPlan.piece_tokens`)
     counted: bool = True  # still counted in the queue totals
     started: bool = False
     model: Any = None  # the version its first window was packed for; the rest follow it
@@ -122,7 +123,7 @@ class _QueuedPiece:
     request: _Request
     start: int
     stop: int
-    tokens: int  # padded tokens of this piece alone: 1 + history bucket + candidate bucket
+    tokens: int  # padded tokens of this piece alone (`BucketPlan.piece_tokens`)
 
 
 class Batcher:
@@ -221,7 +222,8 @@ class Batcher:
         plan, now = self.runner.plan, time.monotonic()
         m, n = encoded.num_candidates, encoded.num_history
         spans = windows(m, plan.window_for(m, n))
-        tokens = [plan.shape_for(1, n, stop - start).row_tokens for start, stop in spans]
+        tokens = [plan.piece_tokens(n, stop - start, first=i == 0)
+                  for i, (start, stop) in enumerate(spans)]  # fmt: skip
         self._admit(sum(tokens), deadline, now)
         request = _Request(
             encoded=encoded,
@@ -382,7 +384,7 @@ class Batcher:
                     self._observe_dispatch(taken, packed)
                     result = loop.run_in_executor(self._device, self._run_timed, packed)
                     self._in_flight += 1
-                    tokens = packed.shape.rows * packed.shape.row_tokens
+                    tokens = packed.tokens
                     self._in_flight_tokens += tokens
                     dispatched = True
                     result.add_done_callback(lambda f, t=taken, k=tokens: self._complete(f, t, k))

@@ -1,12 +1,17 @@
 """Batch shapes: the fixed set of padded shapes the runner compiles during warm-up.
 
-A batch is `[B rows, S history slots, C candidate slots]`. Each row holds one request's user
-and history and a window of up to C of its candidates. With right-anchored positions every
-candidate sits at `history_end` and candidates never see each other, so neither C nor the
-split of a request into windows changes a logit, and any S >= the request's history works
-because positions are computed for the model's full `history_seq_len`. Shapes are therefore
-free to choose for speed: B, S and C each come from a short list of buckets, and a shape is
-compiled only if B * C <= `max_batch_candidates` (the batcher never forms larger ones).
+The runner (`server.runner`, `model.prefix`) computes a batch in two kinds of call:
+  prefix calls `[R rows, S history slots]` (`BatchShape(R, S, 0)`): the user + history of
+      requests whose prefix is not cached yet, encoded once into the slab of history size S;
+  a chunk call `[B rows, S, C candidate slots]`: B chunks (a chunk is a window of up to C of
+      one request's candidates) scored against their requests' prefixes in the S slab.
+With right-anchored positions every candidate sits at `history_end` and candidates never see
+each other, so neither C nor the split of a request into windows changes a logit, and any
+S >= the request's history works because positions are computed for the model's full
+`history_seq_len`. Shapes are therefore free to choose for speed: B (or R), S and C each come
+from a short list of buckets, and a chunk shape is compiled only if B * C <=
+`max_batch_candidates` (the batcher never forms larger ones). The batcher composes batches of
+pieces (one piece = one chunk); the prefix calls a batch needs follow from its pieces.
 """
 
 from __future__ import annotations
@@ -28,6 +33,22 @@ class BatchShape(NamedTuple):
     def row_tokens(self) -> int:
         """Sequence positions of one row: 1 (user) + S + C."""
         return 1 + self.history + self.candidates
+
+    @property
+    def is_prefix(self) -> bool:
+        """A prefix call's shape (no candidate slots)."""
+        return self.candidates == 0
+
+    @property
+    def tokens(self) -> int:
+        """Padded tokens one call of this shape computes: R x (1 + S) for a prefix call,
+        B x C for a chunk call (the unit `server.admission` prices work in)."""
+        return self.rows * (1 + self.history if self.is_prefix else self.candidates)
+
+
+# A chunk costs a little beyond its candidate slots (reading its prefix's keys and values, one
+# more row of every projection): counted as this many tokens when choosing a chunk size.
+CHUNK_OVERHEAD_TOKENS = 8
 
 
 def powers_of_two_up_to(n: int) -> tuple[int, ...]:
@@ -78,27 +99,57 @@ class BucketPlan:
         if r is None or s is None or c is None or r * c > self.max_batch_candidates:
             return None
         shape = BatchShape(r, s, c)
-        if self.ready is None or shape in self.ready:
+        if self.ready is None or (shape in self.ready and self._prefix_ready(s)):
             return shape
-        holds = [x for x in self.ready if x.rows >= r and x.history >= s and x.candidates >= c]
+        holds = [x for x in self.ready if x.rows >= r and x.history >= s and x.candidates >= c
+                 and not x.is_prefix and self._prefix_ready(x.history)]  # fmt: skip
         return min(holds, key=lambda x: (x.rows * x.row_tokens, x), default=None)
 
-    def window_for(self, num_candidates: int, num_history: int) -> int:
-        """The window to split a request into: the candidate bucket that scores it in the
-        fewest padded tokens, each row costing its user + history slots plus its window."""
-        history = min(num_history, self.history_buckets[-1])
+    def _prefix_ready(self, history: int) -> bool:
+        """Some prefix call of this history bucket is compiled."""
+        return self.ready is None or any(
+            BatchShape(r, history, 0) in self.ready for r in self.row_buckets
+        )
 
-        def tokens(window: int) -> float:
-            shape = self.shape_for(1, history, window)
-            return math.inf if shape is None else -(-num_candidates // window) * shape.row_tokens
+    def window_for(self, num_candidates: int, num_history: int) -> int:
+        """The chunk size to split a request into: the candidate bucket that scores it in the
+        fewest padded tokens, each chunk costing its slots plus `CHUNK_OVERHEAD_TOKENS` (the
+        prefix is encoded once whatever the chunking); ties go to the larger chunk."""
+
+        def tokens(window: int) -> tuple[float, int]:
+            shape = self.shape_for(1, num_history, window)
+            if shape is None:
+                return math.inf, 0
+            return -(-num_candidates // window) * (window + CHUNK_OVERHEAD_TOKENS), -window
 
         return min(self.candidate_buckets, key=tokens)
 
+    def piece_tokens(self, num_history: int, window: int, first: bool) -> int:
+        """Padded tokens of one piece alone: its chunk, plus its request's prefix if it is the
+        request's first piece (later pieces find the prefix encoded)."""
+        s = _ceil_bucket(self.history_buckets, num_history)
+        c = _ceil_bucket(self.candidate_buckets, window)
+        return c + (1 + s if first else 0)
+
+    def prefix_calls(self, rows: int, history: int) -> list[BatchShape]:
+        """Prefix-call shapes that encode `rows` prefixes into the slab of history bucket
+        `history`: the fewest calls of compiled shapes, largest first, padding only the last."""
+        sizes = sorted(r for r in self.row_buckets
+                       if self.ready is None or BatchShape(r, history, 0) in self.ready)  # fmt: skip
+        calls = []
+        while rows > 0:
+            fits = [r for r in sizes if r >= rows]
+            r = fits[0] if fits else sizes[-1]
+            calls.append(BatchShape(r, history, 0))
+            rows -= r
+        return calls
+
     def essential(self) -> list[BatchShape]:
-        """The shapes that hold any request, one window per batch: one row of the full history
-        and each candidate bucket. Serving can start once these are compiled."""
+        """The shapes that hold any request, one chunk per batch: a one-row prefix call of the
+        full history, and one chunk of each candidate bucket against that history. Serving
+        can start once these are compiled."""
         s = self.history_buckets[-1]
-        return [BatchShape(1, s, c) for c in self.candidate_buckets]
+        return [BatchShape(1, s, 0)] + [BatchShape(1, s, c) for c in self.candidate_buckets]
 
     def with_ready(self, shapes) -> BucketPlan:
         """This plan restricted to `shapes` (compiled so far); all of them: the full plan."""
@@ -106,14 +157,16 @@ class BucketPlan:
         return dataclasses.replace(self, ready=None if ready >= set(self.shapes()) else ready)
 
     def shapes(self) -> list[BatchShape]:
-        """Every shape `shape_for` can return: what warm-up compiles."""
-        return [
+        """Every shape `shape_for` and `prefix_calls` can return: what warm-up compiles."""
+        chunks = [
             BatchShape(r, s, c)
             for r, s, c in itertools.product(
                 self.row_buckets, self.history_buckets, self.candidate_buckets
             )
             if r * c <= self.max_batch_candidates
         ]
+        prefixes = [BatchShape(r, s, 0) for s in self.history_buckets for r in self.row_buckets]
+        return prefixes + chunks
 
 
 def _ceil_bucket(buckets: tuple[int, ...], n: int) -> int | None:
@@ -136,5 +189,5 @@ def make_plan(
         row_buckets=powers_of_two_up_to(max_batch_size),
         history_buckets=history,
         candidate_buckets=tuple(candidate_buckets),
-        max_batch_candidates=max_batch_candidates or max(candidate_buckets) * 4,
+        max_batch_candidates=max_batch_candidates or max(candidate_buckets) * 16,
     )

@@ -43,17 +43,19 @@ class Limits:
 class ShapeConfig:
     """The compiled batch shapes (see `server.buckets`)."""
 
-    max_batch_size: int = setting(32, "most rows per batch (a row is one request window)")
+    max_batch_size: int = setting(
+        32, "most rows per call: chunks (a chunk is one request window) or prefixes"
+    )
     candidate_buckets: tuple[int, ...] = setting(
-        (16, 64, 256, 1024),
-        "compiled candidate slots per row; requests are split into the window that costs "
-        "the fewest padded tokens",
+        (16, 64, 256),
+        "compiled candidate slots per chunk; requests are split into the chunk size that "
+        "costs the fewest padded tokens (the prefix is encoded once whatever the chunking)",
     )
     history_buckets: tuple[int, ...] | None = setting(
         None, "compiled history slots; empty: a quarter of the model's history and all of it"
     )
     max_batch_candidates: int | None = setting(
-        None, "most candidate slots per batch; empty: 4 x the largest candidate bucket"
+        None, "most candidate slots per batch; empty: 16 x the largest candidate bucket"
     )
 
 
@@ -164,6 +166,12 @@ class ServerConfig:
         None,
         "forward dtype; empty: bfloat16 on GPU/TPU, float32 on CPU",
         choices=("float32", "bfloat16"),
+    )
+    prefix_cache_bytes: int = setting(
+        256 << 20,
+        "device memory for encoded user+history prefixes kept across requests, so a user's "
+        "next request with the same history skips its prefix; 0: no reuse across requests",
+        "bytes",
     )
     compilation_cache: Path | None = setting(
         Path("~/.cache/phoenix-ranker/jax"),

@@ -6,6 +6,8 @@ service (sub-millisecond to seconds latencies, batch sizes up to a few hundred r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -15,6 +17,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -133,4 +137,42 @@ class Metrics:
             ["version", "checkpoint_sha256", "backend", "dtype", "history_seq_len", "emb_size",
              "num_layers"],
             registry=registry,
+        )  # fmt: skip
+
+    def watch_prefix_cache(self, stats: Callable[[], tuple], capacity_bytes: int) -> None:
+        """Export the runner's prefix cache (`server.prefix_cache.CacheStats`), read at scrape."""
+        self.registry.register(_PrefixCacheCollector(stats, capacity_bytes))
+
+
+class _PrefixCacheCollector(Collector):
+    def __init__(self, stats: Callable[[], tuple], capacity_bytes: int):
+        self.stats = stats
+        self.capacity_bytes = capacity_bytes
+
+    def collect(self):
+        s = self.stats()
+        yield CounterMetricFamily(
+            "phoenix_prefix_cache_hits",
+            "Requests whose user+history prefix was already encoded on the device (a later "
+            "chunk of the same request counts too).", value=s.hits,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "phoenix_prefix_cache_misses", "Prefixes encoded (prefix passes run).", value=s.misses
+        )
+        yield CounterMetricFamily(
+            "phoenix_prefix_cache_evictions",
+            "Encoded prefixes dropped to make room (least recently used first).",
+            value=s.evictions,
+        )
+        yield GaugeMetricFamily(
+            "phoenix_prefix_cache_bytes", "Device bytes of the encoded prefixes held.",
+            value=s.bytes,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "phoenix_prefix_cache_entries", "Encoded prefixes held.", value=s.entries
+        )
+        yield GaugeMetricFamily(
+            "phoenix_prefix_cache_capacity_bytes",
+            "Device bytes of the prefix slabs (--prefix-cache-bytes plus the slots of the "
+            "batches in flight).", value=self.capacity_bytes,
         )  # fmt: skip

@@ -1,23 +1,30 @@
-"""The model runner: owns the parameters on the device and one executable per batch shape.
+"""The model runner: owns the parameters and the prefix slabs on the device, and one
+executable per call shape.
 
-Glossary: B batch rows, S history slots, C candidate slots per row, A actions.
+Glossary: B chunk rows, R prefix rows, S history slots, C candidate slots per chunk, N slab
+slots, A actions.
 
-`pack` is host work (hashing is already done; this pads pieces into a numpy batch of a bucket
-shape) and is safe to call from any thread. `run` blocks until the device has computed the
-logits and must be called from one thread at a time (the batcher's device thread). `warmup`
-compiles the shapes that hold any request (one row of the full history and each candidate
-bucket), so serving can begin; `compile_rest` compiles the others while serving. `plan` offers
-only compiled shapes, so no batch ever waits for a compilation; a shape outside the plan would
-be compiled on first use and reported through `on_compile`, which is how that guarantee is
-measured.
+A batch (the pieces the batcher took; a piece is one chunk of one request's candidates) runs
+as `model.prefix` splits the forward pass: prefix calls encode the user + history of each of
+its requests whose prefix is not in the slab yet (`server.prefix_cache`: a request's later
+chunks, and later requests with the same user and history window, find it there), then one
+chunk call scores every chunk against its request's prefix. Each history bucket S has its own
+slab, so a chunk attends over S + 1 prefix slots, not the model's full history.
 
-Extension point: candidate isolation makes user+history keys/values identical for every
-candidate of a request. A runner that encodes each request's prefix once and scores candidate
-windows against it only needs different `pack`/`run` bodies; the batcher is unaffected.
+`pack` is host work (hashing is already done: it looks up prefixes, pads chunks and the
+prefixes to encode into numpy arrays of planned shapes) and runs on the event loop. `run`
+blocks until the device has computed the scores and must be called from one thread at a time
+(the batcher's device thread), in the order the batches were packed: a batch may read a
+prefix the batch before it encodes. `warmup` compiles the shapes that hold any request (a
+one-row prefix call and one chunk of each size, at the full history), so serving can begin;
+`compile_rest` compiles the others while serving. `plan` offers only compiled shapes, so no
+batch ever waits for a compilation; a shape outside the plan would be compiled on first use
+and reported through `on_compile`, which is how that guarantee is measured.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -33,9 +40,22 @@ import numpy as np
 
 from model.checkpoint import Checkpoint
 from model.params import flatten
-from model.ranker import RankingBatch, default_compute_dtype, make_forward
-from request.layout import Piece, empty_batch, pack_rows
+from model.prefix import (
+    CandidateInputs,
+    PrefixInputs,
+    PrefixSlab,
+    empty_slab,
+    encode_prefixes,
+    score_chunks,
+    slab_slot_bytes,
+    split_batch,
+    write_prefixes,
+)
+from model.ranker import default_compute_dtype
+from request.encoding import EncodedRequest
+from request.layout import Piece, empty_batch, fill_candidates, fill_prefix
 from server.buckets import BatchShape, BucketPlan
+from server.prefix_cache import CacheStats, Entry, PrefixCache, prefix_key
 
 
 def enable_compilation_cache(directory: str | os.PathLike) -> None:
@@ -77,11 +97,30 @@ class ServedModel:
 
 
 @dataclass(frozen=True, eq=False)
+class PrefixCall:
+    """One prefix call: R rows of user + history, each written to its slab slot."""
+
+    shape: BatchShape  # (R, S, 0)
+    inputs: PrefixInputs  # numpy [R, S]
+    slots: np.ndarray  # int32 [R]; padding rows hold N (the write drops them)
+    entries: tuple[Entry, ...]  # the entries it encodes
+
+
+@dataclass(frozen=True, eq=False)
 class PackedBatch:
-    shape: BatchShape
-    batch: RankingBatch  # numpy arrays of `shape`
-    pieces: tuple[Piece, ...]  # row r holds pieces[r]; rows past len(pieces) are padding
+    shape: BatchShape  # the chunk call's (B, S, C)
+    chunks: CandidateInputs  # numpy [B, C]
+    chunk_slots: np.ndarray  # int32 [B]: the slab slot of each chunk's prefix
+    prefix_calls: tuple[PrefixCall, ...]  # prefixes this batch encodes before its chunks
+    hits: tuple[tuple[Entry, EncodedRequest], ...]  # prefixes it reads that were there
+    acquired: tuple[Entry, ...]  # every entry it pinned (released when it is done)
+    pieces: tuple[Piece, ...]  # chunk r holds pieces[r]; rows past len(pieces) are padding
     model: ServedModel  # the version that scores this batch
+
+    @property
+    def tokens(self) -> int:
+        """Padded tokens the device computes for it (what admission prices)."""
+        return self.shape.tokens + sum(c.shape.tokens for c in self.prefix_calls)
 
 
 class ModelRunner:
@@ -92,8 +131,15 @@ class ModelRunner:
         dtype: jnp.dtype | None = None,
         on_compile: Callable[[BatchShape, float], None] | None = None,
         version: str | None = None,
+        prefix_cache_bytes: int = 0,
+        batches_in_flight: int = 2,
     ):
-        """`version`: what responses say scored them; default: the checkpoint's own."""
+        """`version`: what responses say scored them; default: the checkpoint's own.
+        `prefix_cache_bytes`: device bytes of encoded prefixes kept for later requests, split
+        evenly across history buckets; 0: a prefix serves only its own request's chunks.
+        `batches_in_flight`: most batches packed and not yet run (the batcher's pipeline
+        depth); every prefix they read stays pinned, so each slab has that many batches' rows
+        of slots beyond the cache's."""
         config = checkpoint.config
         if not config.candidates_isolated_across_windows:
             raise UnservableModelError(
@@ -118,18 +164,35 @@ class ModelRunner:
         )  # fmt: skip
         self._resident = weakref.WeakSet([self.model])  # versions whose parameters are alive
         self.num_parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
-        forward = make_forward(config, checkpoint.rows, self.dtype).apply
+        self.reuse_prefixes = prefix_cache_bytes > 0
+        pinned = batches_in_flight * plan.max_rows
+        share = prefix_cache_bytes // len(plan.history_buckets)
+        self._caches: dict[int, PrefixCache] = {}
+        self._slabs: dict[int, PrefixSlab] = {}
+        for s in plan.history_buckets:
+            slot_bytes = slab_slot_bytes(config, s, self.dtype)
+            self._caches[s] = PrefixCache(pinned + share // slot_bytes, slot_bytes)
+            self._slabs[s] = self._empty_slab(s)
 
-        def scores(params, batch):  # [B, C, 2A]: logits, then sigmoid(logits), float32
-            logits = forward(params, batch)
+        def encode(params, slab, prefix, slots):
+            return write_prefixes(slab, slots, encode_prefixes(params, config, self.dtype, prefix))
+
+        def scores(params, slab, chunks, chunk_slot):  # [B, C, 2A]: logits, then sigmoids
+            logits = score_chunks(params, config, self.dtype, slab, chunks, chunk_slot)
             return jnp.concatenate([logits, jax.nn.sigmoid(logits)], axis=-1)
 
-        self._forward = jax.jit(scores)
+        self._encode = jax.jit(encode, donate_argnums=1)  # the slab is updated in place
+        self._scores = jax.jit(scores)
         self._executables: dict[BatchShape, Callable] = {}
         self._on_compile = on_compile
-        # Device seconds per padded token; measured by warmup() on the largest shape.
+        # Device seconds per padded token; measured by warmup() on the largest shapes.
         self.seconds_per_token = 1e-6
         self.score_width = 2 * config.num_actions  # logits, then probabilities
+
+    def _empty_slab(self, history: int) -> PrefixSlab:
+        return jax.device_put(
+            empty_slab(self.config, self._caches[history].slots, history, self.dtype)
+        )
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -139,6 +202,16 @@ class ModelRunner:
     @property
     def params(self) -> dict:
         return self.model.params
+
+    def prefix_cache_stats(self) -> CacheStats:
+        """Hits, misses and evictions so far, and the entries and bytes held, over all slabs
+        (within-request reuse counts as hits too: a request's later chunks hit its prefix)."""
+        stats = [c.stats() for c in self._caches.values()]
+        return CacheStats(*(sum(x) for x in zip(*stats, strict=True)))
+
+    @property
+    def prefix_cache_capacity_bytes(self) -> int:
+        return sum(c.slots * c.slot_bytes for c in self._caches.values())
 
     def prepare(self, checkpoint: Checkpoint, version: str) -> ServedModel:
         """Put a new version on the device beside the serving one, ready to swap in (any
@@ -158,12 +231,21 @@ class ModelRunner:
         model = ServedModel(version, checkpoint, jax.device_put(checkpoint.state.params))
         self._resident.add(model)
         # The executables take the parameters as an argument, and these have the serving
-        # version's shapes and dtypes: every compiled shape serves them as it is. One batch,
-        # of the smallest shape, proves it end to end without taking the device for long.
-        shape = min(self._executables, key=lambda s: s.rows * s.row_tokens, default=None)
-        if shape is not None:
-            batch = empty_batch(self.config, *shape)
-            scores = np.asarray(self._executables[shape](model.params, batch))
+        # version's shapes and dtypes: every compiled shape serves them as it is. One prefix
+        # and one chunk, of the smallest compiled shapes, prove it end to end, on a scratch
+        # slab (the serving slabs belong to the device thread).
+        pairs = [(p, c) for p in self._ready if p.is_prefix and p.rows == 1
+                 for c in self._ready if not c.is_prefix and c.history == p.history]  # fmt: skip
+        if pairs:
+            prefix, chunk = min(pairs, key=lambda pc: (pc[0].history, pc[1].tokens))
+            slab = self._executable(prefix)(
+                model.params, self._empty_slab(prefix.history),
+                split_batch(empty_batch(self.config, 1, prefix.history, 0))[0],
+                np.zeros(1, np.int32),
+            )  # fmt: skip
+            chunks = split_batch(empty_batch(self.config, chunk.rows, 0, chunk.candidates))[1]
+            slots = np.zeros(chunk.rows, np.int32)
+            scores = np.asarray(self._executable(chunk)(model.params, slab, chunks, slots))
             if not np.isfinite(scores).all():
                 raise ValueError(f"version {version} scores non-finite values")
         return model
@@ -185,9 +267,10 @@ class ModelRunner:
         abort: threading.Event | None = None,
         progress: Callable[[int, int, BatchShape, float], None] | None = None,
     ) -> float:
-        """Compile (and run once) the plan's essential shapes, those that hold any request
+        """Compile the plan's essential shapes, those that hold any request
         (`BucketPlan.essential`); returns the seconds it took. From then on `plan` offers
-        them, and the server can serve; `compile_rest` compiles the others.
+        them, and the server can serve; `compile_rest` compiles the others. Before serving,
+        one prefix and the largest chunk are run to measure the device's seconds per token.
 
         Setting `abort` (e.g. on SIGTERM) stops after the shape being compiled, raising
         WarmupAborted, so a shutdown need not wait for the whole warm-up. `progress(done,
@@ -195,13 +278,28 @@ class ModelRunner:
         """
         start = time.perf_counter()
         self._compile(self.full_plan.essential(), abort, progress)
-        if self._ready:
-            largest = max(self._ready, key=lambda s: s.rows * s.row_tokens)
-            batch = empty_batch(self.config, *largest)
-            began = time.perf_counter()
-            jax.block_until_ready(self._executable(largest)(self.params, batch))
-            seconds = time.perf_counter() - began
-            self.seconds_per_token = seconds / (largest.rows * largest.row_tokens)
+        prefixes = [x for x in self._ready if x.is_prefix]
+        chunks = [x for x in self._ready if not x.is_prefix]
+        if prefixes and chunks:
+            largest = max(chunks, key=lambda x: x.tokens)
+            prefix = min((x for x in prefixes if x.history == largest.history),
+                         key=lambda x: x.rows)  # fmt: skip
+            inputs = split_batch(empty_batch(self.config, prefix.rows, prefix.history, 0))[0]
+            slots = np.full(prefix.rows, self._caches[prefix.history].slots, np.int32)
+            chunk_inputs = split_batch(
+                empty_batch(self.config, largest.rows, 0, largest.candidates)
+            )[1]
+            for _ in range(2):  # the first run of an executable pays one-time costs
+                began = time.perf_counter()
+                slab = self._executable(prefix)(self.params, self._slabs[prefix.history],
+                                                inputs, slots)  # fmt: skip
+                self._slabs[prefix.history] = slab
+                jax.block_until_ready(
+                    self._executable(largest)(self.params, slab, chunk_inputs,
+                                              np.zeros(largest.rows, np.int32))
+                )  # fmt: skip
+                seconds = time.perf_counter() - began
+            self.seconds_per_token = seconds / (prefix.tokens + largest.tokens)
         return time.perf_counter() - start
 
     def compile_rest(
@@ -209,21 +307,40 @@ class ModelRunner:
         abort: threading.Event | None = None,
         progress: Callable[[int, int, BatchShape, float], None] | None = None,
     ) -> float:
-        """Compile every other planned shape, fewest rows first (any thread, while serving:
-        `plan` offers each shape as soon as it is ready); returns the seconds it took."""
+        """Compile every other planned shape (any thread, while serving: `plan` offers each
+        shape as soon as it is ready); returns the seconds it took. Full-history shapes come
+        first, fewest rows first: they hold every request, and more rows per call is what
+        raises throughput; the shorter history buckets only save attention work."""
         start = time.perf_counter()
         rest = [s for s in self.full_plan.shapes() if s not in self._ready]
-        self._compile(sorted(rest, key=lambda s: (s.rows, s.row_tokens)), abort, progress)
+        full = self.full_plan.history_buckets[-1]
+        order = sorted(rest, key=lambda s: (s.history != full, s.rows, s.history, s.candidates))
+        self._compile(order, abort, progress)
         return time.perf_counter() - start
 
     def _compile(self, shapes, abort, progress) -> None:
+        """Compile shapes and run each once: an executable's first run pays one-time costs
+        (tens of milliseconds) that would otherwise land on a request, and on the device-rate
+        estimate. They run on scratch slabs, since the serving slabs belong to the device
+        thread; the scratch slabs are freed when this returns."""
         total = len(self.full_plan.shapes())
+        scratch: dict[int, PrefixSlab] = {}
         for shape in shapes:
             if abort is not None and abort.is_set():
                 raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
             began = time.perf_counter()
-            out = self._executable(shape)(self.params, empty_batch(self.config, *shape))
-            jax.block_until_ready(out)
+            executable = self._executable(shape)
+            slab = scratch.get(shape.history) or self._empty_slab(shape.history)
+            if shape.is_prefix:
+                inputs = split_batch(empty_batch(self.config, shape.rows, shape.history, 0))[0]
+                slots = np.full(shape.rows, slab.slots, np.int32)  # written nowhere
+                slab = executable(self.params, slab, inputs, slots)
+            else:
+                chunks = split_batch(empty_batch(self.config, shape.rows, 0, shape.candidates))[1]
+                jax.block_until_ready(
+                    executable(self.params, slab, chunks, np.zeros(shape.rows, np.int32))
+                )
+            scratch[shape.history] = jax.block_until_ready(slab)
             self._ready.add(shape)
             # Readiness only grows, so a batch composed under the previous plan still fits.
             self.plan = self.full_plan.with_ready(self._ready)
@@ -238,16 +355,24 @@ class ModelRunner:
         executable = self._executables.get(shape)
         if executable is None:
             start = time.perf_counter()
-            spec = empty_batch(self.config, *shape)
-            executable = self._forward.lower(self.params, spec).compile()
+            slab = jax.tree.map(_spec, self._slabs[shape.history])
+            if shape.is_prefix:
+                inputs = split_batch(empty_batch(self.config, shape.rows, shape.history, 0))[0]
+                lowered = self._encode.lower(self.params, slab, inputs, _int32(shape.rows))
+            else:
+                chunks = split_batch(empty_batch(self.config, shape.rows, 0, shape.candidates))[1]
+                lowered = self._scores.lower(self.params, slab, chunks, _int32(shape.rows))
+            executable = lowered.compile()
             self._executables[shape] = executable
             if self._on_compile is not None:
                 self._on_compile(shape, time.perf_counter() - start)
         return executable
 
     def pack(self, pieces: Sequence[Piece], model: ServedModel | None = None) -> PackedBatch:
-        """Pad pieces into the smallest planned shape that holds them (host only), to be
-        scored by `model` (default: the serving version)."""
+        """Look up the pieces' prefixes, pad their chunks and the prefixes to encode into the
+        smallest planned shapes (host only), to be scored by `model` (default: the serving
+        version). The batch pins its prefixes until `run` is done with it."""
+        model = model or self.model
         shape = self.plan.shape_for(
             len(pieces),
             max(p.request.num_history for p in pieces),
@@ -255,14 +380,89 @@ class ModelRunner:
         )
         if shape is None:
             raise ValueError(f"{len(pieces)} pieces fit no planned batch shape")
-        batch = pack_rows(self.config, pieces, *shape)
-        return PackedBatch(shape, batch, tuple(pieces), model or self.model)
+        cache = self._caches[shape.history]
+        batch = empty_batch(self.config, shape.rows, 0, shape.candidates)
+        chunk_slots = np.zeros(shape.rows, np.int32)
+        acquired: list[Entry] = []
+        entry_of: dict[int, Entry] = {}
+        misses: list[tuple[Entry, EncodedRequest]] = []
+        hits: list[tuple[Entry, EncodedRequest]] = []
+        try:
+            for row, piece in enumerate(pieces):
+                request = piece.request
+                entry = entry_of.get(id(request))
+                if entry is None:
+                    key = prefix_key(model.version, request) if self.reuse_prefixes else request
+                    entry, hit = cache.acquire(key)
+                    acquired.append(entry)
+                    entry_of[id(request)] = entry
+                    (hits if hit else misses).append((entry, request))
+                fill_candidates(batch, row, piece)
+                chunk_slots[row] = entry.slot
+        except BaseException:
+            cache.release(acquired)
+            raise
+        return PackedBatch(
+            shape, split_batch(batch)[1], chunk_slots,
+            tuple(self._prefix_calls(shape.history, misses)), tuple(hits), tuple(acquired),
+            tuple(pieces), model,
+        )  # fmt: skip
+
+    def _prefix_calls(self, history: int, todo) -> list[PrefixCall]:
+        """Prefix calls that encode `todo` ((entry, request) pairs) into the slab of `history`."""
+        calls, i = [], 0
+        for shape in self.plan.prefix_calls(len(todo), history):
+            part = todo[i : i + shape.rows]
+            i += shape.rows
+            batch = empty_batch(self.config, shape.rows, history, 0)
+            slots = np.full(shape.rows, self._caches[history].slots, np.int32)  # drop padding
+            for row, (entry, request) in enumerate(part):
+                fill_prefix(batch, row, request)
+                slots[row] = entry.slot
+            calls.append(PrefixCall(shape, split_batch(batch)[0], slots,
+                                    tuple(e for e, _ in part)))  # fmt: skip
+        return calls
 
     def run(self, packed: PackedBatch) -> np.ndarray:
         """Scores float32 [B, C, 2A] of a packed batch: the A logits of each candidate, then
-        their sigmoids (computed on the device, so the host only copies bytes). Blocks until
-        the device is done."""
-        return np.asarray(self._executable(packed.shape)(packed.model.params, packed.batch))
+        their sigmoids (computed on the device, so the host only copies bytes). Encodes the
+        batch's missing prefixes first. Blocks until the device is done."""
+        history = packed.shape.history
+        cache, params = self._caches[history], packed.model.params
+        try:
+            calls = list(packed.prefix_calls)
+            # A prefix another batch was to encode, and did not (it failed): encode it here.
+            own = {e for call in calls for e in call.entries}
+            lost = set(cache.unwritten(e for e, _ in packed.hits if e not in own))
+            if lost:
+                todo = {e: r for e, r in packed.hits if e in lost}
+                calls += self._prefix_calls(history, list(todo.items()))
+            for call in calls:
+                self._slabs[history] = self._executable(call.shape)(
+                    params, self._slabs[history], call.inputs, call.slots
+                )
+                cache.written(call.entries)
+            scores = self._executable(packed.shape)(
+                params, self._slabs[history], packed.chunks, packed.chunk_slots
+            )
+            return np.asarray(scores)
+        except BaseException:
+            # The slab may be gone (a call that took it failed) or hold what nobody wrote:
+            # start it afresh, and let every batch that reads a prefix encode it again.
+            cache.forget()
+            self._slabs[history] = self._empty_slab(history)
+            raise
+        finally:
+            cache.release(packed.acquired)
+
+
+def _spec(a: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
+
+
+@functools.cache
+def _int32(n: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((n,), jnp.int32)
 
 
 def _config_changes(old: Checkpoint, new: Checkpoint) -> str:

@@ -39,6 +39,10 @@ class FakePacked:
     pieces: tuple
     model: object = None
 
+    @property
+    def tokens(self) -> int:
+        return self.shape.rows * self.shape.row_tokens
+
 
 class FakeRunner:
     config = CONFIG

@@ -72,7 +72,8 @@ def _counts(server: ServerProcess) -> dict[str, float]:
     return {k: v for k, v in m.items() if k.startswith("phoenix_requests_total{")}
 
 
-# (frontend workers, transport backlog): with gRPC's own backlog (0) every call reaches the
+# (frontend workers, transport backlog): with gRPC's own backlog (0, and a stream limit above
+# the burst's 1,200 calls, so HTTP/2 does not refuse streams either) every call reaches the
 # service and gets one of our statuses; with a short backlog (the default) the transport may
 # also shed calls itself, in microseconds, with status CANCELLED (documented in server.config).
 SETUPS = {"one-process-full-backlog": (0, 0), "one-process": (0, 32), "frontend-workers": (2, 32)}
@@ -83,6 +84,8 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
     workers, pending = SETUPS[setup]
     flags = (*SMALL_PLAN, "--max-queue-ms", str(MAX_QUEUE_MS), "--frontend-workers", str(workers),
              "--max-pending-calls", str(pending))  # fmt: skip
+    if not pending:
+        flags += ("--max-streams-per-connection", "2048")
     with ServerProcess(*flags, env=compilation_cache) as server:
         # 192 candidates (6 windows of 32): a few hundred requests/s fill the device, so the
         # Python load generator's 800/s is far above capacity on any machine of this kind.

@@ -301,4 +301,4 @@ def test_prepare_refuses_non_finite_and_incompatible_versions(tmp_path, parity_c
     assert runner.resident_models == 1  # neither was kept
     good = runner.prepare(load_checkpoint(perturbed(tmp_path / "v4.safetensors", 4)), "4")
     assert runner.resident_models == 2 and runner.swap(good).version == serving.info.model_version
-    assert len(compiled) == 1  # warm-up's one shape; preparing compiled nothing
+    assert len(compiled) == 2  # warm-up's two shapes (a prefix, a chunk); preparing compiled none

@@ -210,9 +210,10 @@ def test_metrics_are_exposed_with_sensible_values(default_server):
     assert 0.0 <= padding < 1.0
     assert m["phoenix_inference_seconds_count"] >= 1 and m["phoenix_inference_seconds_sum"] > 0
     assert m["phoenix_candidates_scored_total"] >= 60
-    # The small plan's rows {1,2,4,8} x history {16,64} x candidates {8,32}, minus 8 x 32
-    # (over the default budget of 4 x 32 candidate slots): 14 shapes, all compiled at warm-up.
-    assert m["phoenix_compilations_total"] == len(make_plan(64, 8, (8, 32)).shapes()) == 14
+    # The small plan's chunk calls, rows {1,2,4,8} x history {16,64} x candidates {8,32}
+    # (all within the default budget of 16 x 32 candidate slots), and its prefix calls, rows
+    # {1,2,4,8} x history {16,64}: 24 shapes, each compiled once.
+    assert m["phoenix_compilations_total"] == len(make_plan(64, 8, (8, 32)).shapes()) == 24
     info = [k for k in m if k.startswith("phoenix_model_info{")]
     assert len(info) == 1 and "version=phoenix-default-v1" in info[0] and "backend=cpu" in info[0]
 
