@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -118,7 +119,10 @@ class RankingServer:
             shapes.max_batch_candidates,
         )
         self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled,
-                                  version=version)  # fmt: skip
+                                  version=version, prefix_cache_bytes=config.prefix_cache_bytes,
+                                  batches_in_flight=config.batcher.pipeline_depth)  # fmt: skip
+        self.metrics.watch_prefix_cache(self.runner.prefix_cache_stats,
+                                        self.runner.prefix_cache_capacity_bytes)  # fmt: skip
         self.metrics.models_resident.set_function(lambda: self.runner.resident_models)
         self.watcher: VersionWatcher | None = None
         self.port = self.metrics_port = 0
@@ -128,6 +132,7 @@ class RankingServer:
         self.front: GrpcFront | None = None
         self.hub: FrontendHub | None = None
         self.ready = False
+        self.compile_thread: threading.Thread | None = None
         self._label_model()
 
     def _label_model(self) -> None:
@@ -222,7 +227,9 @@ class RankingServer:
 
     def compile_rest(self, abort: threading.Event | None) -> None:
         """Compile the remaining planned shapes on a thread of their own while serving; batches
-        use each shape once it is ready. A daemon thread: a shutdown does not wait for it."""
+        use each shape once it is ready. Setting `abort` stops it after the shape at hand;
+        `serve` waits for that before the process exits (an interpreter that exits while a
+        thread is inside XLA can crash on its way out)."""
         loop = asyncio.get_running_loop()
 
         def run() -> None:
@@ -239,7 +246,8 @@ class RankingServer:
             except RuntimeError:  # the server stopped meanwhile; nothing left to report
                 pass
 
-        threading.Thread(target=run, name="compile-rest", daemon=True).start()
+        self.compile_thread = threading.Thread(target=run, name="compile-rest", daemon=True)
+        self.compile_thread.start()
 
     def _compiled_all(self, seconds: float) -> None:
         gc.freeze()  # the new executables are long-lived too (see warm_up)
@@ -331,6 +339,15 @@ async def serve(config: ServerConfig) -> int:
         log.error("warm-up failed; not serving", exc_info=warm.exception())
         exit_code = 1
     log.info("shutting down (grace %.1fs)", config.grace_seconds)
+    began = time.monotonic()
     drained = await server.shutdown()
+    compiling = server.compile_thread
+    if compiling is not None:  # aborted above: it stops after the shape it is compiling
+        left = max(1.0, config.grace_seconds - (time.monotonic() - began))
+        await loop.run_in_executor(None, compiling.join, left)
+        if compiling.is_alive():
+            log.warning("still compiling after %.1fs; exiting without waiting", left)
+            logging.shutdown()
+            os._exit(exit_code)
     log.info("stopped", extra={"fields": {"drained": drained}})
     return exit_code

@@ -159,6 +159,35 @@ def test_sigterm_during_warm_up_exits_promptly():
         proc.wait()
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.5, 2.0])
+def test_sigterm_while_the_rest_compile_in_the_background_exits_zero(delay):
+    """SERVING comes with most shapes still compiling on a thread; a SIGTERM then stops that
+    thread after its current shape and exits 0 (an exit while it is inside XLA crashed the
+    process with SIGSEGV/SIGABRT). `delay`: seconds after SERVING, to land at different points
+    of a compilation or of the run that follows it."""
+    proc = subprocess.Popen(
+        [*phoenix_ranker(), "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+         "--log-json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PHOENIX_COMPILATION_CACHE": ""},  # cold: compiling takes seconds
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:
+            if '"event": "serving"' in line:
+                record = json.loads(line)
+                break
+        assert record["shapes_ready"] < record["shapes"]  # the rest are being compiled
+        time.sleep(delay)  # a chosen point in the background work, not a synchronisation
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started < 10 + 1  # the default grace
+        assert '"compiled_all"' not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _children(pid: int) -> set[int]:
     out: set[int] = set()
     for task in os.listdir(f"/proc/{pid}/task"):

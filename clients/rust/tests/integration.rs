@@ -49,17 +49,27 @@ impl Server {
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut log = Vec::new();
-        let port = loop {
+        // Ready once every batch shape is compiled (`compiled_all`), as the Python harness
+        // waits by default: the load generator below then meets a settled server, not one
+        // still compiling in the background with fewer rows per batch.
+        let mut port = None;
+        loop {
             let Some(line) = lines.next().and_then(Result::ok) else {
                 panic!("server exited before serving:\n{}", log.join("\n"));
             };
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                 if event["event"] == "serving" {
-                    break u16::try_from(event["port"].as_u64().unwrap()).unwrap();
+                    port = Some(u16::try_from(event["port"].as_u64().unwrap()).unwrap());
+                    if event["shapes_ready"] == event["shapes"] {
+                        break;
+                    }
+                } else if event["event"] == "compiled_all" {
+                    break;
                 }
             }
             log.push(line);
-        };
+        }
+        let port = port.expect("compiled_all comes after serving");
         std::thread::spawn(move || lines.for_each(drop)); // keep draining the log
         Server {
             child,
