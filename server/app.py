@@ -330,6 +330,7 @@ async def serve(config: ServerConfig) -> int:
             "warmup_seconds": round(warm.result(), 2),
             "shapes_ready": server.runner.shapes_ready,
             "shapes": len(server.plan.shapes()),
+            "devices": len(server.runner.devices),
         }
         log.info("serving", extra={"fields": ready})
         server.compile_rest(abort_warmup)

@@ -37,6 +37,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.checkpoint import Checkpoint
 from model.params import flatten
@@ -158,9 +159,14 @@ class ModelRunner:
         self.plan = plan.with_ready(())  # the shapes compiled so far: what batches may use
         self.dtype = jnp.dtype(dtype or default_compute_dtype())
         self.backend = jax.default_backend()
+        # Every local device: parameters and prefix slabs replicated on each, calls split by
+        # rows across them (see `_rows`).
+        self.devices = jax.devices()
+        self._mesh = Mesh(np.array(self.devices), ("rows",))
+        self._replicated = NamedSharding(self._mesh, PartitionSpec())
         self.model = ServedModel(
             version or checkpoint.info.model_version, checkpoint,
-            jax.device_put(checkpoint.state.params),
+            jax.device_put(checkpoint.state.params, self._replicated),
         )  # fmt: skip
         self._resident = weakref.WeakSet([self.model])  # versions whose parameters are alive
         self.num_parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
@@ -181,8 +187,7 @@ class ModelRunner:
             logits = score_chunks(params, config, self.dtype, slab, chunks, chunk_slot)
             return jnp.concatenate([logits, jax.nn.sigmoid(logits)], axis=-1)
 
-        self._encode = jax.jit(encode, donate_argnums=1)  # the slab is updated in place
-        self._scores = jax.jit(scores)
+        self._encode_fn, self._scores_fn = encode, scores
         self._executables: dict[BatchShape, Callable] = {}
         self._on_compile = on_compile
         # Device seconds per padded token; measured by warmup() on the largest shapes.
@@ -191,7 +196,19 @@ class ModelRunner:
 
     def _empty_slab(self, history: int) -> PrefixSlab:
         return jax.device_put(
-            empty_slab(self.config, self._caches[history].slots, history, self.dtype)
+            empty_slab(self.config, self._caches[history].slots, history, self.dtype),
+            self._replicated,
+        )
+
+    def _rows(self, rows: int) -> NamedSharding:
+        """How a call's rows are placed: split evenly across the devices when they divide
+        the rows (each device scores its share against its own copy of the slab, with no
+        traffic between devices), otherwise whole on every device."""
+        n = len(self.devices)
+        return (
+            NamedSharding(self._mesh, PartitionSpec("rows"))
+            if n > 1 and rows % n == 0
+            else self._replicated
         )
 
     @property
@@ -228,7 +245,9 @@ class ModelRunner:
         for name, value in flatten(checkpoint.state.params).items():
             if not np.isfinite(value).all():
                 raise ValueError(f"version {version}: {name} has non-finite values")
-        model = ServedModel(version, checkpoint, jax.device_put(checkpoint.state.params))
+        model = ServedModel(
+            version, checkpoint, jax.device_put(checkpoint.state.params, self._replicated)
+        )
         self._resident.add(model)
         # The executables take the parameters as an argument, and these have the serving
         # version's shapes and dtypes: every compiled shape serves them as it is. One prefix
@@ -356,12 +375,17 @@ class ModelRunner:
         if executable is None:
             start = time.perf_counter()
             slab = jax.tree.map(_spec, self._slabs[shape.history])
-            if shape.is_prefix:
+            rep, rows = self._replicated, self._rows(shape.rows)
+            if shape.is_prefix:  # the slab is updated in place (donated)
                 inputs = split_batch(empty_batch(self.config, shape.rows, shape.history, 0))[0]
-                lowered = self._encode.lower(self.params, slab, inputs, _int32(shape.rows))
+                fn = jax.jit(self._encode_fn, in_shardings=(rep, rep, rows, rows),
+                             out_shardings=rep, donate_argnums=1)  # fmt: skip
+                lowered = fn.lower(self.params, slab, inputs, _int32(shape.rows))
             else:
                 chunks = split_batch(empty_batch(self.config, shape.rows, 0, shape.candidates))[1]
-                lowered = self._scores.lower(self.params, slab, chunks, _int32(shape.rows))
+                fn = jax.jit(self._scores_fn, in_shardings=(rep, rep, rows, rows),
+                             out_shardings=rows)  # fmt: skip
+                lowered = fn.lower(self.params, slab, chunks, _int32(shape.rows))
             executable = lowered.compile()
             self._executables[shape] = executable
             if self._on_compile is not None:
