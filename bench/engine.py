@@ -213,12 +213,17 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
     return out
 
 
-def filled(batch, rng):
-    """Every slot of a batch real (nonzero rows, some actions)."""
-    return type(batch)(*(
-        (rng.integers(1, 1000, size=a.shape) if a.dtype == np.int32 else rng.random(a.shape) < 0.1)
-        .astype(a.dtype) for a in batch
-    ))  # fmt: skip
+def filled(batch, rng, surfaces: int = 16):
+    """Every slot of a batch real: nonzero table rows (below 1,000, within every table),
+    surfaces below the vocabulary, about 10% of actions taken."""
+
+    def column(name: str, a: np.ndarray) -> np.ndarray:
+        if a.dtype == np.uint8:
+            return (rng.random(a.shape) < 0.1).astype(np.uint8)
+        high = surfaces if name.endswith("surface") else 1000
+        return rng.integers(1, high, size=a.shape).astype(a.dtype)
+
+    return type(batch)(*(column(name, a) for name, a in zip(batch._fields, batch, strict=True)))
 
 
 # -- one user with many candidates: four engines ----------------------------------------------
@@ -259,11 +264,13 @@ class OnePass:
         self.params = jax.device_put(ckpt.state.params)
 
     def run(self, encoded, window: int, history: int, rows_per_call: int) -> np.ndarray:
+        """Windows in calls of power-of-two rows (at most `rows_per_call`), none padding: how
+        the previous batcher ran a lone request's windows (3 windows: 2 rows, then 1)."""
         spans = windows(encoded.num_candidates, window)
         out = []
-        for i in range(0, len(spans), rows_per_call):
-            part = spans[i : i + rows_per_call]
-            rows = 1 << (len(part) - 1).bit_length()
+        while spans:
+            rows = 1 << (min(len(spans), rows_per_call).bit_length() - 1)
+            part, spans = spans[:rows], spans[rows:]
             batch = pack_rows(self.ckpt.config, [Piece(encoded, s, e) for s, e in part], rows,
                               history, window)  # fmt: skip
             logits = np.asarray(self.apply(self.params, batch))

@@ -46,10 +46,14 @@ def attention_weights(logits: jax.Array, mask: jax.Array, multiplier: float) -> 
       mask: bool, broadcastable to `logits`; False entries get probability 0.
       multiplier: the model's `attn_output_multiplier`.
     """
-    logits = logits.astype(jnp.float32) * multiplier
-    logits = ATTN_LOGIT_CAP * jnp.tanh(logits / ATTN_LOGIT_CAP)
-    logits = jnp.where(mask, logits, MASKED_LOGIT)
+    logits = jnp.where(mask, clamped_logits(logits, multiplier), MASKED_LOGIT)
     return jax.nn.softmax(logits, axis=-1)
+
+
+def clamped_logits(logits: jax.Array, multiplier: float) -> jax.Array:
+    """float32 `30 * tanh(logits * multiplier / 30)`: the model's scaled, clamped logits."""
+    logits = logits.astype(jnp.float32) * multiplier
+    return ATTN_LOGIT_CAP * jnp.tanh(logits / ATTN_LOGIT_CAP)
 
 
 class MultiHeadAttention(hk.Module):
@@ -133,19 +137,21 @@ def candidate_attention(
       [B, C, G, Q, K]. Equal to the [T, T] masked softmax's candidate rows, whose masked-out
       terms are exactly 0; a row is a request's window or, in `model.prefix`, a chunk.
     """
-    b, c, p = q_c.shape[0], q_c.shape[1], k_p.shape[1]
-    to_prefix = jnp.einsum(
-        "bchgk,bphk->bhgcp", q_c, k_p, preferred_element_type=jnp.float32
-    )  # [B, G, Q, C, P]
-    to_self = jnp.einsum("bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32)[
-        ..., None
-    ]  # [B, G, Q, C, 1]
-    mask = jnp.concatenate(
-        [jnp.broadcast_to(prefix_ok[:, None, :], (b, c, p)), self_ok[:, :, None]], axis=-1
-    )  # [B, C, P + 1]
-    weights = attention_weights(
-        jnp.concatenate([to_prefix, to_self], axis=-1), mask[:, None, None], multiplier
-    ).astype(v_p.dtype)  # [B, G, Q, C, P + 1]
-    out = jnp.einsum("bhgcp,bphk->bchgk", weights[..., :p], v_p)
-    self_weight = jnp.transpose(weights[..., p], (0, 3, 1, 2))[..., None]  # [B, C, G, Q, 1]
-    return out + self_weight * v_c[:, :, :, None, :]  # [B, C, G, Q, K]
+    # The softmax over [P prefix keys, own key] in parts: no [P + 1] concatenation, and the
+    # normalisation applied to the [C, K] outputs rather than to the [C, P] weights.
+    to_prefix = clamped_logits(
+        jnp.einsum("bchgk,bphk->bhgcp", q_c, k_p, preferred_element_type=jnp.float32), multiplier
+    )
+    to_prefix = jnp.where(prefix_ok[:, None, None, None, :], to_prefix, MASKED_LOGIT)
+    to_self = clamped_logits(
+        jnp.einsum("bchgk,bchk->bhgc", q_c, k_c, preferred_element_type=jnp.float32), multiplier
+    )
+    to_self = jnp.where(self_ok[:, None, None, :], to_self, MASKED_LOGIT)  # [B, G, Q, C]
+    top = jnp.maximum(to_prefix.max(axis=-1), to_self)
+    e_prefix = jnp.exp(to_prefix - top[..., None])  # [B, G, Q, C, P]
+    e_self = jnp.exp(to_self - top)  # [B, G, Q, C]
+    total = e_prefix.sum(axis=-1) + e_self
+    out = jnp.einsum("bhgcp,bphk->bchgk", e_prefix.astype(v_p.dtype), v_p)  # [B, C, G, Q, K]
+    scale = jnp.transpose(1.0 / total, (0, 3, 1, 2))[..., None]  # [B, C, G, Q, 1]
+    self_weight = jnp.transpose(e_self / total, (0, 3, 1, 2))[..., None]
+    return (out * scale + self_weight * v_c[:, :, :, None, :]).astype(v_p.dtype)
