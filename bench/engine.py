@@ -33,6 +33,7 @@ runs every section except the peer on tiny sizes in seconds (CI runs it so it ca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -244,6 +245,10 @@ class PrefixOnce:
         self.scores(encoded)
 
     def scores(self, encoded) -> np.ndarray:
+        """Scores of one request, arriving now: with the cache off its prefix is encoded
+        (a copy of the request is a new request, so repeats do not find the last one's)."""
+        if not self.runner.reuse_prefixes:
+            encoded = dataclasses.replace(encoded)
         m, n = encoded.num_candidates, encoded.num_history
         pieces = [Piece(encoded, s, e) for s, e in windows(m, self.plan.window_for(m, n))]
         out = []

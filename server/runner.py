@@ -75,6 +75,11 @@ def enable_compilation_cache(directory: str | os.PathLike) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# Compiled shapes whose estimated run is at most this long are run once before being offered
+# (see `ModelRunner._compile`).
+FIRST_RUN_SECONDS = 0.05
+
+
 class WarmupAborted(RuntimeError):
     """Warm-up was asked to stop before every shape was compiled."""
 
@@ -338,9 +343,11 @@ class ModelRunner:
         return time.perf_counter() - start
 
     def _compile(self, shapes, abort, progress) -> None:
-        """Compile shapes and run each once: an executable's first run pays one-time costs
-        (tens of milliseconds) that would otherwise land on a request, and on the device-rate
-        estimate. They run on scratch slabs, since the serving slabs belong to the device
+        """Compile shapes and run the cheap ones once: an executable's first run pays
+        one-time costs (tens of milliseconds) that would otherwise land on a request, and on
+        the device-rate estimate. A shape whose run is estimated above `FIRST_RUN_SECONDS` is
+        not run: those costs are small beside its own (and its run would lengthen warm-up by
+        seconds). They run on scratch slabs, since the serving slabs belong to the device
         thread; the scratch slabs are freed when this returns."""
         total = len(self.full_plan.shapes())
         scratch: dict[int, PrefixSlab] = {}
@@ -349,22 +356,27 @@ class ModelRunner:
                 raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
             began = time.perf_counter()
             executable = self._executable(shape)
-            slab = scratch.get(shape.history) or self._empty_slab(shape.history)
-            if shape.is_prefix:
-                inputs = split_batch(empty_batch(self.config, shape.rows, shape.history, 0))[0]
-                slots = np.full(shape.rows, slab.slots, np.int32)  # written nowhere
-                slab = executable(self.params, slab, inputs, slots)
-            else:
-                chunks = split_batch(empty_batch(self.config, shape.rows, 0, shape.candidates))[1]
-                jax.block_until_ready(
-                    executable(self.params, slab, chunks, np.zeros(shape.rows, np.int32))
-                )
-            scratch[shape.history] = jax.block_until_ready(slab)
+            if self.seconds_per_token * shape.tokens <= FIRST_RUN_SECONDS:
+                self._first_run(shape, executable, scratch)
             self._ready.add(shape)
             # Readiness only grows, so a batch composed under the previous plan still fits.
             self.plan = self.full_plan.with_ready(self._ready)
             if progress is not None:
                 progress(len(self._ready), total, shape, time.perf_counter() - began)
+
+    def _first_run(self, shape: BatchShape, executable, scratch: dict) -> None:
+        """Run a compiled shape once, on the scratch slab of its history (made on first use)."""
+        slab = scratch.get(shape.history) or self._empty_slab(shape.history)
+        if shape.is_prefix:
+            inputs = split_batch(empty_batch(self.config, shape.rows, shape.history, 0))[0]
+            slots = np.full(shape.rows, slab.slots, np.int32)  # written nowhere
+            slab = executable(self.params, slab, inputs, slots)
+        else:
+            chunks = split_batch(empty_batch(self.config, shape.rows, 0, shape.candidates))[1]
+            jax.block_until_ready(
+                executable(self.params, slab, chunks, np.zeros(shape.rows, np.int32))
+            )
+        scratch[shape.history] = jax.block_until_ready(slab)
 
     @property
     def shapes_ready(self) -> int:
