@@ -117,7 +117,7 @@ class BucketPlan:
         prefix is encoded once whatever the chunking); ties go to the larger chunk."""
 
         def tokens(window: int) -> tuple[float, int]:
-            shape = self.shape_for(1, num_history, window)
+            shape = self.shape_for(1, min(num_history, self.history_buckets[-1]), window)
             if shape is None:
                 return math.inf, 0
             return -(-num_candidates // window) * (window + CHUNK_OVERHEAD_TOKENS), -window
@@ -127,7 +127,7 @@ class BucketPlan:
     def piece_tokens(self, num_history: int, window: int, first: bool) -> int:
         """Padded tokens of one piece alone: its chunk, plus its request's prefix if it is the
         request's first piece (later pieces find the prefix encoded)."""
-        s = _ceil_bucket(self.history_buckets, num_history)
+        s = _ceil_bucket(self.history_buckets, min(num_history, self.history_buckets[-1]))
         c = _ceil_bucket(self.candidate_buckets, window)
         return c + (1 + s if first else 0)
 
