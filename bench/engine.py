@@ -54,6 +54,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.forward import fill  # noqa: E402
 from model import load_checkpoint, make_forward  # noqa: E402
 from model.checkpoint import default_checkpoint_path  # noqa: E402
 from model.config import PhoenixModelConfig  # noqa: E402
@@ -186,7 +187,9 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
         slab = runner._slabs[shape.history]
         rng = np.random.default_rng(0)
         if shape.is_prefix:
-            batch = filled(empty_batch(c, shape.rows, shape.history, 0), rng)
+            batch = fill(
+                empty_batch(c, shape.rows, shape.history, 0), rng, c.product_surface_vocab_size
+            )
             inputs = split_batch(batch)[0]
             slots = np.arange(shape.rows, dtype=np.int32)
             state = {"slab": slab}
@@ -198,7 +201,9 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
             seconds = timed(call, repeats)
             runner._slabs[shape.history] = state["slab"]
         else:
-            batch = filled(empty_batch(c, shape.rows, 0, shape.candidates), rng)
+            batch = fill(
+                empty_batch(c, shape.rows, 0, shape.candidates), rng, c.product_surface_vocab_size
+            )
             chunks = split_batch(batch)[1]
             slots = np.zeros(shape.rows, np.int32)
             seconds = timed(lambda e=executable, ch=chunks, s=slots, b=slab: e(runner.params, b, ch, s),
@@ -215,19 +220,6 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
     return out
 
 
-def filled(batch, rng, surfaces: int = 16):
-    """Every slot of a batch real: nonzero table rows (below 1,000, within every table),
-    surfaces below the vocabulary, about 10% of actions taken."""
-
-    def column(name: str, a: np.ndarray) -> np.ndarray:
-        if a.dtype == np.uint8:
-            return (rng.random(a.shape) < 0.1).astype(np.uint8)
-        high = surfaces if name.endswith("surface") else 1000
-        return rng.integers(1, high, size=a.shape).astype(a.dtype)
-
-    return type(batch)(*(column(name, a) for name, a in zip(batch._fields, batch, strict=True)))
-
-
 def profile_section(ckpt, peak: float, rows: int, size: int, repeats: int) -> dict:
     """Where a chunk call's time goes: the call, and the same call with its attention
     replaced by a stand-in of the same shape (so: projections, feed-forward, embeddings and
@@ -238,7 +230,9 @@ def profile_section(ckpt, peak: float, rows: int, size: int, repeats: int) -> di
     c = ckpt.config
     params = jax.device_put(ckpt.state.params)
     slab = empty_slab(c, 1, c.history_seq_len, jnp.float32)
-    chunks = split_batch(filled(empty_batch(c, rows, 0, size), np.random.default_rng(0)))[1]
+    chunks = split_batch(
+        fill(empty_batch(c, rows, 0, size), np.random.default_rng(0), c.product_surface_vocab_size)
+    )[1]
     slots = np.zeros(rows, np.int32)
     real = prefix_module.candidate_attention
     out = {}

@@ -24,14 +24,22 @@ from request.layout import empty_batch
 
 
 def filled_batch(config, rows: int, candidates: int, seed: int = 0):
-    """A batch whose every history and candidate slot is real (nonzero rows)."""
-    rng = np.random.default_rng(seed)
+    """A batch whose every history and candidate slot is real (full history)."""
     batch = empty_batch(config, rows, config.history_seq_len, candidates)
-    return type(batch)(*(
-        (rng.integers(1, 1000, size=a.shape) if a.dtype == np.int32 else (rng.random(a.shape) < 0.1))
-        .astype(a.dtype)
-        for a in batch
-    ))  # fmt: skip
+    return fill(batch, np.random.default_rng(seed), config.product_surface_vocab_size)
+
+
+def fill(batch, rng: np.random.Generator, surfaces: int):
+    """Every slot of a batch real: nonzero table rows (below 1,000, within every table),
+    surfaces below the vocabulary, about 10% of actions taken."""
+
+    def column(name: str, a: np.ndarray) -> np.ndarray:
+        if a.dtype == np.uint8:
+            return (rng.random(a.shape) < 0.1).astype(np.uint8)
+        high = surfaces if name.endswith("surface") else 1000
+        return rng.integers(1, high, size=a.shape).astype(a.dtype)
+
+    return type(batch)(*(column(name, a) for name, a in zip(batch._fields, batch, strict=True)))
 
 
 def main() -> None:

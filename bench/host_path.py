@@ -109,6 +109,7 @@ def bare_forward(shapes: list[tuple[int, int, int]]) -> dict[tuple, float]:
     """Median seconds of one jitted call per (rows, history slots, candidate slots)."""
     import jax
 
+    from bench.forward import fill
     from model import load_checkpoint, make_forward
     from model.checkpoint import default_checkpoint_path
     from request.layout import empty_batch
@@ -119,11 +120,7 @@ def bare_forward(shapes: list[tuple[int, int, int]]) -> dict[tuple, float]:
     rng = np.random.default_rng(0)
     out = {}
     for shape in shapes:
-        batch = empty_batch(ckpt.config, *shape)
-        batch = type(batch)(*(
-            (rng.integers(1, 1000, a.shape) if a.dtype == np.int32 else rng.random(a.shape) < 0.1)
-            .astype(a.dtype) for a in batch
-        ))  # fmt: skip
+        batch = fill(empty_batch(ckpt.config, *shape), rng, ckpt.config.product_surface_vocab_size)
         batch = jax.device_put(batch)
         forward(params, batch).block_until_ready()
         times = []
