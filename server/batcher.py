@@ -81,7 +81,7 @@ class Runner(Protocol):
 
     def pack(self, pieces: Sequence[Piece], model: Any):
         """-> PackedBatch with .shape, .pieces, .model (scored by `model`) and .tokens
-        (padded tokens the device computes for it)."""
+        (its work units: `shape.rows x shape.row_tokens`)."""
         ...
 
     def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
@@ -109,7 +109,7 @@ class _Request:
     enqueued_at: float
     queued_pieces: int  # pieces still in the deque
     queued_candidates: int  # their candidates
-    queued_tokens: int  # their padded tokens (`BucketPlan.piece_tokens`)
+    queued_tokens: int  # their work units (1 + S + C per piece, of its own bucket)
     counted: bool = True  # still counted in the queue totals
     started: bool = False
     model: Any = None  # the version its first window was packed for; the rest follow it
@@ -123,7 +123,7 @@ class _QueuedPiece:
     request: _Request
     start: int
     stop: int
-    tokens: int  # padded tokens of this piece alone (`BucketPlan.piece_tokens`)
+    tokens: int  # work units of this piece alone: 1 + history bucket + candidate bucket
 
 
 class Batcher:
@@ -222,8 +222,7 @@ class Batcher:
         plan, now = self.runner.plan, time.monotonic()
         m, n = encoded.num_candidates, encoded.num_history
         spans = windows(m, plan.window_for(m, n))
-        tokens = [plan.piece_tokens(n, stop - start, first=i == 0)
-                  for i, (start, stop) in enumerate(spans)]  # fmt: skip
+        tokens = [plan.shape_for(1, n, stop - start).row_tokens for start, stop in spans]
         self._admit(sum(tokens), deadline, now)
         request = _Request(
             encoded=encoded,

@@ -42,7 +42,7 @@ class BatchShape(NamedTuple):
     @property
     def tokens(self) -> int:
         """Padded tokens one call of this shape computes: R x (1 + S) for a prefix call,
-        B x C for a chunk call (the unit `server.admission` prices work in)."""
+        B x C for a chunk call."""
         return self.rows * (1 + self.history if self.is_prefix else self.candidates)
 
 
@@ -123,13 +123,6 @@ class BucketPlan:
             return -(-num_candidates // window) * (window + CHUNK_OVERHEAD_TOKENS), -window
 
         return min(self.candidate_buckets, key=tokens)
-
-    def piece_tokens(self, num_history: int, window: int, first: bool) -> int:
-        """Padded tokens of one piece alone: its chunk, plus its request's prefix if it is the
-        request's first piece (later pieces find the prefix encoded)."""
-        s = _ceil_bucket(self.history_buckets, min(num_history, self.history_buckets[-1]))
-        c = _ceil_bucket(self.candidate_buckets, window)
-        return c + (1 + s if first else 0)
 
     def prefix_calls(self, rows: int, history: int) -> list[BatchShape]:
         """Prefix-call shapes that encode `rows` prefixes into the slab of history bucket

@@ -125,8 +125,12 @@ class PackedBatch:
 
     @property
     def tokens(self) -> int:
-        """Padded tokens the device computes for it (what admission prices)."""
-        return self.shape.tokens + sum(c.shape.tokens for c in self.prefix_calls)
+        """Its work units, the ones admission prices queued pieces in: 1 + S + C per row, as
+        if every chunk carried its prefix. A chunk's real device work is smaller (a prefix is
+        encoded once), but the unit is per row, so it also carries the fixed cost of each
+        call, which dominates small batches; priced by device tokens alone, a queue of
+        one-chunk batches looked several times cheaper than it drained."""
+        return self.shape.rows * self.shape.row_tokens
 
 
 class ModelRunner:
@@ -294,7 +298,8 @@ class ModelRunner:
         """Compile the plan's essential shapes, those that hold any request
         (`BucketPlan.essential`); returns the seconds it took. From then on `plan` offers
         them, and the server can serve; `compile_rest` compiles the others. Before serving,
-        one prefix and the largest chunk are run to measure the device's seconds per token.
+        two one-request batches are run to measure the device's seconds per token
+        (`_measure`).
 
         Setting `abort` (e.g. on SIGTERM) stops after the shape being compiled, raising
         WarmupAborted, so a shutdown need not wait for the whole warm-up. `progress(done,
@@ -302,29 +307,37 @@ class ModelRunner:
         """
         start = time.perf_counter()
         self._compile(self.full_plan.essential(), abort, progress)
-        prefixes = [x for x in self._ready if x.is_prefix]
-        chunks = [x for x in self._ready if not x.is_prefix]
-        if prefixes and chunks:
-            largest = max(chunks, key=lambda x: x.tokens)
-            prefix = min((x for x in prefixes if x.history == largest.history),
-                         key=lambda x: x.rows)  # fmt: skip
-            inputs = split_batch(empty_batch(self.config, prefix.rows, prefix.history, 0))[0]
-            slots = np.full(prefix.rows, self._caches[prefix.history].slots, np.int32)
-            chunk_inputs = split_batch(
-                empty_batch(self.config, largest.rows, 0, largest.candidates)
-            )[1]
-            for _ in range(2):  # the first run of an executable pays one-time costs
-                began = time.perf_counter()
-                slab = self._executable(prefix)(self.params, self._slabs[prefix.history],
-                                                inputs, slots)  # fmt: skip
-                self._slabs[prefix.history] = slab
-                jax.block_until_ready(
-                    self._executable(largest)(self.params, slab, chunk_inputs,
-                                              np.zeros(largest.rows, np.int32))
-                )  # fmt: skip
-                seconds = time.perf_counter() - began
-            self.seconds_per_token = seconds / (prefix.tokens + largest.tokens)
+        if self._ready:
+            self.seconds_per_token = max(
+                self._measure(size) for size in (min(self.plan.candidate_buckets),
+                                                 max(self.plan.candidate_buckets))
+            )  # fmt: skip
         return time.perf_counter() - start
+
+    def _measure(self, candidates: int) -> float:
+        """Device seconds per token of a one-request batch of `candidates` (its prefix encoded,
+        one chunk), through `pack` and `run` as a request goes: the estimate admission starts
+        from. The larger of the smallest and the largest batch's is taken, so the fixed cost
+        of a call (which dominates small batches) is not priced as if it were free; live
+        batches correct it from there. Each measurement uses a user of its own (a miss)."""
+        c, h = self.config, self.config.hash_config
+        seconds = []
+        for user in (1, 2):  # the second run is the one measured: the first pays one-time costs
+            request = EncodedRequest(
+                user_rows=np.full(h.num_user_hashes, user, np.int32),
+                history_post_rows=np.ones((c.history_seq_len, h.num_item_hashes), np.int32),
+                history_author_rows=np.ones((c.history_seq_len, h.num_author_hashes), np.int32),
+                history_actions=np.zeros((c.history_seq_len, c.num_actions), np.uint8),
+                history_surface=np.zeros(c.history_seq_len, np.int32),
+                candidate_post_rows=np.ones((candidates, h.num_item_hashes), np.int32),
+                candidate_author_rows=np.ones((candidates, h.num_author_hashes), np.int32),
+                candidate_surface=np.zeros(candidates, np.int32),
+            )
+            packed = self.pack([Piece(request, 0, candidates)])
+            began = time.perf_counter()
+            self.run(packed)
+            seconds.append((time.perf_counter() - began) / packed.tokens)
+        return seconds[-1]
 
     def compile_rest(
         self,

@@ -47,11 +47,8 @@ def test_a_chunk_shape_is_offered_only_with_a_prefix_call_of_its_history():
     assert both.shape_for(1, 10, 10) == BatchShape(1, 16, 16)
 
 
-def test_work_is_priced_in_the_tokens_each_call_computes():
-    plan = BucketPlan((1, 2, 4), (16, 64), (16, 64, 256), 4096)
+def test_a_calls_tokens_are_what_it_computes():
     assert BatchShape(4, 64, 0).tokens == 4 * 65 and BatchShape(4, 64, 16).tokens == 64
-    assert plan.piece_tokens(10, 30, first=True) == 64 + 17
-    assert plan.piece_tokens(10, 30, first=False) == 64
 
 
 def test_make_plan_ends_history_buckets_at_the_model_length():
