@@ -5,8 +5,8 @@ deploy/container-test.sh, which builds the image; usable alone on any built imag
 
 Checks, each an assertion: the image declares the HEALTHCHECK, the cache VOLUME and a
 non-root user; a fresh container (empty cache volume) reports SERVING over the published gRPC
-port, then compiles its remaining shapes; one Rank call's logits are identical to this host's offline ranker for the same request
-(same model, same pinned jax); /metrics answers through the published metrics port with the
+port, then compiles its remaining shapes; one Rank call's logits equal this host's offline ranker's
+for the same request to float32 rounding (same model, same pinned jax, another layout); /metrics answers through the published metrics port with the
 process_* series; the server runs as uid 10001; SIGTERM (`podman stop`) drains and exits 0
 within the grace period. Then a second container on the same volume (a restart) must warm up
 from the compilation cache. Prints the figures as JSON lines.
@@ -133,8 +133,11 @@ def check_container(container: Container) -> None:
         response = client.rank(raw_request_to_pb(raw))
     served = logits_from_pb(response)
     assert served.shape == expected.shape, (served.shape, expected.shape)
+    # The server computes a prefix once and its candidates in chunks, whose shapes depend on
+    # which shapes are compiled yet; the host's offline forward is the one-pass layout. The
+    # same model either way, to float32 rounding (the parity tolerance), not bit for bit.
     difference = float(np.max(np.abs(served - expected)))
-    assert difference == 0.0, f"logits differ from this host's by up to {difference}"
+    assert difference <= 1e-5, f"logits differ from this host's by up to {difference}"
     url = f"http://127.0.0.1:{container.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
         metrics = r.read().decode()
@@ -142,7 +145,8 @@ def check_container(container: Container) -> None:
     assert "process_resident_memory_bytes" in metrics
     uid = podman("exec", container.name, "id", "-u")
     assert uid == UID, f"the server runs as uid {uid}"
-    emit({"rank": "identical to the host", "candidates": len(served), "metrics": "ok", "uid": uid})
+    emit({"rank": "equal to the host's", "max_abs_diff": difference, "candidates": len(served),
+          "metrics": "ok", "uid": uid})  # fmt: skip
 
 
 def main() -> int:
@@ -160,8 +164,7 @@ def main() -> int:
         cold = Container(args.image, f"{volume}-cold", volume, args.runtime, not args.default_plan)
         containers.append(cold)
         emit({"cold_start_to_serving_s": round(cold.wait_serving(), 1)})
-        # The same batch shapes as the host's ranker: bit-identical logits (while shapes still
-        # compile, a request may be padded differently, which moves logits by ~1e-6).
+        # Every shape compiled: the check meets a settled server.
         emit({"cold_start_to_all_shapes_s": round(cold.wait_all_shapes(), 1)})
         check_container(cold)
         code, seconds = cold.stop()
