@@ -369,7 +369,7 @@ class ModelRunner:
                 raise WarmupAborted(f"warm-up aborted before shape {tuple(shape)}")
             began = time.perf_counter()
             executable = self._executable(shape)
-            if self.seconds_per_token * shape.tokens <= FIRST_RUN_SECONDS:
+            if self.seconds_per_token * shape.rows * shape.row_tokens <= FIRST_RUN_SECONDS:
                 self._first_run(shape, executable, scratch)
             self._ready.add(shape)
             # Readiness only grows, so a batch composed under the previous plan still fits.
