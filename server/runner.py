@@ -199,7 +199,7 @@ class ModelRunner:
         self._encode_fn, self._scores_fn = encode, scores
         self._executables: dict[BatchShape, Callable] = {}
         self._on_compile = on_compile
-        # Device seconds per padded token; measured by warmup() on the largest shapes.
+        # Device seconds per work unit (`PackedBatch.tokens`); measured by warmup() (`_measure`).
         self.seconds_per_token = 1e-6
         self.score_width = 2 * config.num_actions  # logits, then probabilities
 
@@ -315,7 +315,7 @@ class ModelRunner:
         return time.perf_counter() - start
 
     def _measure(self, candidates: int) -> float:
-        """Device seconds per token of a one-request batch of `candidates` (its prefix encoded,
+        """Device seconds per work unit of a one-request batch of `candidates` (its prefix encoded,
         one chunk), through `pack` and `run` as a request goes: the estimate admission starts
         from. The larger of the smallest and the largest batch's is taken, so the fixed cost
         of a call (which dominates small batches) is not priced as if it were free; live
