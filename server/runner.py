@@ -119,9 +119,14 @@ class PackedBatch:
     chunk_slots: np.ndarray  # int32 [B]: the slab slot of each chunk's prefix
     prefix_calls: tuple[PrefixCall, ...]  # prefixes this batch encodes before its chunks
     hits: tuple[tuple[Entry, EncodedRequest], ...]  # prefixes it reads that were there
-    acquired: tuple[Entry, ...]  # every entry it pinned (released when it is done)
     pieces: tuple[Piece, ...]  # chunk r holds pieces[r]; rows past len(pieces) are padding
     model: ServedModel  # the version that scores this batch
+
+    @property
+    def acquired(self) -> list[Entry]:
+        """Every entry it pinned, once per `acquire` (released when it is done): each request
+        acquired one, a miss (encoded by one of its prefix calls) or a hit."""
+        return [e for call in self.prefix_calls for e in call.entries] + [e for e, _ in self.hits]
 
     @property
     def tokens(self) -> int:
@@ -453,8 +458,7 @@ class ModelRunner:
             raise
         return PackedBatch(
             shape, split_batch(batch)[1], chunk_slots,
-            tuple(self._prefix_calls(shape.history, misses)), tuple(hits), tuple(acquired),
-            tuple(pieces), model,
+            tuple(self._prefix_calls(shape.history, misses)), tuple(hits), tuple(pieces), model,
         )  # fmt: skip
 
     def _prefix_calls(self, history: int, todo) -> list[PrefixCall]:
