@@ -67,6 +67,7 @@ from request.synthetic import synthetic_request_dict  # noqa: E402
 from server.buckets import make_plan  # noqa: E402
 from server.composition import next_batch_size  # noqa: E402
 from server.runner import ModelRunner  # noqa: E402
+from tests.server.harness import ServerProcess  # noqa: E402
 
 NANO = {
     "model": {"emb_size": 512, "key_size": 128, "num_q_heads": 4, "num_kv_heads": 2,
@@ -388,47 +389,18 @@ def cache_section(ckpt, sizes, repeats: int) -> list[dict]:
 
 
 def startup(checkpoint: Path | None, cache_dir: Path, extra: tuple[str, ...]) -> dict:
-    """Seconds from `phoenix-ranker serve` to SERVING and to every shape compiled."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--log-json",
-        "--compilation-cache",
-        str(cache_dir),
-        *extra,
-    ]
+    """Seconds from `phoenix-ranker serve` to SERVING (its log record's time) and to every
+    shape compiled (when `ServerProcess` returns, at the `compiled_all` record)."""
+    args = ["--compilation-cache", str(cache_dir), *extra]
     if checkpoint is not None:
-        cmd += ["--checkpoint", str(checkpoint)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    got = {}
-    try:
-        for line in proc.stderr:
-            if not line.startswith("{"):
-                continue
-            record = json.loads(line)
-            if record.get("event") == "serving":
-                got["serving_s"] = round(time.perf_counter() - start, 2)
-                got["shapes"] = record["shapes"]
-                got["shapes_at_serving"] = record["shapes_ready"]
-            elif record.get("event") == "compiled_all":
-                got["all_shapes_s"] = round(time.perf_counter() - start, 2)
-                break
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    if "all_shapes_s" not in got:
-        raise RuntimeError(f"server did not finish warm-up: {got}")
-    return got
+        args += ["--checkpoint", str(checkpoint)]
+    start = time.time()
+    with ServerProcess(*args) as server:
+        all_shapes = time.time() - start
+        event = server.serving_event
+    serving = datetime.datetime.fromisoformat(event["ts"]).timestamp() - start
+    return {"serving_s": round(serving, 2), "shapes": event["shapes"],
+            "shapes_at_serving": event["shapes_ready"], "all_shapes_s": round(all_shapes, 2)}  # fmt: skip
 
 
 def warmup_section(models: dict[str, Path | None], extra: tuple[str, ...]) -> list[dict]:
