@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from model.actions import ACTIONS
 from model.checkpoint import default_checkpoint_path, load_checkpoint
-from server import ipc
+from server import ipc, transport_stats
 from server.batcher import Batcher
 from server.buckets import BucketPlan, make_plan
 from server.config import Limits, ServerConfig
@@ -193,6 +193,7 @@ class RankingServer:
             self.hub = FrontendHub(c, facts, self.batcher, self.metrics)
             await self.hub.start()
             self.port = self.hub.port
+            self.metrics.watch_transport(self.hub.transport_counts)
         else:
             recorder = MetricsRecorder(self.metrics)
             self.service = RankingService(facts, self.batcher, c.limits, recorder)
@@ -200,6 +201,7 @@ class RankingServer:
             self.front = GrpcFront(self.service, address, c.transport)
             await self.front.start()
             self.port = self.front.port
+            self.metrics.watch_transport(transport_stats.read)
 
     async def warm_up(self, abort: threading.Event | None = None) -> float:
         """Compile the shapes that hold any request (off the event loop), then report SERVING

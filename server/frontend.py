@@ -26,7 +26,7 @@ import grpc
 
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest
-from server import ipc
+from server import ipc, transport_stats
 from server.config import ServerConfig
 from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
 from server.front import GrpcFront
@@ -117,6 +117,12 @@ class DeviceLink:
                 ipc.done_frame(method, code.value[0], seconds, candidates, self.in_flight)
             )
 
+    def report_transport(self) -> None:
+        """Send what this process's gRPC transport counted (for the device's /metrics)."""
+        counts = transport_stats.read()
+        if counts is not None and not self.broken:
+            self.writer.write(ipc.transport_frame(counts))
+
     # -- frames from the device ----------------------------------------------------------
 
     async def read_forever(self) -> None:
@@ -154,6 +160,12 @@ class DeviceLink:
             future.set_exception(DeviceFailed(body))
 
 
+async def _report_transport(link: DeviceLink) -> None:
+    while not link.broken:
+        link.report_transport()
+        await asyncio.sleep(ipc.TRANSPORT_REPORT_SECONDS)
+
+
 async def _run(args: WorkerArgs) -> int:
     config = args.config
     model_config = PhoenixModelConfig.from_json(args.model_config_json)
@@ -167,6 +179,7 @@ async def _run(args: WorkerArgs) -> int:
     front = GrpcFront(service, f"{config.host}:{args.port}", config.transport, reuse_port=True)
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())
+    reporting = asyncio.get_running_loop().create_task(_report_transport(link))
     writer.write(ipc.ready_frame(args.index))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,6 +198,8 @@ async def _run(args: WorkerArgs) -> int:
             break
     deadline = time.monotonic() + config.grace_seconds
     drained = await front.drain(deadline, link.idle)
+    reporting.cancel()
+    link.report_transport()
     writer.close()
     reading.cancel()
     log.info("frontend %d stopped", args.index, extra={"fields": {"drained": drained}})

@@ -15,6 +15,9 @@ pickle, no per-element work):
                                 seconds, candidates, the frontend's calls in flight
     STATE   device -> frontend  SERVING or DRAINING
     READY   frontend -> device  the frontend's gRPC port is bound
+    TRANSPORT frontend -> device  what the frontend's gRPC transport counted (calls started,
+                                succeeded, failed, open: `server.transport_stats`), every
+                                `TRANSPORT_REPORT_SECONDS` and once more when it stops
 
 Shapes: n history events, m candidates, U / I / Au hashes per user / post / author id,
 A actions, W scores per candidate.
@@ -32,8 +35,9 @@ import numpy as np
 from model.config import PhoenixModelConfig
 from request.encoding import EncodedRequest
 from server.batcher import Scored
+from server.transport_stats import TransportCounts
 
-SUBMIT, RESULT, DONE, STATE, READY, INFO = 1, 2, 3, 4, 5, 6
+SUBMIT, RESULT, DONE, STATE, READY, INFO, TRANSPORT = 1, 2, 3, 4, 5, 6, 7
 SERVING, DRAINING = 1, 2
 METHODS = ("Rank", "GetModelInfo")
 
@@ -43,6 +47,8 @@ _RESULT = struct.Struct("<QBIH")  # call id, status code, retry hint ms, version
 _DONE = struct.Struct("<BBdII")  # method, status code, seconds, candidates, in flight
 _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
+_TRANSPORT = struct.Struct("<QQQQ")  # calls started, succeeded, failed, open
+TRANSPORT_REPORT_SECONDS = 0.5
 MAX_FRAME_BYTES = 64 * 2**20
 
 
@@ -163,3 +169,12 @@ def ready_frame(index: int) -> bytes:
 
 def parse_ready(payload: memoryview) -> int:
     return _READY.unpack_from(payload)[0]
+
+
+def transport_frame(counts: TransportCounts) -> bytes:
+    c = counts
+    return frame(TRANSPORT, _TRANSPORT.pack(c.started, c.succeeded, c.failed, c.open))
+
+
+def parse_transport(payload: memoryview) -> TransportCounts:
+    return TransportCounts(*_TRANSPORT.unpack(payload))

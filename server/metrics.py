@@ -139,9 +139,43 @@ class Metrics:
             registry=registry,
         )  # fmt: skip
 
+    def watch_transport(self, counts: Callable[[], object]) -> None:
+        """Export what gRPC's transport counted (`server.transport_stats.TransportCounts`, or
+        None when unreadable), read at scrape."""
+        self.registry.register(_TransportCollector(counts))
+
     def watch_prefix_cache(self, stats: Callable[[], tuple], capacity_bytes: int) -> None:
         """Export the runner's prefix cache (`server.prefix_cache.CacheStats`), read at scrape."""
         self.registry.register(_PrefixCacheCollector(stats, capacity_bytes))
+
+
+class _TransportCollector(Collector):
+    def __init__(self, counts: Callable[[], object]):
+        self.counts = counts
+        self._started = self._shed = 0  # exported counters only rise (see transport_stats)
+
+    def collect(self):
+        c = self.counts()
+        if c is None:
+            return
+        self._started = max(self._started, c.started)
+        self._shed = max(self._shed, c.shed)
+        yield CounterMetricFamily(
+            "phoenix_transport_calls",
+            "Calls gRPC's transport accepted, every method (channelz), including those it "
+            "shed before a handler saw them.", value=self._started,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "phoenix_transport_calls_shed",
+            "Calls gRPC's transport ended itself (status CANCELLED) before any handler saw "
+            "them: its backlog was past --max-pending-calls, or the server was stopping.",
+            value=self._shed,
+        )
+        yield GaugeMetricFamily(
+            "phoenix_transport_calls_in_flight",
+            "Calls gRPC holds now, every method: in its backlog, being handled or answered.",
+            value=c.open,
+        )
 
 
 class _PrefixCacheCollector(Collector):

@@ -38,6 +38,7 @@ from server.frontend import WorkerArgs, main
 from server.metrics import Metrics
 from server.rpc import ranking_pb2 as pb
 from server.service import MetricsRecorder, ModelFacts
+from server.transport_stats import TransportCounts
 
 log = logging.getLogger("phoenix.server")
 
@@ -81,6 +82,8 @@ class FrontendHub:
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._in_flight: dict[int, int] = {}  # frontend connection -> its calls in flight
+        self._transport: dict[int, TransportCounts] = {}  # frontend connection -> its report
+        self._transport_gone = TransportCounts()  # frontends that have disconnected, summed
         self._ready = 0
         self._all_ready = asyncio.Event()
         self._processes: list[multiprocessing.Process] = []
@@ -194,6 +197,8 @@ class FrontendHub:
                     method, code, seconds, candidates, in_flight = ipc.parse_done(payload)
                     self._set_in_flight(key, in_flight)
                     self.recorder.finished(method, _BY_VALUE[code], seconds, candidates)
+                elif kind == ipc.TRANSPORT:
+                    self._transport[key] = ipc.parse_transport(payload)
                 elif kind == ipc.READY:
                     self._ready += 1
                     if self._ready >= self.config.frontend_workers:
@@ -204,8 +209,16 @@ class FrontendHub:
             pass
         finally:
             self._set_in_flight(key, 0)
+            # A frontend that died with calls open lost them: they count as shed from now on.
+            gone = self._transport.pop(key, TransportCounts())
+            self._transport_gone += dataclasses.replace(gone, open=0)
             self._writers.remove(writer)
             writer.close()
+
+    def transport_counts(self) -> TransportCounts:
+        """What the frontends' gRPC transports counted, summed (as last reported). Called from
+        the metrics thread: the copy of the reports is one step under the GIL."""
+        return sum(list(self._transport.values()), self._transport_gone)
 
     def _set_in_flight(self, key: int, count: int) -> None:
         self._in_flight[key] = count

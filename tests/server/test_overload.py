@@ -59,12 +59,13 @@ async def _burst(target: str, payloads: list[bytes], rate: float, timeout: float
         return await asyncio.gather(*tasks)
 
 
-def _wait_for_count(server: ServerProcess, key: str, expected: float) -> None:
-    """The server counts a call just after the client has its status: poll (bounded)."""
+def _wait_for_metric(server: ServerProcess, key: str, expected: float) -> dict[str, float]:
+    """Poll (bounded) until `key` reaches `expected`; the metrics then (exactly `expected`)."""
     deadline = time.monotonic() + 10
-    while (got := _counts(server).get(key, 0)) < expected:
-        assert time.monotonic() < deadline, f"{key} stayed at {got}, expected {expected}"
-    assert got == expected, (key, got, expected)
+    while (m := server.metrics()).get(key, 0) < expected:
+        assert time.monotonic() < deadline, f"{key} stayed at {m.get(key)}, expected {expected}"
+    assert m.get(key, 0) == expected, (key, m.get(key), expected)
+    return m
 
 
 def _counts(server: ServerProcess) -> dict[str, float]:
@@ -75,7 +76,8 @@ def _counts(server: ServerProcess) -> dict[str, float]:
 # (frontend workers, transport backlog): with gRPC's own backlog (0, and a stream limit above
 # the burst's 1,200 calls, so HTTP/2 does not refuse streams either) every call reaches the
 # service and gets one of our statuses; with a short backlog (the default) the transport may
-# also shed calls itself, in microseconds, with status CANCELLED (documented in server.config).
+# also shed calls itself, in microseconds, with status CANCELLED (documented in server.config),
+# which the server counts from gRPC's own registry (server.transport_stats).
 SETUPS = {"one-process-full-backlog": (0, 0), "one-process": (0, 32), "frontend-workers": (2, 32)}
 
 
@@ -95,6 +97,7 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
             raw_request_to_columnar_pb(requests[i % 8]).SerializeToString() for i in range(1200)
         ]
         before = _counts(server)
+        before_transport = server.metrics()
         results = asyncio.run(_burst(server.target, payloads, rate=800, timeout=2.0))
 
         codes = [code for code, _, _ in results]
@@ -119,13 +122,20 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
 
         for code in ALLOWED:
             key = f"phoenix_requests_total{{code={code.name},method=Rank}}"
-            _wait_for_count(server, key, before.get(key, 0) + codes.count(code))
-        m = server.metrics()
-        # Calls the transport shed never reached the service: not counted there.
+            _wait_for_metric(server, key, before.get(key, 0) + codes.count(code))
+        # Every call is counted: those that reached the service by their status, those the
+        # transport shed (CANCELLED, before any handler) from gRPC's own counts (channelz;
+        # a frontend reports its counts every half second, hence the wait).
         cancelled = "phoenix_requests_total{code=CANCELLED,method=Rank}"
-        assert m.get(cancelled, 0) - before.get(cancelled, 0) <= codes.count(
-            grpc.StatusCode.CANCELLED
+        seen = codes.count(grpc.StatusCode.CANCELLED)
+        m = _wait_for_metric(server, "phoenix_transport_calls_total",
+                             before_transport["phoenix_transport_calls_total"] + len(payloads))  # fmt: skip
+        shed = (
+            m["phoenix_transport_calls_shed_total"]
+            - before_transport["phoenix_transport_calls_shed_total"]
         )
+        assert m.get(cancelled, 0) - before.get(cancelled, 0) + shed == seen, (shed, seen)
+        assert m["phoenix_transport_calls_in_flight"] == 0
         # Refused requests were never computed; accepted ones all were.
         assert m["phoenix_candidates_scored_total"] >= CANDIDATES * ok
         assert m["phoenix_admission_refusals_total{reason=queue_full}"] >= refused
@@ -176,7 +186,7 @@ def test_bytes_that_do_not_parse_are_invalid_argument_and_counted(default_server
         assert "not a valid RankRequest" in e.value.details()
         assert "<class" not in e.value.details()
     key = "phoenix_requests_total{code=INVALID_ARGUMENT,method=Rank}"
-    _wait_for_count(default_server, key, before.get(key, 0) + 2)
+    _wait_for_metric(default_server, key, before.get(key, 0) + 2)
 
 
 def test_a_call_the_client_cancels_is_counted_cancelled(default_server):
@@ -187,7 +197,7 @@ def test_a_call_the_client_cancels_is_counted_cancelled(default_server):
     while default_server.metrics()["phoenix_requests_in_flight"] < 1:
         assert not future.done()
     future.cancel()
-    _wait_for_count(default_server, key, before + 1)
+    _wait_for_metric(default_server, key, before + 1)
     assert default_server.client.health() == "SERVING"
 
 
