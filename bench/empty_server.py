@@ -1,6 +1,10 @@
 """The transport's ceiling: a grpcio aio server whose Rank only parses the RankRequest.
 
-    python bench/empty_server.py [--port 50071]
+    python bench/empty_server.py [--port 50071] [--refuse]
+
+With `--refuse`, Rank parses nothing and answers RESOURCE_EXHAUSTED at once: what a call
+refused by a Python handler costs grpcio at the least (`bench/host_path.py` measures its CPU
+per call).
 
 Answers Rank with an empty RankResponse after `RankRequest.FromString` (the least any server
 must do per call) and GetModelInfo with a ModelInfo of the default model's shape, so the same
@@ -25,6 +29,10 @@ from server.rpc import ranking_pb2 as pb  # noqa: E402
 SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
+async def refuse(data: bytes, context) -> bytes:
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "refused")
+
+
 async def rank(data: bytes, context) -> bytes:
     pb.RankRequest.FromString(data)
     return b""
@@ -37,10 +45,10 @@ async def model_info(request, context) -> pb.ModelInfo:
     )  # fmt: skip
 
 
-async def main(port: int) -> None:
+async def main(port: int, refusing: bool) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     handlers = {
-        "Rank": grpc.unary_unary_rpc_method_handler(rank),
+        "Rank": grpc.unary_unary_rpc_method_handler(refuse if refusing else rank),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             model_info,
             request_deserializer=pb.GetModelInfoRequest.FromString,
@@ -57,4 +65,6 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=50071)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--refuse", action="store_true", help="answer RESOURCE_EXHAUSTED at once")
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.refuse))

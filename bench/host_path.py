@@ -14,6 +14,8 @@ One run prints every figure the host-path targets are stated in (JSON lines, the
   overload    capacity C (closed loop, 64 candidates), then ghz open loop at 4 x C for
               `--overload-seconds` with 2 s deadlines: goodput / C, status codes, how fast
               refusals come back, the accepted p99, and recovery once the load stops
+  door        what the transport alone spends per call: CPU of bench/empty_server.py parsing,
+              and refusing (RESOURCE_EXHAUSTED at once), at a fixed open-loop rate
   heavy       small clients' p99 alone and beside one client sending the largest requests the
               limits allow, and beside one sending 4 MB requests (refused by the action cap)
   frontends   the served rows again with `--frontend-workers 2`
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -73,16 +76,49 @@ def request_file(candidates: int, history: int = 64, form: str = "columns", seed
     return path
 
 
-def ghz(target: str, data: Path, *flags: str, details: bool = False) -> dict:
-    """Run ghz; returns its JSON report (with per-call details when asked)."""
+def ghz(target: str, data: Path, *flags: str, details: bool = False, server_pid: int = 0) -> dict:
+    """Run ghz; returns its JSON report (with per-call details when asked), and with
+    `server_pid` the CPU seconds that process (and its children) and ghz itself used."""
     out = OUT / "ghz.json"
     cmd = [ghz_binary(), "--insecure", "--proto", str(PROTO), "--call", CALL,
            "--binary-file", str(data), "-O", "json", "-o", str(out), *flags, target]  # fmt: skip
+    server_before = tree_cpu_seconds(server_pid) if server_pid else 0.0
+    ghz_before = _children_cpu_seconds()
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     report = json.loads(out.read_text())
+    if server_pid:
+        report["cpu_seconds"] = {
+            "server": round(tree_cpu_seconds(server_pid) - server_before, 3),
+            "ghz": round(_children_cpu_seconds() - ghz_before, 3),
+        }
     if not details:
         report.pop("details", None)
     return report
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of `pid` and its descendants (Linux /proc)."""
+    parents, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(p, 0.0) for p in tree)
 
 
 def latency_ms(report: dict, q: int) -> float:
@@ -151,9 +187,11 @@ def rust_loadgen(target: str, candidates: int, seconds: float, clients: int = 32
 
 def overload(target: str, server: ServerProcess, seconds: float, capacity: float) -> dict:
     data = request_file(64)
-    rate = int(4 * capacity)
+    rate, timeout = int(4 * capacity), 2.0
+    before = server.metrics()
     r = ghz(target, data, "--async", "--rps", str(rate), "-c", "64", "-z", f"{seconds}s",
-            "--timeout", "2s", "--connections", "4", details=True)  # fmt: skip
+            "--timeout", f"{timeout}s", "--connections", "4", details=True,
+            server_pid=server.proc.pid)  # fmt: skip
     ended = time.monotonic()
     # Recovery: how long after the load stops until a request is served normally again.
     with RankingClient(target) as client:
@@ -168,14 +206,23 @@ def overload(target: str, server: ServerProcess, seconds: float, capacity: float
                 pass
         recovery = time.monotonic() - ended
     details = r["details"]
+    # ghz ends its run by closing its connections: calls still in flight then end UNAVAILABLE
+    # ("transport is closing") or CANCELLED at the client, whatever the server did. Calls that
+    # started at least one deadline before the end had their answer (or deadline) first: the
+    # status invariants are judged on those.
+    last_start = max(_timestamp(d) for d in details) - timeout
     codes: dict[str, int] = {}
+    settled: dict[str, int] = {}
     ok_ms, refused_ms = [], []
     for d in details:
         status = d.get("status", "OK")
         codes[status] = codes.get(status, 0) + 1
+        if _timestamp(d) <= last_start:
+            settled[status] = settled.get(status, 0) + 1
         (ok_ms if status == "OK" else refused_ms).append(d["latency"] / 1e6)
     span = r["total"] / 1e9
     m = server.metrics()
+    delta = lambda key: m.get(key, 0) - before.get(key, 0)  # noqa: E731
     pct = lambda v, q: round(float(np.percentile(v, q)), 2) if v else None  # noqa: E731
     return {
         "offered_rps": rate,
@@ -183,14 +230,51 @@ def overload(target: str, server: ServerProcess, seconds: float, capacity: float
         "goodput_rps": round(len(ok_ms) / span, 1),
         "goodput_over_capacity": round(len(ok_ms) / span / capacity, 3),
         "codes": codes,
+        "codes_of_calls_started_a_deadline_before_the_end": settled,
         "refused_ms": {"p50": pct(refused_ms, 50), "p99": pct(refused_ms, 99),
                        "max": pct(refused_ms, 100), "within_50ms": round(
                            sum(v <= 50 for v in refused_ms) / max(1, len(refused_ms)), 4)},
         "accepted_ms": {"p50": pct(ok_ms, 50), "p99": pct(ok_ms, 99), "max": pct(ok_ms, 100)},
         "recovery_s": round(recovery, 3),
         "queue_work_peak_ms": round(1000 * m["phoenix_queue_work_peak_seconds"], 1),
+        "server_counted": {
+            "transport_calls": delta("phoenix_transport_calls_total"),
+            "transport_shed": delta("phoenix_transport_calls_shed_total"),
+            **{code: delta(f"phoenix_requests_total{{code={code},method=Rank}}")
+               for code in ("OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED")},
+        },
+        "cpu_cores": {k: round(v / span, 2) for k, v in r["cpu_seconds"].items()},
         "refusals": {k: v for k, v in m.items() if k.startswith("phoenix_admission_refusals")},
     }  # fmt: skip
+
+
+def _timestamp(detail: dict) -> float:
+    """A ghz detail's start time, in seconds (its RFC 3339 timestamp, nanoseconds cut)."""
+    stamp = detail["timestamp"]
+    main, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = time.mktime(time.strptime(main[:19], "%Y-%m-%dT%H:%M:%S"))
+    return seconds + float("0." + (frac[:6] or "0"))
+
+
+def door(data: Path, seconds: float, rate: int = 1500) -> dict:
+    """CPU per call of the bare transport, parsing and refusing, at `rate` calls/s."""
+    out = {}
+    for mode, flags in (("parse", ()), ("refuse", ("--refuse",))):
+        server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"),
+                                   "--port", "0", *flags], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        port = int(server.stdout.readline().split()[1])
+        target = f"127.0.0.1:{port}"
+        ghz(target, data, "--async", "--rps", str(rate), "-z", "2s")  # warm-up
+        r = ghz(target, data, "--async", "--rps", str(rate), "-z", f"{seconds}s", "--timeout",
+                "2s", "--connections", "4", server_pid=server.pid)  # fmt: skip
+        server.terminate()
+        server.wait()
+        out[mode] = {
+            "calls": r["count"], "codes": r["statusCodeDistribution"],
+            **{f"{k}_cpu_us_per_call": round(1e6 * v / r["count"], 1)
+               for k, v in r["cpu_seconds"].items()},
+        }  # fmt: skip
+    return out
 
 
 def heavy(target: str, seconds: float) -> dict:
@@ -296,6 +380,8 @@ def main() -> None:
                 capacity = closed_loop(target, request_file(64), 64, args.seconds)
                 emit({"section": "overload", **overload(target, server, args.overload_seconds,
                                                          capacity["requests_per_s"])})  # fmt: skip
+            if mode == "single" and "door" not in skip:
+                emit({"section": "door", "rate_rps": 1500, **door(request_file(64), args.seconds)})
             if mode == "single" and "heavy" not in skip:
                 emit({"section": "heavy", **heavy(target, args.seconds)})
             m = server.metrics()

@@ -94,7 +94,8 @@ class Transport:
     # event loop), where no admission policy sees it. gRPC's default (1,000, up to 3,000)
     # let calls age there for seconds; a short one makes the C core shed them in
     # microseconds, keeping accepted latency bounded. The status of a call it sheds is
-    # CANCELLED (not ours to choose), and it never reaches Python to be counted.
+    # CANCELLED (not ours to choose); it never reaches Python, and is counted from gRPC's own
+    # registry instead (phoenix_transport_calls_shed_total, server.transport_stats).
     max_pending_calls: int = setting(
         32,
         "calls the transport holds before the event loop takes them; past it gRPC sheds new "
