@@ -117,9 +117,10 @@ class DeviceLink:
                 ipc.done_frame(method, code.value[0], seconds, candidates, self.in_flight)
             )
 
-    def report_transport(self) -> None:
-        """Send what this process's gRPC transport counted (for the device's /metrics)."""
-        counts = transport_stats.read()
+    async def report_transport(self) -> None:
+        """Send what this process's gRPC transport counted (for the device's /metrics). The
+        read runs on a thread: it costs ~0.25 ms per connection (server.transport_stats)."""
+        counts = await asyncio.to_thread(transport_stats.read)
         if counts is not None and not self.broken:
             self.writer.write(ipc.transport_frame(counts))
 
@@ -162,7 +163,7 @@ class DeviceLink:
 
 async def _report_transport(link: DeviceLink) -> None:
     while not link.broken:
-        link.report_transport()
+        await link.report_transport()
         await asyncio.sleep(ipc.TRANSPORT_REPORT_SECONDS)
 
 
@@ -199,7 +200,7 @@ async def _run(args: WorkerArgs) -> int:
     deadline = time.monotonic() + config.grace_seconds
     drained = await front.drain(deadline, link.idle)
     reporting.cancel()
-    link.report_transport()
+    await link.report_transport()
     writer.close()
     reading.cancel()
     log.info("frontend %d stopped", args.index, extra={"fields": {"drained": drained}})

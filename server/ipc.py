@@ -48,7 +48,7 @@ _DONE = struct.Struct("<BBdII")  # method, status code, seconds, candidates, in 
 _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
 _TRANSPORT = struct.Struct("<QQQQ")  # calls started, succeeded, failed, open
-TRANSPORT_REPORT_SECONDS = 0.5
+TRANSPORT_REPORT_SECONDS = 1.0
 MAX_FRAME_BYTES = 64 * 2**20
 
 

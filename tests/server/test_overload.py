@@ -125,7 +125,7 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
             _wait_for_metric(server, key, before.get(key, 0) + codes.count(code))
         # Every call is counted: those that reached the service by their status, those the
         # transport shed (CANCELLED, before any handler) from gRPC's own counts (channelz;
-        # a frontend reports its counts every half second, hence the wait).
+        # a frontend reports its counts every second, hence the wait).
         cancelled = "phoenix_requests_total{code=CANCELLED,method=Rank}"
         seen = codes.count(grpc.StatusCode.CANCELLED)
         m = _wait_for_metric(server, "phoenix_transport_calls_total",
