@@ -4,8 +4,11 @@
 
 One run prints every figure the host-path targets are stated in (JSON lines, then a summary):
 
-  forward     the bare jitted forward at the shapes the server forms for 32- and
-              512-candidate requests (full batches, history 64): F, and candidates/s
+  forward     the bare model at the batches the server forms for 32- and 512-candidate
+              requests (full batches, history 64), two ways: the server's own engine (its
+              ModelRunner: prefix and chunk calls, pack included, prefix cache off) gives F;
+              the one-pass forward (one row per request) is kept for comparison with earlier
+              runs. Candidates/s of each
   empty       E: requests/s of a grpcio aio server whose Rank only parses the request
               (bench/empty_server.py), same load generator, same request bytes
   served      the real server, closed loop, 32 clients (ghz, and the Rust loadgen), 32 and
@@ -168,6 +171,40 @@ def bare_forward(shapes: list[tuple[int, int, int]]) -> dict[tuple, float]:
     return out
 
 
+def bare_engine(candidates: int, requests: int, repeats: int = 20) -> float:
+    """Median seconds per request of the server's own ModelRunner (pack + run, prefix cache
+    off, as for requests of distinct users) over `requests` requests of `candidates`
+    candidates (history 64) composed into batches by the batcher's policy."""
+    import dataclasses
+
+    from bench.engine import PrefixOnce, synthetic_request
+    from model import load_checkpoint
+    from model.checkpoint import default_checkpoint_path
+    from request.encoding import encode
+    from request.layout import Piece, windows
+    from server.composition import next_batch_size
+
+    ckpt = load_checkpoint(default_checkpoint_path())
+    engine = PrefixOnce(ckpt)
+    plan, runner = engine.plan, engine.runner
+    encoded = [encode(synthetic_request(i, 64, candidates), ckpt.config, ckpt.rows)
+               for i in range(requests)]  # fmt: skip
+
+    def once() -> float:
+        fresh = [dataclasses.replace(e) for e in encoded]  # new requests: their prefixes miss
+        pieces = [Piece(e, a, b) for e in fresh
+                  for a, b in windows(candidates, plan.window_for(candidates, 64))]  # fmt: skip
+        start = time.perf_counter()
+        while pieces:
+            k = next_batch_size(((64, p.stop - p.start) for p in pieces), plan)
+            batch, pieces = pieces[:k], pieces[k:]
+            runner.run(runner.pack(batch))
+        return time.perf_counter() - start
+
+    once()  # compiles and first runs
+    return statistics.median(once() for _ in range(repeats)) / requests
+
+
 def rust_loadgen(target: str, candidates: int, seconds: float, clients: int = 32) -> dict | None:
     crate = ROOT / "clients" / "rust"
     build = subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "loadgen"],
@@ -287,17 +324,22 @@ def heavy(target: str, seconds: float) -> dict:
         event.actions.extend(range(1, 20))
     big_path = OUT / "req-largest-valid.bin"
     big_path.write_bytes(big.SerializeToString())
-    # 4 MB: one event with ~4 M action entries (refused by max_history_actions).
-    huge = pb.RankRequest(user_id=1)
-    huge.history.add(post_id=1, author_id=1, actions=[1] * 1_900_000)
-    huge_path = OUT / "req-4mb.bin"
-    huge_path.write_bytes(huge.SerializeToString())
+    # One history event with 1.9 M action entries (1.9 MB: over --max-request-bytes, under
+    # gRPC's own limit, so the service refuses it, INVALID_ARGUMENT, before parsing), and one
+    # with 4.19 M (4.2 MB, the issue's case: over gRPC's limit, which refuses it itself).
+    huge = {}
+    for name, entries in (("1.9mb", 1_900_000), ("4mb", 4_190_000)):
+        request = pb.RankRequest(user_id=1)
+        request.history.add(post_id=1, author_id=1, actions=[1] * entries)
+        huge[name] = OUT / f"req-{name}.bin"
+        huge[name].write_bytes(request.SerializeToString())
     result = {
         "largest_valid_bytes": big_path.stat().st_size,
-        "huge_bytes": huge_path.stat().st_size,
+        **{f"{name}_bytes": path.stat().st_size for name, path in huge.items()},
     }
     result["alone"] = closed_loop(target, small, 32, seconds, clients=16)
-    for name, path in (("beside_largest_valid", big_path), ("beside_4mb", huge_path)):
+    beside = {"beside_largest_valid": big_path, **{f"beside_{k}": v for k, v in huge.items()}}
+    for name, path in beside.items():
         background = subprocess.Popen(
             [ghz_binary(), "--insecure", "--proto", str(PROTO), "--call", CALL, "--binary-file",
              str(path), "-c", "1", "-z", f"{seconds + 4}s", "-O", "json", "-o",
@@ -348,6 +390,16 @@ def main() -> None:
         forward[m] = {"shape": shape, "batch_ms": round(seconds[shape] * 1e3, 3),
                       "F_ms_per_request": round(per_request * 1e3, 4),
                       "candidates_per_s": round(m / per_request)}  # fmt: skip
+    # The server's engine at full batches: 32 requests of 32 candidates (a prefix call and
+    # chunk calls of 16), 16 of 512 (prefixes, then chunks of 256).
+    engine_requests = {32: 32, 512: 16}
+    for m in shapes:
+        per_request = bare_engine(m, engine_requests[m]) if "forward" not in skip else 1.0
+        forward[m] |= {"one_pass_F_ms_per_request": forward[m].pop("F_ms_per_request"),
+                       "one_pass_candidates_per_s": forward[m].pop("candidates_per_s"),
+                       "engine_requests_per_batch": engine_requests[m],
+                       "F_ms_per_request": round(per_request * 1e3, 4),
+                       "candidates_per_s": round(m / per_request)}  # fmt: skip
     emit({"section": "forward", **{str(k): v for k, v in forward.items()}})
 
     small = request_file(32)
@@ -357,7 +409,9 @@ def main() -> None:
         E, L = measure_empty(small, args.seconds, forward)
 
     cache = {"PHOENIX_COMPILATION_CACHE": str(ROOT / ".bench-jax-cache")}
-    extra = tuple(args.server_args.split())
+    # ghz sends one request over and over: with the prefix cache every call after the first
+    # would skip its prefix pass, which requests of distinct users do not. Off, as in F.
+    extra = ("--prefix-cache-bytes", "0", *args.server_args.split())
     modes = [("single", extra)]
     if "frontends" not in skip:
         modes.append(("frontend-workers-2", ("--frontend-workers", "2", *extra)))
@@ -369,6 +423,9 @@ def main() -> None:
                 served |= {"over_L": round(served["requests_per_s"] / L, 3)} if m == 32 else {}
                 served["over_bare_forward"] = round(
                     served["candidates_per_s"] / forward[m]["candidates_per_s"], 3
+                )
+                served["over_one_pass_forward"] = round(
+                    served["candidates_per_s"] / forward[m]["one_pass_candidates_per_s"], 3
                 )
                 emit({"section": "served", "mode": mode, "candidates": m, "loadgen": "ghz",
                       **served})  # fmt: skip
