@@ -3,18 +3,20 @@
 Under overload the calls a handler never sees are the transport's: past `--max-pending-calls`
 gRPC's C core ends new calls itself, with status CANCELLED, in microseconds, before Python
 can count them (server.config says why that short backlog is the default). gRPC's channelz
-registry does see them, and this module reads it (at scrape time only: nothing per call):
+registry does see them, and this module reads it (at scrape time, and every second in a
+frontend worker: nothing per call):
 
     started    calls the transport accepted, any method (channelz `callsStarted`)
     succeeded  calls that ended OK                    (`callsSucceeded`)
-    failed     calls that reached a handler and ended otherwise: refused, invalid, cancelled
-               by the client, past their deadline     (`callsFailed`)
+    failed     calls gRPC's server took from the transport that ended otherwise: refused
+               (by us, or by its --max-concurrent-rpcs limit), invalid, cancelled by the
+               client, past their deadline            (`callsFailed`)
     open       HTTP/2 streams open now, summed over the server's connections: calls waiting in
                the transport's backlog, being handled, or being answered
 
 A call the transport sheds is counted as started and as a failed *stream* of its connection,
-but never as a succeeded or failed *call* (measured on grpcio 1.85; `tests/server/
-test_transport_metrics.py` checks it against what clients saw), so
+but never as a succeeded or failed *call* (measured on grpcio 1.85;
+`tests/server/test_overload.py` checks the count call for call against what clients saw), so
 
     shed = started - succeeded - failed - open.
 
