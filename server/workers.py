@@ -5,11 +5,12 @@ Per request the device process only parses one SUBMIT frame (`np.frombuffer` per
 submits to the batcher and writes one RESULT frame: decoding, validation, hashing and response
 serialization happen in the frontends, on other cores. Admission is unchanged: the batcher
 refuses by work and deadline, and the refusal travels back as a RESULT with its status code
-and retry hint. Every frontend call is counted here from its DONE frame, so /metrics (served
-by this process) sees every call of every frontend.
+and retry hint. Every frontend call is counted here from its DONE frame, and what each
+frontend's gRPC transport counted (calls shed before a handler, calls it holds) from its
+TRANSPORT frames, so /metrics (served by this process) sees every call of every frontend.
 
-Where this pays: per call, the gRPC machinery and the host work cost roughly 0.3 and 0.1-0.2
-ms of one core here, against a device that computes a 32-candidate request in ~0.4 ms on this
+Where this pays: per call, the gRPC machinery and the host work cost roughly 0.43 ms of CPU
+(bench/host_path.py's door section, core threads included) and 0.1-0.2 ms here, against a device that computes a 32-candidate request in ~0.4 ms on this
 CPU and one to two orders of magnitude faster on a GPU. One process tops out at one core of
 host work (~2,000-3,000 calls/s); N frontends scale that to N cores, so on a GPU host with 8-16
 cores per device the ceiling becomes min(N x E, 1 / F) rather than 1 / (1/E + F). On a 2-core
