@@ -61,6 +61,17 @@ class TransportCounts:
         """Calls the transport ended before a handler saw them."""
         return max(0, self.started - self.succeeded - self.failed - self.open)
 
+    def then(self, later: TransportCounts) -> TransportCounts:
+        """A later reading of the same server: its totals never go down (a server that has
+        stopped reads as zeros, and must not take back what it counted), `open` is the
+        latest."""
+        return TransportCounts(
+            max(self.started, later.started),
+            max(self.succeeded, later.succeeded),
+            max(self.failed, later.failed),
+            later.open,
+        )
+
     def __add__(self, other: TransportCounts) -> TransportCounts:
         return TransportCounts(
             self.started + other.started,

@@ -199,7 +199,9 @@ class FrontendHub:
                     self._set_in_flight(key, in_flight)
                     self.recorder.finished(method, _BY_VALUE[code], seconds, candidates)
                 elif kind == ipc.TRANSPORT:
-                    self._transport[key] = ipc.parse_transport(payload)
+                    self._transport[key] = self._transport.get(key, TransportCounts()).then(
+                        ipc.parse_transport(payload)
+                    )
                 elif kind == ipc.READY:
                     self._ready += 1
                     if self._ready >= self.config.frontend_workers:

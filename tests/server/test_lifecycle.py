@@ -212,6 +212,12 @@ def test_a_frontend_worker_that_dies_is_replaced(compilation_cache):
     with ServerProcess(*SMALL_PLAN, "--frontend-workers", "2", env=compilation_cache) as server:
         workers = _frontends(server.proc.pid)
         assert len(workers) == 2
+        request = raw_request_to_pb(random_request(np.random.default_rng(0), 8, 8))
+        for _ in range(8):  # connections spread over both workers
+            with RankingClient(server.target) as client:
+                client.rank(request, timeout=30)
+        # Both report their transport's counts (every second): 8 calls, none shed.
+        calls = _wait_for_metric(server, "phoenix_transport_calls_total", 8)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -219,12 +225,21 @@ def test_a_frontend_worker_that_dies_is_replaced(compilation_cache):
             assert time.monotonic() < deadline, server.log()
         assert victim not in now
         # Fresh connections land on either worker; every one is served.
-        request = raw_request_to_pb(random_request(np.random.default_rng(0), 8, 8))
         for _ in range(8):
             with RankingClient(server.target) as client:
                 assert client.health() == "SERVING"
                 assert len(client.rank(request, timeout=30).scores) == 8
         assert "exited with -9; starting another" in server.log()
+        # The dead worker's counts are kept: 8 before, 16 calls after (a health check each).
+        _wait_for_metric(server, "phoenix_transport_calls_total", calls + 16)
+        assert server.metrics()["phoenix_transport_calls_shed_total"] == 0
+
+
+def _wait_for_metric(server: ServerProcess, key: str, at_least: float) -> float:
+    deadline = time.monotonic() + 10
+    while (value := server.metrics().get(key, 0)) < at_least:
+        assert time.monotonic() < deadline, f"{key} = {value}, expected {at_least} or more"
+    return value
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "frontend-workers"])

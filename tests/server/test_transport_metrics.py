@@ -29,6 +29,9 @@ def test_shed_is_what_was_started_and_neither_answered_nor_still_open():
     assert (counts + counts).shed == 96
     # Counts read a moment apart never make shed negative.
     assert TransportCounts(10, 9, 2, 3).shed == 0
+    # A stopped server reads as zeros: a frontend's totals are kept, its open calls are not.
+    assert counts.then(TransportCounts()) == TransportCounts(60, 9, 2, 0)
+    assert counts.then(TransportCounts(70, 12, 3, 5)) == TransportCounts(70, 12, 3, 5)
 
 
 def _wait_for(server: ServerProcess, key: str, value: float) -> dict[str, float]:
