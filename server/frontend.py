@@ -119,7 +119,7 @@ class DeviceLink:
 
     async def report_transport(self) -> None:
         """Send what this process's gRPC transport counted (for the device's /metrics). The
-        read runs on a thread: it costs ~0.25 ms per connection (server.transport_stats)."""
+        read runs on a thread: it costs ~0.3 ms per connection (server.transport_stats)."""
         counts = await asyncio.to_thread(transport_stats.read)
         if counts is not None and not self.broken:
             self.writer.write(ipc.transport_frame(counts))

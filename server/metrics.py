@@ -20,6 +20,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from server.transport_stats import TransportCounts
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
@@ -139,9 +141,9 @@ class Metrics:
             registry=registry,
         )  # fmt: skip
 
-    def watch_transport(self, counts: Callable[[], object]) -> None:
-        """Export what gRPC's transport counted (`server.transport_stats.TransportCounts`, or
-        None when unreadable), read at scrape."""
+    def watch_transport(self, counts: Callable[[], TransportCounts | None]) -> None:
+        """Export what gRPC's transport counted (None: unreadable, nothing exported), read at
+        scrape."""
         self.registry.register(_TransportCollector(counts))
 
     def watch_prefix_cache(self, stats: Callable[[], tuple], capacity_bytes: int) -> None:
@@ -150,7 +152,7 @@ class Metrics:
 
 
 class _TransportCollector(Collector):
-    def __init__(self, counts: Callable[[], object]):
+    def __init__(self, counts: Callable[[], TransportCounts | None]):
         self.counts = counts
         self._started = self._shed = 0  # exported counters only rise (see transport_stats)
 
