@@ -212,9 +212,11 @@ class FrontendHub:
             pass
         finally:
             self._set_in_flight(key, 0)
-            # A frontend that died with calls open lost them: they count as shed from now on.
+            # The calls open at a gone frontend's last report (up to a second old) have ended
+            # since, or were lost with it (its clients saw UNAVAILABLE): failed, not shed.
             gone = self._transport.pop(key, TransportCounts())
-            self._transport_gone += dataclasses.replace(gone, open=0)
+            self._transport_gone += dataclasses.replace(gone, failed=gone.failed + gone.open,
+                                                        open=0)  # fmt: skip
             self._writers.remove(writer)
             writer.close()
 
