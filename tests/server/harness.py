@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -116,6 +117,15 @@ class ServerProcess:
             for s in family.samples:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return samples
+
+    def wait_for_metrics(self, ready, what: str, timeout: float = 10) -> dict[str, float]:
+        """Poll `metrics()` until `ready(samples)` holds (the server counts a call just after
+        the client has its status; a frontend reports its transport's counts every second);
+        returns those samples. AssertionError naming `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not ready(samples := self.metrics()):
+            assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
         return samples
 
     def terminate(self, timeout: float = 60) -> int:

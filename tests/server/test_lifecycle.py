@@ -217,7 +217,7 @@ def test_a_frontend_worker_that_dies_is_replaced(compilation_cache):
             with RankingClient(server.target) as client:
                 client.rank(request, timeout=30)
         # Both report their transport's counts (every second): 8 calls, none shed.
-        calls = _wait_for_metric(server, "phoenix_transport_calls_total", 8)
+        calls = _transport_calls(server, at_least=8)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -231,15 +231,14 @@ def test_a_frontend_worker_that_dies_is_replaced(compilation_cache):
                 assert len(client.rank(request, timeout=30).scores) == 8
         assert "exited with -9; starting another" in server.log()
         # The dead worker's counts are kept: 8 before, 16 calls after (a health check each).
-        _wait_for_metric(server, "phoenix_transport_calls_total", calls + 16)
+        _transport_calls(server, at_least=calls + 16)
         assert server.metrics()["phoenix_transport_calls_shed_total"] == 0
 
 
-def _wait_for_metric(server: ServerProcess, key: str, at_least: float) -> float:
-    deadline = time.monotonic() + 10
-    while (value := server.metrics().get(key, 0)) < at_least:
-        assert time.monotonic() < deadline, f"{key} = {value}, expected {at_least} or more"
-    return value
+def _transport_calls(server: ServerProcess, at_least: float) -> float:
+    key = "phoenix_transport_calls_total"
+    m = server.wait_for_metrics(lambda m: m.get(key, 0) >= at_least, f"{key} >= {at_least}")
+    return m[key]
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "frontend-workers"])

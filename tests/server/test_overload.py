@@ -60,10 +60,8 @@ async def _burst(target: str, payloads: list[bytes], rate: float, timeout: float
 
 
 def _wait_for_metric(server: ServerProcess, key: str, expected: float) -> dict[str, float]:
-    """Poll (bounded) until `key` reaches `expected`; the metrics then (exactly `expected`)."""
-    deadline = time.monotonic() + 10
-    while (m := server.metrics()).get(key, 0) < expected:
-        assert time.monotonic() < deadline, f"{key} stayed at {m.get(key)}, expected {expected}"
+    """The metrics once `key` has reached `expected` (and exactly `expected`)."""
+    m = server.wait_for_metrics(lambda m: m.get(key, 0) >= expected, f"{key} to reach {expected}")
     assert m.get(key, 0) == expected, (key, m.get(key), expected)
     return m
 
@@ -129,11 +127,13 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
         cancelled = "phoenix_requests_total{code=CANCELLED,method=Rank}"
         seen = codes.count(grpc.StatusCode.CANCELLED)
         calls = before_transport["phoenix_transport_calls_total"] + len(payloads)
-        deadline = time.monotonic() + 10
-        while (m := server.metrics())["phoenix_transport_calls_in_flight"] or m[
-            "phoenix_transport_calls_total"
-        ] < calls:
-            assert time.monotonic() < deadline, "the transport's counts never settled"
+        m = server.wait_for_metrics(
+            lambda m: (
+                not m["phoenix_transport_calls_in_flight"]
+                and m["phoenix_transport_calls_total"] >= calls
+            ),
+            "the transport's counts to settle",
+        )
         assert m["phoenix_transport_calls_total"] == calls
         shed = (
             m["phoenix_transport_calls_shed_total"]

@@ -8,7 +8,6 @@ handler has seen yet (its body never arrives).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 
@@ -35,10 +34,7 @@ def test_shed_is_what_was_started_and_neither_answered_nor_still_open():
 
 
 def _wait_for(server: ServerProcess, key: str, value: float) -> dict[str, float]:
-    deadline = time.monotonic() + 10
-    while (m := server.metrics()).get(key) != value:
-        assert time.monotonic() < deadline, f"{key} = {m.get(key)}, expected {value}"
-    return m
+    return server.wait_for_metrics(lambda m: m.get(key) == value, f"{key} to be {value}")
 
 
 def test_a_call_whose_body_never_arrives_is_in_flight_in_the_transport(default_server):
