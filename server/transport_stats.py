@@ -111,27 +111,20 @@ def _open(server_id: int) -> int:
     return total
 
 
-_server_ids: list[int] = []  # this process's servers, as of the last read
-
-
 def read() -> TransportCounts | None:
     """This process's gRPC servers, summed; None where channelz cannot be read.
 
     Costs about 0.3 ms per open connection (channelz renders each one as JSON, holding the
     GIL): call it at scrape time or off the event loop, never per call."""
-    global _server_ids
     if _channelz is None:
         return None
     try:
-        if not _server_ids:
-            _server_ids = [int(s["ref"]["serverId"]) for s in _servers()]
-        before = {i: _open(i) for i in _server_ids}
-        servers = _servers()
-        _server_ids = [int(s["ref"]["serverId"]) for s in servers]
+        ids = [int(s["ref"]["serverId"]) for s in _servers()]
+        before = {i: _open(i) for i in ids}
         total = TransportCounts()
-        for server in servers:
+        for server in _servers():
             i = int(server["ref"]["serverId"])
-            if i not in before:  # appeared since the last read: counted from the next one
+            if i not in before:  # started between the reads: read it the next time
                 continue
             started, succeeded, failed = server_counts(server)
             total += TransportCounts(started, succeeded, failed, max(before[i], _open(i)))
