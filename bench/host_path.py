@@ -30,6 +30,7 @@ ghz: `go install github.com/bojand/ghz/cmd/ghz@v0.93.0` (found on PATH or in ~/g
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -286,11 +287,8 @@ def overload(target: str, server: ServerProcess, seconds: float, capacity: float
 
 
 def _timestamp(detail: dict) -> float:
-    """A ghz detail's start time, in seconds (its RFC 3339 timestamp, nanoseconds cut)."""
-    stamp = detail["timestamp"]
-    main, _, frac = stamp.rstrip("Z").partition(".")
-    seconds = time.mktime(time.strptime(main[:19], "%Y-%m-%dT%H:%M:%S"))
-    return seconds + float("0." + (frac[:6] or "0"))
+    """A ghz detail's start time in seconds (RFC 3339, cut to microseconds for Python)."""
+    return datetime.datetime.fromisoformat(detail["timestamp"].rstrip("Z")[:26]).timestamp()
 
 
 def door(data: Path, seconds: float, rate: int = 1500) -> dict:
