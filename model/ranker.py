@@ -1,128 +1,80 @@
-"""The Phoenix ranking model: hashed ids of one user, their history and candidates -> logits.
+"""Offline scoring with the reference layout: the model's ground truth for every other path.
 
-Glossary: B batch rows, S history slots in this batch (<= history_seq_len), C candidate
-slots per row, T = 1 + S + C, D model width, A actions.
-
-    user token       [B, 1, D]   proj_mat_1 . concat(user hash embeddings)
-    history tokens   [B, S, D]  proj_mat_3 . concat(post, author, action, surface embeddings)
-    candidate tokens [B, C, D]  proj_mat_2 . concat(post, author, surface embeddings)
-    transformer over [user, history, candidates] with candidate isolation
-    logits           [B, C, A]  unembeddings . rms_norm(candidate outputs)
-
-`make_forward` wraps this in `hk.transform`; `forward.apply(params, batch)` is one pure
-function from a `RankingBatch` of table rows to float32 logits, ready for `jax.jit`.
+Every request is laid out as the reference implementation lays it out: history padded to the
+model's `history_seq_len`, candidates in windows of `candidate_seq_len` slots, one batch row per
+window. The server may pick other shapes (fewer history slots, larger candidate windows); under
+right-anchored positions those give the same logits, and the tests hold it to this.
 """
 
 from __future__ import annotations
 
-import haiku as hk
+import os
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from model.attention import SequenceContext
+from model.checkpoint import load_checkpoint
 from model.config import PhoenixModelConfig, TableRows
-from model.embeddings import (
-    HashEmbeddings,
-    action_embeddings,
-    candidate_tokens,
-    history_tokens,
-    user_tokens,
-)
-from model.layers import RMSNorm
-from model.rope import sequence_positions
-from model.transformer import Transformer
-from request.layout import RankingBatch
+from model.ranker import make_forward
+from request.encoding import encode
+from request.layout import Piece, pack_rows, windows
+from request.raw import RawRequest
 
 
-def default_compute_dtype(backend: str | None = None) -> jnp.dtype:
-    """bfloat16 on GPU/TPU, float32 on CPU (where bfloat16 matmuls are slower)."""
-    backend = backend or jax.default_backend()
-    return jnp.float32 if backend == "cpu" else jnp.bfloat16
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
-class PhoenixModel(hk.Module):
-    """Token building, transformer, unembedding. Parameters under `phoenix_model/`."""
+class Ranker:
+    """Scores `RawRequest`s with one jitted forward pass per call."""
 
-    def __init__(self, config: PhoenixModelConfig, name: str = "phoenix_model"):
-        super().__init__(name=name)
-        self.config = config
-
-    def _param(self, name: str, shape: list[int]) -> jax.Array:
-        init = hk.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
-        return hk.get_parameter(name, shape, jnp.float32, init=init)
-
-    def __call__(
+    def __init__(
         self,
-        batch: RankingBatch,
-        tables: HashEmbeddings,
-        transformer: Transformer,
-        dtype: jnp.dtype,
-        attention: str,
-    ) -> jax.Array:
-        c, h = self.config, self.config.hash_config
-        d, a = c.emb_size, c.num_actions
-        surfaces = self._param("product_surface_embedding_table", [c.product_surface_vocab_size, d])
+        params,
+        config: PhoenixModelConfig,
+        dtype: jnp.dtype | None = None,
+        attention: str = "isolated",
+    ):
+        self.config = config
+        self.rows = TableRows.from_params(params)
+        self.params = jax.device_put(params)
+        self._apply = jax.jit(make_forward(config, self.rows, dtype, attention).apply)
 
-        user = user_tokens(
-            tables.lookup("user", batch.user_rows),
-            self._param("proj_mat_1", [h.num_user_hashes * d, d]),
-        )  # [B, 1, D]
-        history = history_tokens(
-            tables.lookup("post", batch.history_post_rows),
-            tables.lookup("author", batch.history_author_rows),
-            action_embeddings(batch.history_actions, self._param("action_projection", [a, d])),
-            jnp.take(surfaces, batch.history_surface, axis=0),
-            self._param("proj_mat_3", [(h.num_item_hashes + h.num_author_hashes + 2) * d, d]),
-        )  # [B, S, D]
-        candidates = candidate_tokens(
-            tables.lookup("post", batch.candidate_post_rows),
-            tables.lookup("author", batch.candidate_author_rows),
-            jnp.take(surfaces, batch.candidate_surface, axis=0),
-            self._param("proj_mat_2", [(h.num_item_hashes + h.num_author_hashes + 1) * d, d]),
-        )  # [B, C, D]
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> Ranker:
+        ckpt = load_checkpoint(path)
+        return cls(ckpt.state.params, ckpt.config, **kwargs)
 
-        tokens = jnp.concatenate([user, history, candidates], axis=1).astype(dtype)  # [B, T, D]
-        padding_mask = jnp.concatenate(
-            [
-                batch.user_rows[:, :1] != 0,
-                batch.history_post_rows[:, :, 0] != 0,
-                batch.candidate_post_rows[:, :, 0] != 0,
-            ],
-            axis=1,
-        )  # [B, T]
-        offset = 1 + history.shape[1]
-        ctx = SequenceContext(
-            padding_mask=padding_mask,
-            positions=sequence_positions(padding_mask, offset, c.history_seq_len, c.rope_positions),
-            candidate_start_offset=offset,
-            history_attention=c.history_attention,
-            attention=attention,
-        )
-        out = transformer(tokens, ctx)[:, offset:]  # [B, C, D]
-        out = RMSNorm()(out)
-        unembeddings = self._param("unembeddings", [d, a])
-        return jnp.dot(out.astype(jnp.float32), unembeddings)  # [B, C, A] float32
+    def logits(self, request: RawRequest) -> np.ndarray:
+        """float32 [m, A] logits of one request's candidates, in request order."""
+        return self.logits_many([request])[0]
 
-
-def make_forward(
-    config: PhoenixModelConfig,
-    rows: TableRows,
-    dtype: jnp.dtype | None = None,
-    attention: str = "isolated",
-) -> hk.Transformed:
-    """`hk.Transformed` whose `apply(params, batch)` returns float32 logits [B, C, A].
-
-    Args:
-      config: the model configuration.
-      rows: hash table row counts (`TableRows.from_params(params)` for loaded parameters).
-      dtype: forward dtype; parameters stay float32. Default: `default_compute_dtype()`.
-      attention: "isolated" (serving) or "dense" (the reference's [T, T] masked softmax).
-    """
-    dtype = dtype or default_compute_dtype()
-
-    def forward(batch: RankingBatch) -> jax.Array:
-        tables = HashEmbeddings(rows, config.emb_size)
-        transformer = Transformer(config.model)
-        return PhoenixModel(config)(batch, tables, transformer, dtype, attention)
-
-    return hk.without_apply_rng(hk.transform(forward))
+    def logits_many(self, requests: Sequence[RawRequest]) -> list[np.ndarray]:
+        """Score several requests in one forward pass (their windows are batch rows)."""
+        c = self.config
+        pieces = []
+        for request in requests:
+            request.validate(c)
+            encoded = encode(request, c, self.rows)
+            pieces += [
+                Piece(encoded, s, e)
+                for s, e in windows(request.num_candidates, c.candidate_seq_len)
+            ]
+        if not pieces:
+            return [np.zeros((0, c.num_actions), np.float32) for _ in requests]
+        num_rows = _next_power_of_two(len(pieces))  # bounded set of compiled shapes
+        batch = pack_rows(c, pieces, num_rows, c.history_seq_len, c.candidate_seq_len)
+        out = np.asarray(self._apply(self.params, batch))  # [rows, C, A]
+        rows = iter(range(len(pieces)))
+        results = []
+        for request in requests:
+            parts = [
+                out[next(rows), : e - s]
+                for s, e in windows(request.num_candidates, c.candidate_seq_len)
+            ]
+            results.append(
+                np.concatenate(parts) if parts else np.zeros((0, c.num_actions), np.float32)
+            )
+        return results

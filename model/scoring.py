@@ -3,7 +3,8 @@
 The home-mixer ranks by a weighted sum of the model's action probabilities: positive weights
 for engagement, negative ones for the actions that say "show me less of this". Our defaults
 follow the proportions of the weights X published for its 2023 heavy ranker (a reply or a
-profile click worth ~25x a favorite, a report strongly negative); tune them per product.
+profile click worth ~25x a favorite, a report strongly negative); tune them per product. The
+Rust client crate states the same defaults (`Weights::default`); a test holds them equal.
 """
 
 from __future__ import annotations

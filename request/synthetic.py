@@ -2,7 +2,7 @@
 
 The same `(seed, history, candidates, surfaces)` gives the same request here and in the Rust
 client crate (`clients/rust/src/synthetic.rs`, printed by `rank --print-request`);
-`tests/clients/test_synthetic_parity.py` checks that they agree. Change both or neither.
+`tests/clients/test_rust_python_parity.py` checks that they agree. Change both or neither.
 
 The specification:
 

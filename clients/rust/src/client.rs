@@ -476,6 +476,45 @@ impl PhoenixClient {
     }
 }
 
+/// A request in the columnar form (`history_columns`, `candidate_columns`): one packed field
+/// per column, which the server decodes with one copy per column instead of one message per
+/// event. Action `a` of an event sets bit `a - 1` of its mask.
+pub fn columnar(
+    user_id: u64,
+    history: &[pb::HistoryEvent],
+    candidates: &[pb::Candidate],
+    request_id: String,
+) -> pb::RankRequest {
+    let history_columns = pb::HistoryColumns {
+        post_ids: history.iter().map(|e| e.post_id).collect(),
+        author_ids: history.iter().map(|e| e.author_id).collect(),
+        action_masks: history
+            .iter()
+            .map(|e| {
+                // A value that is no Action sets bit 31, so the server refuses it by name
+                // (as it would the row form) rather than the value vanishing here.
+                e.actions.iter().fold(0u32, |mask, &a| match a {
+                    1..=31 => mask | 1 << (a - 1),
+                    _ => mask | 1 << 31,
+                })
+            })
+            .collect(),
+        product_surfaces: history.iter().map(|e| e.product_surface).collect(),
+    };
+    let candidate_columns = pb::CandidateColumns {
+        post_ids: candidates.iter().map(|c| c.post_id).collect(),
+        author_ids: candidates.iter().map(|c| c.author_id).collect(),
+        product_surfaces: candidates.iter().map(|c| c.product_surface).collect(),
+    };
+    pb::RankRequest {
+        user_id,
+        request_id,
+        history_columns: Some(history_columns),
+        candidate_columns: Some(candidate_columns),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,45 +665,6 @@ mod tests {
             error.to_string().contains("both --tls-cert and --tls-key"),
             "{error}"
         );
-    }
-}
-
-/// A request in the columnar form (`history_columns`, `candidate_columns`): one packed field
-/// per column, which the server decodes with one copy per column instead of one message per
-/// event. Action `a` of an event sets bit `a - 1` of its mask.
-pub fn columnar(
-    user_id: u64,
-    history: &[pb::HistoryEvent],
-    candidates: &[pb::Candidate],
-    request_id: String,
-) -> pb::RankRequest {
-    let history_columns = pb::HistoryColumns {
-        post_ids: history.iter().map(|e| e.post_id).collect(),
-        author_ids: history.iter().map(|e| e.author_id).collect(),
-        action_masks: history
-            .iter()
-            .map(|e| {
-                // A value that is no Action sets bit 31, so the server refuses it by name
-                // (as it would the row form) rather than the value vanishing here.
-                e.actions.iter().fold(0u32, |mask, &a| match a {
-                    1..=31 => mask | 1 << (a - 1),
-                    _ => mask | 1 << 31,
-                })
-            })
-            .collect(),
-        product_surfaces: history.iter().map(|e| e.product_surface).collect(),
-    };
-    let candidate_columns = pb::CandidateColumns {
-        post_ids: candidates.iter().map(|c| c.post_id).collect(),
-        author_ids: candidates.iter().map(|c| c.author_id).collect(),
-        product_surfaces: candidates.iter().map(|c| c.product_surface).collect(),
-    };
-    pb::RankRequest {
-        user_id,
-        request_id,
-        history_columns: Some(history_columns),
-        candidate_columns: Some(candidate_columns),
-        ..Default::default()
     }
 }
 

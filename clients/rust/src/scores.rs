@@ -6,7 +6,7 @@
 /// `ModelInfo.actions`) and the `Action` enum of `proto/phoenix/ranking/v1/ranking.proto`. The
 /// unit test `actions_follow_the_proto_enum` checks the proto; the integration test
 /// `contract_against_a_live_server` checks the server's `ModelInfo.actions`; and
-/// `tests/clients/test_synthetic_parity.py` checks the names in synthetic requests against Python.
+/// `tests/clients/test_rust_python_parity.py` checks the names in synthetic requests against Python.
 pub const ACTIONS: [&str; 19] = [
     "favorite",
     "reply",
@@ -129,7 +129,8 @@ impl PhoenixScores {
 ///
 /// Defaults follow the proportions of the weights X published for its 2023 heavy ranker:
 /// positive for engagement (a reply or profile click ~25x a favorite), strongly negative for
-/// not-interested, block, mute and report. They match the Python client's defaults.
+/// not-interested, block, mute and report. They are Python's `model.scoring.DEFAULT_WEIGHTS`
+/// (`tests/clients/test_rust_python_parity.py` checks, through `rank --print-weights`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weights(pub Vec<(String, f64)>);
 

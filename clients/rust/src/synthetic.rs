@@ -1,7 +1,7 @@
 //! Deterministic synthetic requests (examples, load generation, cross-language checks).
 //!
 //! The one definition, which Python's `request/synthetic.py` follows too (its module docstring
-//! states the same spec; `tests/clients/test_synthetic_parity.py` checks that both give the
+//! states the same spec; `tests/clients/test_rust_python_parity.py` checks that both give the
 //! same request, via `rank --print-request`):
 //!
 //! ```text

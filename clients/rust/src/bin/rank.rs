@@ -1,14 +1,16 @@
 //! Ranks a synthetic user's candidates against a running server and prints them sorted, or
-//! (`--print-request`) prints the synthetic request as JSON without contacting a server.
+//! (`--print-request`) prints the synthetic request as JSON without contacting a server, or
+//! (`--print-weights`) the default ranking weights as JSON.
 //!
 //!     rank [--target 127.0.0.1:50051] [--candidates 12] [--history N] [--seed 7] [--surfaces N]
 //!          [--tls-ca PATH] [--tls-cert PATH --tls-key PATH] [--tls-server-name NAME]
 //!     rank --print-request [--history 64] [--candidates 12] [--seed 7] [--surfaces 16]
+//!     rank --print-weights
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsFlags};
+use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsFlags, Weights};
 
 /// History events of `--print-request` when `--history` is not given (no server to ask).
 const OFFLINE_HISTORY: usize = 64;
@@ -53,11 +55,24 @@ struct Args {
     /// exit without contacting a server; --history then defaults to 64 and --surfaces to 16
     #[arg(long)]
     print_request: bool,
+
+    /// Print the default ranking weights as one JSON object (action name -> weight) and exit
+    #[arg(long)]
+    print_weights: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_weights {
+        let weights: serde_json::Map<String, serde_json::Value> = Weights::default()
+            .0
+            .into_iter()
+            .map(|(name, weight)| (name, weight.into()))
+            .collect();
+        println!("{}", serde_json::Value::Object(weights));
+        return ExitCode::SUCCESS;
+    }
     if args.print_request {
         let request = synthetic::request(
             args.seed,

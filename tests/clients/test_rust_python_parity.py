@@ -1,4 +1,5 @@
-"""Python and Rust make the same synthetic request for the same seed (request/synthetic.py's spec).
+"""Facts the Python and Rust sides both state, checked to agree: the synthetic request for a
+seed (request/synthetic.py's spec) and the default ranking weights (model/scoring.py).
 
 The Rust side is `rank --print-request` of the client crate, in the debug build that
 tests/clients/test_rust_client.py's `cargo test` has already compiled the dependencies of.
@@ -77,6 +78,19 @@ def test_rust_print_request_defaults(rank_binary):
                          timeout=60, env={**os.environ, "PHOENIX_TARGET": "127.0.0.1:1"})  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == synthetic_request_dict(7, 64, 12, 16)
+
+
+@pytest.mark.rust
+def test_rust_default_weights_are_pythons(rank_binary):
+    from model.actions import ACTIONS
+    from model.scoring import DEFAULT_WEIGHTS
+
+    run = subprocess.run([str(rank_binary), "--print-weights"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PHOENIX_TARGET": "127.0.0.1:1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rust = json.loads(run.stdout)
+    assert rust == DEFAULT_WEIGHTS
+    assert sorted(rust) == sorted(ACTIONS)  # every action weighted, on both sides
 
 
 def test_splitmix64_golden_values():
