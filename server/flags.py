@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import ServerConfig
+from server.doc_tables import ROOT, replace_table
 
 ENV_PREFIX = "PHOENIX_"
 _TRUE = ("1", "true", "yes", "on")
@@ -167,19 +168,12 @@ def options_table() -> str:
 
 def update_readme(path: Path) -> bool:
     """Replace the options table in a README with the generated one; True if it changed."""
-    text = path.read_text()
-    header = options_table().splitlines()[0]
-    start = text.index(header)
-    end = text.find("\n\n", start)
-    end = len(text) if end < 0 else end
-    new = text[:start] + options_table() + text[end:]
-    path.write_text(new)
-    return new != text
+    return replace_table(path, options_table())
 
 
 if __name__ == "__main__":
     if "--update-readme" in sys.argv:
-        readme = Path(__file__).resolve().parents[1] / "README.md"
+        readme = ROOT / "README.md"
         print(f"{readme}: {'updated' if update_readme(readme) else 'already current'}")
     else:
         print(options_table())

@@ -2,6 +2,9 @@
 
 All names carry the `phoenix_` prefix; histograms have explicit buckets chosen for a ranking
 service (sub-millisecond to seconds latencies, batch sizes up to a few hundred requests).
+Each series' help text is its documentation: `metrics_table()` renders them all, and the
+tables in README.md and docs/monitoring.md are that rendering
+(`python -m server.metrics --update-docs`; a test keeps them in step).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from server.doc_tables import ROOT, replace_table
+from server.prefix_cache import CacheStats
 from server.transport_stats import TransportCounts
 
 LATENCY_BUCKETS = (
@@ -38,23 +43,25 @@ class Metrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
         self.requests = Counter(
-            "phoenix_requests", "RPCs by method and final status code.", ["method", "code"],
+            "phoenix_requests",
+            "Calls that reached Python, by method and final gRPC code (refusals, undecodable "
+            "requests and cancellations included).", ["method", "code"],
             registry=registry,
         )  # fmt: skip
         self.request_latency = Histogram(
-            "phoenix_request_latency_seconds", "Time from RPC start to response, by method.",
+            "phoenix_request_latency_seconds", "Call start to response, by method, every code.",
             ["method"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "phoenix_requests_in_flight", "Rank RPCs being handled (queued, computing, replying).",
+            "phoenix_requests_in_flight", "Scoring calls being handled (queued, computing, replying).",
             registry=registry,
         )  # fmt: skip
         self.request_candidates = Histogram(
-            "phoenix_request_candidates", "Candidates per accepted Rank request.",
+            "phoenix_request_candidates", "Candidates per scoring call answered OK.",
             buckets=CANDIDATE_BUCKETS, registry=registry,
         )  # fmt: skip
         self.queue_wait = Histogram(
-            "phoenix_queue_wait_seconds", "Time a request waits before its first batch runs.",
+            "phoenix_queue_wait_seconds", "Admission to the request's first batch.",
             buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.queue_depth = Gauge(
@@ -78,7 +85,8 @@ class Metrics:
         self.refused = Counter(
             "phoenix_admission_refusals",
             "Requests refused at admission, before any compute, by reason "
-            "(queue_full: RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED).",
+            "(queue_full: RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED); no series until "
+            "the first refusal.",
             ["reason"], registry=registry,
         )  # fmt: skip
         self.batch_size = Histogram(
@@ -135,11 +143,16 @@ class Metrics:
             registry=registry,
         )
         self.model_info = Gauge(
-            "phoenix_model_info", "The served model (value is always 1).",
+            "phoenix_model_info", "The serving version (value 1; one series).",
             ["version", "checkpoint_sha256", "backend", "dtype", "history_seq_len", "emb_size",
              "num_layers"],
             registry=registry,
         )  # fmt: skip
+
+    def labelled(self) -> dict[str, tuple[str, ...]]:
+        """The label names of each labelled metric, by metric name."""
+        return {m._name: tuple(m._labelnames) for m in vars(self).values()
+                if isinstance(m, Counter | Gauge | Histogram) and m._labelnames}  # fmt: skip
 
     def watch_transport(self, counts: Callable[[], TransportCounts | None]) -> None:
         """Export what gRPC's transport counted (None: unreadable, nothing exported), read at
@@ -212,3 +225,34 @@ class _PrefixCacheCollector(Collector):
             "Device bytes of the prefix slabs (--prefix-cache-bytes plus the slots of the "
             "batches in flight).", value=self.capacity_bytes,
         )  # fmt: skip
+
+
+def metrics_table() -> str:
+    """Every exported `phoenix_` series (markdown): name with its labels, type, help text."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.watch_transport(TransportCounts)
+    metrics.watch_prefix_cache(lambda: CacheStats(0, 0, 0, 0, 0), 0)
+    labels = metrics.labelled()
+    lines = ["| series | type | meaning |", "|---|---|---|"]
+    for family in registry.collect():
+        if not family.name.startswith("phoenix_"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        if family.name in labels:
+            name += "{" + ",".join(labels[family.name]) + "}"
+        lines.append(f"| `{name}` | {family.type} | {family.documentation} |")
+    return "\n".join(lines)
+
+
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "monitoring.md")
+
+if __name__ == "__main__":
+    import sys
+
+    if "--update-docs" in sys.argv:
+        for path in DOCUMENTS:
+            changed = replace_table(path, metrics_table())
+            print(f"{path}: {'updated' if changed else 'already current'}")
+    else:
+        print(metrics_table())

@@ -88,6 +88,17 @@ def test_the_readme_options_table_is_the_generated_one():
         assert re.search(rf"`{opt.flag}`", readme)
 
 
+def test_the_metrics_tables_are_the_generated_one():
+    from server.metrics import DOCUMENTS, metrics_table
+
+    table = metrics_table()
+    assert len(table.splitlines()) > 30  # every series, not a stub
+    for path in DOCUMENTS:
+        assert table in path.read_text(), (
+            f"{path.name} is stale: run `python -m server.metrics --update-docs`"
+        )
+
+
 def test_serve_help_documents_every_variable(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
@@ -103,7 +114,7 @@ def test_the_compilation_cache_is_on_by_default_and_an_empty_value_turns_it_off(
 
 
 def test_a_compilation_cache_that_cannot_be_created_is_a_warning(tmp_path, caplog):
-    from server.runner import enable_compilation_cache
+    from server.engine import enable_compilation_cache
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
