@@ -59,13 +59,14 @@ from model import load_checkpoint, make_forward  # noqa: E402
 from model.checkpoint import default_checkpoint_path  # noqa: E402
 from model.config import PhoenixModelConfig  # noqa: E402
 from model.params import flatten  # noqa: E402
-from model.prefix import empty_slab, score_chunks, split_batch  # noqa: E402
+from model.prefix import empty_slab, score_chunks  # noqa: E402
 from request.encoding import encode  # noqa: E402
-from request.layout import Piece, empty_batch, pack_rows, windows  # noqa: E402
+from request.layout import Piece, empty_batch, pack_rows, split_batch, windows  # noqa: E402
 from request.raw import RawRequest  # noqa: E402
 from request.synthetic import synthetic_request_dict  # noqa: E402
 from server.buckets import make_plan  # noqa: E402
 from server.composition import next_batch_size  # noqa: E402
+from server.config import ServerConfig, ShapeConfig  # noqa: E402
 from server.runner import ModelRunner  # noqa: E402
 from tests.server.harness import ServerProcess  # noqa: E402
 
@@ -173,19 +174,25 @@ def nano_checkpoint(workdir: Path, smoke: bool) -> Path:
 # -- forward: the calls the server makes ------------------------------------------------------
 
 
+def runner_config(max_batch_size: int, cache_bytes: int) -> ServerConfig:
+    """The server's settings for the runners below: the benchmark's buckets, a prefix cache."""
+    shapes = ShapeConfig(max_batch_size=max_batch_size, candidate_buckets=CANDIDATE_BUCKETS)
+    return ServerConfig(shapes=shapes, prefix_cache_bytes=cache_bytes)
+
+
 def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[dict]:
     """Each shape's call alone: seconds, candidates/s (chunk calls), FLOPs and utilisation."""
     c = ckpt.config
-    plan = make_plan(c.history_seq_len, max(s[0] for s in shapes), CANDIDATE_BUCKETS)
-    runner = ModelRunner(ckpt, plan, prefix_cache_bytes=0)
+    runner = ModelRunner(ckpt, runner_config(max(s[0] for s in shapes), cache_bytes=0))
+    plan = runner.full_plan
     out = []
     for shape in shapes:
         shape = type(plan.shapes()[0])(*shape)
-        executable = runner._executable(shape)
+        executable = runner.engine.executable(shape)
         cost = executable.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0))
-        slab = runner._slabs[shape.history]
+        slab = runner.engine._slabs[shape.history]
         rng = np.random.default_rng(0)
         if shape.is_prefix:
             batch = fill(
@@ -196,18 +203,18 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
             state = {"slab": slab}
 
             def call(state=state, executable=executable, inputs=inputs, slots=slots):
-                state["slab"] = executable(runner.params, state["slab"], inputs, slots)
+                state["slab"] = executable(runner.model.params, state["slab"], inputs, slots)
                 return state["slab"]
 
             seconds = timed(call, repeats)
-            runner._slabs[shape.history] = state["slab"]
+            runner.engine._slabs[shape.history] = state["slab"]
         else:
             batch = fill(
                 empty_batch(c, shape.rows, 0, shape.candidates), rng, c.product_surface_vocab_size
             )
             chunks = split_batch(batch)[1]
             slots = np.zeros(shape.rows, np.int32)
-            seconds = timed(lambda e=executable, ch=chunks, s=slots, b=slab: e(runner.params, b, ch, s),
+            seconds = timed(lambda e=executable, ch=chunks, s=slots, b=slab: e(runner.model.params, b, ch, s),
                             repeats)  # fmt: skip
         record = {
             "section": "forward", "model": name, "call": "prefix" if shape.is_prefix else "chunk",
@@ -267,11 +274,10 @@ class PrefixOnce:
     """This server's runner, batches composed by the batcher's policy."""
 
     def __init__(self, ckpt, cache_bytes: int = 0):
-        c = ckpt.config
-        self.plan = make_plan(c.history_seq_len, 32, CANDIDATE_BUCKETS)
-        self.runner = ModelRunner(ckpt, self.plan, prefix_cache_bytes=cache_bytes)
-        self.runner._ready.update(self.plan.shapes())  # compiled on first use, below
-        self.runner.plan = self.plan
+        self.runner = ModelRunner(ckpt, runner_config(32, cache_bytes))
+        self.plan = self.runner.full_plan
+        self.runner.engine._ready.update(self.plan.shapes())  # compiled on first use, below
+        self.runner.engine.plan = self.plan
 
     def warm(self, encoded) -> None:
         """Compile and run once the calls this request needs (first runs pay one-time costs)."""
@@ -280,7 +286,7 @@ class PrefixOnce:
     def scores(self, encoded) -> np.ndarray:
         """Scores of one request, arriving now: with the cache off its prefix is encoded
         (a copy of the request is a new request, so repeats do not find the last one's)."""
-        if not self.runner.reuse_prefixes:
+        if not self.runner.packer.reuse_prefixes:
             encoded = dataclasses.replace(encoded)
         m, n = encoded.num_candidates, encoded.num_history
         pieces = [Piece(encoded, s, e) for s, e in windows(m, self.plan.window_for(m, n))]

@@ -34,10 +34,10 @@ _EXPORTS = {
     ],
     "model.exchange": ["export_exchange", "import_exchange", "read_exchange"],
     "model.hashing": ["hash_ids", "hash_rows", "splitmix64_mix"],
-    "model.inference": ["Ranker"],
     "model.mask": ["make_recsys_attn_mask"],
     "model.params": ["TrainingState"],
-    "model.ranker": ["default_compute_dtype", "make_forward"],
+    "model.network": ["default_compute_dtype", "make_forward"],
+    "model.ranker": ["Ranker"],
     "model.rope": ["right_anchored_rope_positions", "sequence_positions"],
     "model.transformer": ["ffn_size"],
 }

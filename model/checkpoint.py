@@ -74,6 +74,10 @@ class Checkpoint:
     rows: TableRows
     info: CheckpointInfo
 
+    @property
+    def num_parameters(self) -> int:
+        return sum(int(v.size) for v in flatten(self.state.params).values())
+
 
 def content_sha256(flat: Mapping[str, np.ndarray]) -> str:
     """sha256 over the tensors in name order: name, dtype, shape, then the raw bytes."""

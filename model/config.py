@@ -2,7 +2,7 @@
 
 The JSON layout and field names are the reference implementation's (`TransformerConfig`,
 `PhoenixModelConfig`, `HashConfig`) plus two of ours, `rope_positions` and `history_attention`
-(see `shared/reference/checkpoint-interop.md`). `PhoenixModelConfig.from_dict` accepts exactly
+(see `docs/interop.md`). `PhoenixModelConfig.from_dict` accepts exactly
 that JSON and rejects anything else with a `ConfigError` naming the field.
 """
 

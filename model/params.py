@@ -2,7 +2,7 @@
 
 A haiku params tree is `{module_path: {param_name: array}}`; its flat names are
 `module_path + "/" + param_name`, exactly the reference implementation's (see
-`shared/reference/checkpoint-interop.md`), plus our tables under `hash_embeddings/`. The
+`docs/interop.md`), plus our tables under `hash_embeddings/`. The
 expected names and shapes are read off the model itself (`jax.eval_shape` of its init), so
 validation can never drift from what the forward pass asks for.
 """
@@ -23,7 +23,7 @@ from model.errors import (
     ParameterShapeError,
     UnexpectedParameterError,
 )
-from model.ranker import make_forward
+from model.network import make_forward
 from request.layout import empty_batch
 
 TABLE_PREFIX = "hash_embeddings/"

@@ -14,7 +14,7 @@ the forward pass splits into
       request's prefix, -> logits [Kc, C, A].
 The candidate stream at layer l needs only the prefix's layer-l keys/values and itself
 (`model.attention.candidate_attention`, the same function the one-pass forward uses), so the
-logits equal `model.ranker.make_forward`'s for any chunking (tests/model/test_prefix.py holds
+logits equal `model.network.make_forward`'s for any chunking (tests/model/test_prefix.py holds
 them to it, and to the reference fixture). The last layer's prefix stream needs no attention
 output or feed-forward: only its keys and values are read.
 
@@ -26,7 +26,7 @@ neither depends on the other, which keeps warm-up short.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,30 +37,7 @@ from model.embeddings import action_embeddings, candidate_tokens, history_tokens
 from model.layers import rms_norm
 from model.mask import prefix_attn_mask
 from model.rope import apply_rope, sequence_positions
-from request.layout import RankingBatch
-
-
-class PrefixInputs(NamedTuple):
-    """The user + history columns of a `RankingBatch`: R rows, S history slots."""
-
-    user_rows: Any  # int32 [R, U]
-    history_post_rows: Any  # int32 [R, S, I]
-    history_author_rows: Any  # int32 [R, S, Au]
-    history_actions: Any  # uint8 [R, S, A]
-    history_surface: Any  # int32 [R, S]
-
-
-class CandidateInputs(NamedTuple):
-    """The candidate columns of a `RankingBatch`: Kc chunks of C slots."""
-
-    candidate_post_rows: Any  # int32 [Kc, C, I]
-    candidate_author_rows: Any  # int32 [Kc, C, Au]
-    candidate_surface: Any  # int32 [Kc, C]
-
-
-def split_batch(batch: RankingBatch) -> tuple[PrefixInputs, CandidateInputs]:
-    """A one-pass batch (row r: request r's prefix and one window) as prefix rows and chunks."""
-    return PrefixInputs(*batch[:5]), CandidateInputs(*batch[5:])
+from request.columns import CandidateInputs, PrefixInputs
 
 
 class PrefixSlab(NamedTuple):

@@ -17,7 +17,7 @@ import numpy as np
 
 from model.checkpoint import load_checkpoint
 from model.config import PhoenixModelConfig, TableRows
-from model.ranker import make_forward
+from model.network import make_forward
 from request.encoding import encode
 from request.layout import Piece, pack_rows, windows
 from request.raw import RawRequest

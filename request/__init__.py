@@ -2,6 +2,7 @@
 
 numpy only (no JAX, no haiku), so a front-end process loads it in milliseconds:
 
+    columns    the one declared schema of a request's arrays, and the types derived from it
     raw        RawRequest: a request in raw 64-bit ids, its JSON form and its validation
     schema     the JSON Schema of that form (request.schema.json is generated from it)
     encoding   EncodedRequest: ids hashed into table rows, history cut to the model's newest S

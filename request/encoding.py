@@ -2,68 +2,50 @@
 
 Glossary: n history events (at most the model's history_seq_len after truncation), m
 candidates, U / I / Au hashes per user / post / author id, A actions.
+
+`encode` works column by column from `request.columns.COLUMNS`: a column with a `table`
+hashes its raw id column into that table's rows, the others are copied in their dtype.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from model.config import PhoenixModelConfig, TableRows
 from model.hashing import hash_ids
+from request.columns import SCHEMA, EncodedRequest, Part, Schema
 from request.raw import RawRequest
 
-
-@dataclass(frozen=True, eq=False)
-class EncodedRequest:
-    """A request hashed into table rows; history holds the newest S events, oldest first."""
-
-    user_rows: np.ndarray  # int32 [U]
-    history_post_rows: np.ndarray  # int32 [n, I]
-    history_author_rows: np.ndarray  # int32 [n, Au]
-    history_actions: np.ndarray  # uint8 [n, A]
-    history_surface: np.ndarray  # int32 [n]
-    candidate_post_rows: np.ndarray  # int32 [m, I]
-    candidate_author_rows: np.ndarray  # int32 [m, Au]
-    candidate_surface: np.ndarray  # int32 [m]
-
-    @property
-    def num_history(self) -> int:
-        return self.history_post_rows.shape[0]
-
-    @property
-    def num_candidates(self) -> int:
-        return self.candidate_post_rows.shape[0]
+__all__ = ["EncodedRequest", "encode", "hash_segments"]
 
 
-def encode(raw: RawRequest, config: PhoenixModelConfig, rows: TableRows) -> EncodedRequest:
+def encode(
+    raw: RawRequest, config: PhoenixModelConfig, rows: TableRows, schema: Schema = SCHEMA
+) -> EncodedRequest:
     """Hash a (validated) request's ids and keep its newest `history_seq_len` events.
 
     All ids of the request are hashed in one vectorised pass (user, history posts and
     authors, candidate posts and authors side by side, each with its own table's modulus):
     a few dozen numpy calls per request instead of a few dozen per column.
     """
-    h = config.hash_config
     keep = slice(max(0, raw.num_history - config.history_seq_len), None)
-    segments = (
-        (np.array([raw.user_id], np.uint64), h.num_user_hashes, rows.user),
-        (raw.history_post_ids[keep], h.num_item_hashes, rows.post),
-        (raw.history_author_ids[keep], h.num_author_hashes, rows.author),
-        (raw.candidate_post_ids, h.num_item_hashes, rows.post),
-        (raw.candidate_author_ids, h.num_author_hashes, rows.author),
-    )
-    user, hist_post, hist_author, cand_post, cand_author = hash_segments(segments)
-    return EncodedRequest(
-        user_rows=user[0],
-        history_post_rows=hist_post,
-        history_author_rows=hist_author,
-        history_actions=np.ascontiguousarray(raw.history_actions[keep], dtype=np.uint8),
-        history_surface=raw.history_surface[keep].astype(np.int32),
-        candidate_post_rows=cand_post,
-        candidate_author_rows=cand_author,
-        candidate_surface=raw.candidate_surface.astype(np.int32),
-    )
+
+    def source(column) -> np.ndarray:
+        value = getattr(raw, column.source)
+        if column.part is Part.USER:
+            return np.array([value], np.uint64 if column.table else column.dtype)
+        return value[keep] if column.part is Part.HISTORY else value
+
+    hashed = [c for c in schema.columns if c.table is not None]
+    segments = [(source(c), c.row_shape(config)[0], getattr(rows, c.table)) for c in hashed]
+    arrays = dict(zip((c.name for c in hashed), hash_segments(segments), strict=True))
+    for c in schema.columns:
+        if c.table is None:
+            arrays[c.name] = np.ascontiguousarray(source(c), dtype=c.dtype)
+    for c in schema.columns:
+        if c.part is Part.USER:
+            arrays[c.name] = arrays[c.name][0]
+    return schema.request(arrays)
 
 
 def hash_segments(segments) -> list[np.ndarray]:

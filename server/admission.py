@@ -1,8 +1,8 @@
 """Admission: whether a request may join the queue, decided from work, not from counts.
 
-Work is measured in padded tokens (a row costs 1 user + S history + C candidate slots of its
-batch shape) and converted to device seconds with `DeviceRate`, an estimate of seconds per
-token kept current from every batch the device runs. The queue is bounded by the estimated
+Work is measured in work units (a row costs 1 user + S history + C candidate slots of its
+batch shape: `BatchShape.row_units`) and converted to device seconds with `DeviceRate`, an
+estimate of seconds per unit kept current from every batch the device runs. The queue is bounded by the estimated
 device time of what it holds (`max_queue_ms`), so 256 queued 2,800-candidate requests (seconds
 of compute) and 256 queued 16-candidate ones (milliseconds) are not the same queue.
 
@@ -24,33 +24,33 @@ from dataclasses import dataclass
 
 import grpc
 
-# Weight of the newest batch in the seconds-per-token estimate (an exponential moving average
+# Weight of the newest batch in the seconds-per-unit estimate (an exponential moving average
 # over roughly the last 1 / EWMA_WEIGHT batches).
 EWMA_WEIGHT = 0.1
 # A batch counts as at most this many times the current estimate: one batch stalled by
 # something else (a compilation in the background, a garbage collection) moves the estimate by
 # at most EWMA_WEIGHT x (MAX_SAMPLE_RATIO - 1) = 30%, while a lasting slow-down is still
 # followed within a few batches. Small batches (one chunk of 16-32 candidates) make single
-# stalls weigh heavily per token, which is why this matters.
+# stalls weigh heavily per unit, which is why this matters.
 MAX_SAMPLE_RATIO = 4.0
 
 
 class DeviceRate:
-    """Device seconds per padded token, learned from the batches the device runs."""
+    """Device seconds per work unit, learned from the batches the device runs."""
 
-    def __init__(self, seconds_per_token: float):
-        if not seconds_per_token > 0:
-            raise ValueError(f"seconds_per_token must be positive, got {seconds_per_token}")
-        self.seconds_per_token = seconds_per_token
+    def __init__(self, seconds_per_unit: float):
+        if not seconds_per_unit > 0:
+            raise ValueError(f"seconds_per_unit must be positive, got {seconds_per_unit}")
+        self.seconds_per_unit = seconds_per_unit
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        """One batch of `tokens` padded tokens took `seconds` on the device."""
-        if tokens > 0 and seconds > 0:
-            sample = min(seconds / tokens, MAX_SAMPLE_RATIO * self.seconds_per_token)
-            self.seconds_per_token += EWMA_WEIGHT * (sample - self.seconds_per_token)
+    def observe(self, units: int, seconds: float) -> None:
+        """One batch of `units` work units took `seconds` on the device."""
+        if units > 0 and seconds > 0:
+            sample = min(seconds / units, MAX_SAMPLE_RATIO * self.seconds_per_unit)
+            self.seconds_per_unit += EWMA_WEIGHT * (sample - self.seconds_per_unit)
 
-    def seconds(self, tokens: int) -> float:
-        return tokens * self.seconds_per_token
+    def seconds(self, units: int) -> float:
+        return units * self.seconds_per_unit
 
 
 @dataclass(frozen=True)

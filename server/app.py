@@ -1,13 +1,15 @@
-"""Assembles the service and owns its lifecycle.
+"""Assembles the service and runs it from start to stop.
 
-start     bind /metrics; start the batcher; bind gRPC (health NOT_SERVING), in this process
-          or in frontend worker processes (`--frontend-workers`)
-warm_up   compile the shapes that hold any request off the event loop, then health SERVING;
+start     bind /metrics; start the batcher; bind gRPC (health NOT_SERVING) through the front:
+          in this process, or in frontend worker processes (`--frontend-workers`); both are a
+          `server.transport.Front`, driven the same way
+warm_up   compile the shapes that hold any request off the event loop, then the front serves;
           with --checkpoint-dir, start watching it for new versions (server.reload; SIGHUP)
 compile_rest  compile the other planned shapes on a thread while serving; batches use each
           shape once it is ready (`compiled_all` logged at the end)
-shutdown  drain (server.front): refuse new requests (UNAVAILABLE), let queued and in-flight
-          requests finish, hold late callers until they go quiet, stop; all within the grace period
+shutdown  the front drains (`server.lifecycle`, `server.transport`): refuse new requests
+          (UNAVAILABLE), let queued and in-flight requests finish, hold late callers until
+          they go quiet, stop; all within the grace period
 """
 
 from __future__ import annotations
@@ -24,38 +26,29 @@ from prometheus_client import CollectorRegistry
 
 from model.actions import ACTIONS
 from model.checkpoint import default_checkpoint_path, load_checkpoint
-from server import ipc, transport_stats
 from server.batcher import Batcher
-from server.buckets import BucketPlan, make_plan
+from server.buckets import BatchShape
+from server.checkpoint_dir import VersionFile
 from server.config import Limits, ServerConfig
-from server.front import GrpcFront
+from server.engine import WarmupAborted, enable_compilation_cache
+from server.frontend_hub import FrontendHub
 from server.metrics import Metrics
 from server.metrics_http import MetricsHTTPServer, start_metrics_http, tls_context
 from server.reload import VersionWatcher, load_best
 from server.rpc import ranking_pb2 as pb
-from server.runner import ModelRunner, ServedModel, WarmupAborted, enable_compilation_cache
-from server.service import MetricsRecorder, ModelFacts, RankingService
-from server.versions import VersionFile
-from server.workers import FrontendHub
+from server.runner import ModelRunner
+from server.service import MetricsRecorder, ModelFacts
+from server.transport import Front, GrpcFront
+from server.versions import ServedModel
 
 log = logging.getLogger("phoenix.server")
-
-
-def _log_compiled(done: int, total: int, shape, seconds: float) -> None:
-    log.info(
-        "compiled batch shape %d/%d %s in %.2fs",
-        done,
-        total,
-        tuple(shape),
-        seconds,
-        extra={"fields": {"event": "compiled", "shape": list(shape)}},
-    )
 
 
 def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
     """GetModelInfo's answer: the serving model version and the serving limits."""
     c, m, h = runner.config, runner.config.model, runner.config.hash_config
-    info, rows = runner.checkpoint.info, runner.checkpoint.rows
+    info, rows = runner.model.checkpoint.info, runner.model.checkpoint.rows
+    engine = runner.engine
     return pb.ModelInfo(
         model_version=runner.model.version,
         actions=list(ACTIONS),
@@ -81,15 +74,15 @@ def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
         user_table_rows=rows.user,
         post_table_rows=rows.post,
         author_table_rows=rows.author,
-        num_parameters=runner.num_parameters,
-        compute_dtype=runner.dtype.name,
-        backend=runner.backend,
+        num_parameters=runner.model.checkpoint.num_parameters,
+        compute_dtype=engine.dtype.name,
+        backend=engine.backend,
     )
 
 
 class RankingServer:
-    """The model runner, the batcher, and either one gRPC front door in this process or
-    `frontend_workers` frontend processes (server.workers); /metrics always from here."""
+    """The model runner, the batcher, and the front that serves the gRPC port (one gRPC server
+    in this process, or `frontend_workers` frontend processes); /metrics always from here."""
 
     def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None):
         self.config = config
@@ -109,39 +102,27 @@ class RankingServer:
             version = str(self.version_file.number)
         else:
             checkpoint = load_checkpoint(config.checkpoint or default_checkpoint_path())
-        model_config = checkpoint.config
-        shapes = config.shapes
-        self.plan: BucketPlan = make_plan(
-            model_config.history_seq_len,
-            shapes.max_batch_size,
-            shapes.candidate_buckets,
-            shapes.history_buckets,
-            shapes.max_batch_candidates,
-        )
-        self.runner = ModelRunner(checkpoint, self.plan, config.dtype, on_compile=self._compiled,
-                                  version=version, prefix_cache_bytes=config.prefix_cache_bytes,
-                                  batches_in_flight=config.batcher.pipeline_depth)  # fmt: skip
+        self.runner = ModelRunner(checkpoint, config, self._compiled, version)
+        self.plan = self.runner.full_plan
         self.metrics.watch_prefix_cache(self.runner.prefix_cache_stats,
                                         self.runner.prefix_cache_capacity_bytes)  # fmt: skip
-        self.metrics.models_resident.set_function(lambda: self.runner.resident_models)
+        self.metrics.models_resident.set_function(lambda: self.runner.versions.resident)
         self.watcher: VersionWatcher | None = None
         self.port = self.metrics_port = 0
         self._metrics_http: MetricsHTTPServer | None = None
         self.batcher: Batcher | None = None
-        self.service: RankingService | None = None
-        self.front: GrpcFront | None = None
-        self.hub: FrontendHub | None = None
+        self.front: Front | None = None
         self.ready = False
         self.compile_thread: threading.Thread | None = None
         self._label_model()
 
     def _label_model(self) -> None:
         """phoenix_model_info: one series, the serving version's."""
-        model, c = self.runner.model, self.runner.config
+        model, c, engine = self.runner.model, self.runner.config, self.runner.engine
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(
-            model.version, model.checkpoint.info.file_sha256, self.runner.backend,
-            self.runner.dtype.name, str(c.history_seq_len), str(c.emb_size),
+            model.version, model.checkpoint.info.file_sha256, engine.backend,
+            engine.dtype.name, str(c.history_seq_len), str(c.emb_size),
             str(c.model.num_layers),
         ).set(1)  # fmt: skip
 
@@ -149,10 +130,7 @@ class RankingServer:
         """A new version serves: GetModelInfo and phoenix_model_info follow it."""
         self.info = describe(self.runner, self.config.limits)
         self._label_model()
-        if self.service is not None:
-            self.service.info = self.info
-        else:
-            self.hub.broadcast_info(self.info.SerializeToString())
+        self.front.publish(self.info)
 
     def _compiled(self, shape, seconds: float) -> None:
         self.metrics.compilations.inc()
@@ -186,22 +164,16 @@ class RankingServer:
         self.batcher = Batcher(self.runner, c.batcher, self.metrics)
         self.batcher.start()
         facts = ModelFacts(
-            self.runner.config, self.runner.checkpoint.rows, describe(self.runner, c.limits)
+            self.runner.config, self.runner.model.checkpoint.rows, describe(self.runner, c.limits)
         )
         self.info = facts.info
         if c.frontend_workers:
-            self.hub = FrontendHub(c, facts, self.batcher, self.metrics)
-            await self.hub.start()
-            self.port = self.hub.port
-            self.metrics.watch_transport(self.hub.transport_counts)
+            self.front = FrontendHub(c, facts, self.batcher, self.metrics)
         else:
-            recorder = MetricsRecorder(self.metrics)
-            self.service = RankingService(facts, self.batcher, c.limits, recorder)
-            address = f"{c.host}:{c.port}"
-            self.front = GrpcFront(self.service, address, c.transport)
-            await self.front.start()
-            self.port = self.front.port
-            self.metrics.watch_transport(transport_stats.read)
+            self.front = GrpcFront(facts, self.batcher, MetricsRecorder(self.metrics), c)
+        await self.front.start()
+        self.port = self.front.port
+        self.metrics.watch_transport(self.front.transport_counts)
 
     async def warm_up(self, abort: threading.Event | None = None) -> float:
         """Compile the shapes that hold any request (off the event loop), then report SERVING
@@ -217,14 +189,11 @@ class RankingServer:
         self.ready = True
         if self.version_file is not None:
             c = self.config
-            self.watcher = VersionWatcher(c.checkpoint_dir, c.poll_seconds, self.runner,
+            self.watcher = VersionWatcher(c.checkpoint_dir, c.poll_seconds, self.runner.versions,
                                           self.version_file, self.refused, self.metrics,
                                           self._swapped)  # fmt: skip
             self.watcher.start()
-        if self.front is not None:
-            await self.front.set_serving()
-        else:
-            await self.hub.broadcast(ipc.SERVING)
+        await self.front.serve()
         return seconds
 
     def compile_rest(self, abort: threading.Event | None) -> None:
@@ -241,7 +210,7 @@ class RankingServer:
                 return
             except Exception:
                 log.exception("compiling the remaining batch shapes failed; serving with %d",
-                              self.runner.shapes_ready)  # fmt: skip
+                              self.runner.engine.shapes_ready)  # fmt: skip
                 return
             try:
                 loop.call_soon_threadsafe(self._compiled_all, seconds)
@@ -258,9 +227,10 @@ class RankingServer:
                  extra={"fields": {"event": "compiled_all", "shapes": shapes,
                                    "seconds": round(seconds, 2)}})  # fmt: skip
 
-    def _log_compiled(self, done: int, total: int, shape, seconds: float) -> None:
+    def _log_compiled(self, done: int, total: int, shape: BatchShape, seconds: float) -> None:
         self.metrics.shapes_ready.set(done)
-        _log_compiled(done, total, shape, seconds)
+        log.info("compiled batch shape %d/%d %s in %.2fs", done, total, tuple(shape), seconds,
+                 extra={"fields": {"event": "compiled", "shape": list(shape)}})  # fmt: skip
 
     def check_versions(self) -> None:
         """SIGHUP: look at --checkpoint-dir now (a no-op without one)."""
@@ -281,11 +251,7 @@ class RankingServer:
         deadline = time.monotonic() + grace
         if self.watcher is not None:
             await self.watcher.stop()
-        if self.front is not None:
-            drained = await self.front.drain(deadline, self._close_and_drain)
-        else:  # the frontends drain their calls (answered from here), then exit
-            clean = await self.hub.stop(max(0.0, deadline - time.monotonic()))
-            drained = await self._close_and_drain(max(0.0, deadline - time.monotonic())) and clean
+        drained = await self.front.stop(deadline, self._close_and_drain)
         await self.batcher.stop(wait_for_device=drained)
         self._metrics_http.stop()
         return drained
@@ -330,9 +296,9 @@ async def serve(config: ServerConfig) -> int:
             "metrics_port": server.metrics_port,
             "model_version": server.info.model_version,
             "warmup_seconds": round(warm.result(), 2),
-            "shapes_ready": server.runner.shapes_ready,
+            "shapes_ready": server.runner.engine.shapes_ready,
             "shapes": len(server.plan.shapes()),
-            "devices": len(server.runner.devices),
+            "devices": len(server.runner.engine.devices),
         }
         log.info("serving", extra={"fields": ready})
         server.compile_rest(abort_warmup)

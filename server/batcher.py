@@ -5,7 +5,7 @@ the batcher's own state needs no locks):
 
 1. `submit` (called by a gRPC handler with an already validated, hashed request) splits the
    request's candidates into windows (`plan.window_for`: the bucket that scores it in the fewest
-   padded tokens), prices them in padded tokens and asks the admission policy
+   padded tokens), prices them in work units (`BatchShape.row_units`) and asks the admission policy
    (`server.admission.decide`) whether the queue can take that much more work before the
    request's deadline. Refused, it raises at once (`QueueFull` with a retry hint computed from
    the queue, or `DeadlineExceeded`); after `close()` it raises `ShuttingDown`. Admitted, its
@@ -75,13 +75,13 @@ class Runner(Protocol):
 
     config: PhoenixModelConfig
     plan: BucketPlan
-    seconds_per_token: float  # device seconds per padded token, as measured at warm-up
+    seconds_per_unit: float  # device seconds per work unit, as measured at warm-up
     score_width: int  # W: scores per candidate that `run` returns
     model: Any  # the serving version (has .version); replaced between batches on reload
 
     def pack(self, pieces: Sequence[Piece], model: Any):
-        """-> PackedBatch with .shape, .pieces, .model (scored by `model`) and .tokens
-        (its work units: `shape.rows x shape.row_tokens`)."""
+        """-> PackedBatch with .shape, .pieces, .model (scored by `model`) and .work_units
+        (`shape.rows x shape.row_units`)."""
         ...
 
     def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
@@ -109,7 +109,7 @@ class _Request:
     enqueued_at: float
     queued_pieces: int  # pieces still in the deque
     queued_candidates: int  # their candidates
-    queued_tokens: int  # their work units (1 + S + C per piece, of its own bucket)
+    queued_units: int  # their work units (1 + S + C per piece, of its own bucket)
     counted: bool = True  # still counted in the queue totals
     started: bool = False
     model: Any = None  # the version its first window was packed for; the rest follow it
@@ -123,7 +123,7 @@ class _QueuedPiece:
     request: _Request
     start: int
     stop: int
-    tokens: int  # work units of this piece alone: 1 + history bucket + candidate bucket
+    units: int  # work units of this piece alone: 1 + history bucket + candidate bucket
 
 
 class Batcher:
@@ -136,10 +136,10 @@ class Batcher:
         self._queued_requests = 0
         self._queued_pieces = 0
         self._queued_candidates = 0
-        self._queued_tokens = 0
-        self._in_flight_tokens = 0  # padded tokens of the batches on the device
+        self._queued_units = 0
+        self._in_flight_units = 0  # work units of the batches on the device
         self._peak_work = 0.0
-        self.rate = DeviceRate(runner.seconds_per_token)
+        self.rate = DeviceRate(runner.seconds_per_unit)
         metrics.queue_work_limit.set(config.max_queue_ms / 1000)
         self._wakeup = asyncio.Event()  # a piece arrived or a batch finished
         self._in_flight = 0  # batches handed to the device thread and not finished
@@ -196,15 +196,15 @@ class Batcher:
         is already at its bound. Raises like `submit`."""
         self._admit(0, deadline, time.monotonic())
 
-    def _admit(self, tokens: int, deadline: float | None, now: float) -> None:
+    def _admit(self, units: int, deadline: float | None, now: float) -> None:
         if self._broken is not None:
             raise ShuttingDown(f"batcher stopped after an internal error: {self._broken!r}")
         if not self._accepting:
             raise ShuttingDown("server is shutting down; retry on another replica")
         refusal = decide(
-            own_s=self.rate.seconds(tokens),
-            queued_s=self.rate.seconds(self._queued_tokens),
-            in_flight_s=self.rate.seconds(self._in_flight_tokens),
+            own_s=self.rate.seconds(units),
+            queued_s=self.rate.seconds(self._queued_units),
+            in_flight_s=self.rate.seconds(self._in_flight_units),
             queued_requests=self._queued_requests,
             remaining_s=None if deadline is None else deadline - now,
             max_queue_s=self.config.max_queue_ms / 1000,
@@ -222,8 +222,8 @@ class Batcher:
         plan, now = self.runner.plan, time.monotonic()
         m, n = encoded.num_candidates, encoded.num_history
         spans = windows(m, plan.window_for(m, n))
-        tokens = [plan.shape_for(1, n, stop - start).row_tokens for start, stop in spans]
-        self._admit(sum(tokens), deadline, now)
+        units = [plan.shape_for(1, n, stop - start).row_units for start, stop in spans]
+        self._admit(sum(units), deadline, now)
         request = _Request(
             encoded=encoded,
             deadline=deadline,
@@ -233,7 +233,7 @@ class Batcher:
             enqueued_at=now,
             queued_pieces=len(spans),
             queued_candidates=m,
-            queued_tokens=sum(tokens),
+            queued_units=sum(units),
         )
         if not spans:
             empty = np.zeros((0, self.runner.score_width), np.float32)
@@ -241,12 +241,12 @@ class Batcher:
             return request.future
         self._pieces.extend(
             _QueuedPiece(request, start, stop, t)
-            for (start, stop), t in zip(spans, tokens, strict=True)
+            for (start, stop), t in zip(spans, units, strict=True)
         )
         self._queued_requests += 1
         self._queued_pieces += len(spans)
         self._queued_candidates += m
-        self._queued_tokens += request.queued_tokens
+        self._queued_units += request.queued_units
         self._observe_queue()
         self._outstanding += 1
         self._idle.clear()
@@ -261,11 +261,11 @@ class Batcher:
             self._queued_requests -= 1
             self._queued_pieces -= request.queued_pieces
             self._queued_candidates -= request.queued_candidates
-            self._queued_tokens -= request.queued_tokens
+            self._queued_units -= request.queued_units
             self._observe_queue()
 
     def _observe_queue(self) -> None:
-        work = self.rate.seconds(self._queued_tokens)
+        work = self.rate.seconds(self._queued_units)
         self.metrics.queue_depth.set(self._queued_requests)
         self.metrics.queue_work.set(work)
         if work > self._peak_work:
@@ -311,11 +311,11 @@ class Batcher:
         request, size = piece.request, piece.stop - piece.start
         request.queued_pieces -= 1
         request.queued_candidates -= size
-        request.queued_tokens -= piece.tokens
+        request.queued_units -= piece.units
         if request.counted:
             self._queued_pieces -= 1
             self._queued_candidates -= size
-            self._queued_tokens -= piece.tokens
+            self._queued_units -= piece.units
             if request.queued_pieces == 0:
                 self._uncount(request)
         return piece
@@ -383,10 +383,10 @@ class Batcher:
                     self._observe_dispatch(taken, packed)
                     result = loop.run_in_executor(self._device, self._run_timed, packed)
                     self._in_flight += 1
-                    tokens = packed.tokens
-                    self._in_flight_tokens += tokens
+                    units = packed.work_units
+                    self._in_flight_units += units
                     dispatched = True
-                    result.add_done_callback(lambda f, t=taken, k=tokens: self._complete(f, t, k))
+                    result.add_done_callback(lambda f, t=taken, k=units: self._complete(f, t, k))
             except asyncio.CancelledError:
                 self._fail(taken, ShuttingDown("server stopped before this request ran"))
                 raise
@@ -454,16 +454,16 @@ class Batcher:
         scores = self.runner.run(packed)
         return scores, time.perf_counter() - started
 
-    def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], tokens: int) -> None:
+    def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], units: int) -> None:
         self._slots.release()
         self._in_flight -= 1
-        self._in_flight_tokens -= tokens
+        self._in_flight_units -= units
         self._batches += 1
         self._wakeup.set()
         try:
             scores, seconds = result.result()
             self.metrics.inference.observe(seconds)
-            self.rate.observe(tokens, seconds)
+            self.rate.observe(units, seconds)
             for row, p in enumerate(taken):
                 request = p.request
                 if request.future.done():

@@ -30,8 +30,10 @@ class BatchShape(NamedTuple):
     candidates: int  # C
 
     @property
-    def row_tokens(self) -> int:
-        """Sequence positions of one row: 1 (user) + S + C."""
+    def row_units(self) -> int:
+        """Work units of one row, what admission prices work in: its sequence positions,
+        1 (user) + S + C, as if the row carried its own prefix (see
+        `server.packing.PackedBatch.work_units`)."""
         return 1 + self.history + self.candidates
 
     @property
@@ -103,7 +105,7 @@ class BucketPlan:
             return shape
         holds = [x for x in self.ready if x.rows >= r and x.history >= s and x.candidates >= c
                  and not x.is_prefix and self._prefix_ready(x.history)]  # fmt: skip
-        return min(holds, key=lambda x: (x.rows * x.row_tokens, x), default=None)
+        return min(holds, key=lambda x: (x.rows * x.row_units, x), default=None)
 
     def _prefix_ready(self, history: int) -> bool:
         """Some prefix call of this history bucket is compiled."""

@@ -9,7 +9,7 @@ Rules, in order:
 1. Take pieces while the batch still fits a planned shape (rows, history and candidate
    buckets, and the plan's bound on candidate slots per batch).
 2. A piece joins only if it costs the batch at most `MAX_JOIN_COST` times what it would cost
-   alone (tokens of the padded shape): a 32-candidate window does not ride in a row padded to
+   alone (work units of the padded shape): a 32-candidate window does not ride in a row padded to
    1,024 slots; it starts the next batch instead.
 3. If more than `MAX_PADDING_ROWS` of the chosen row bucket would be padding rows, cut back to
    the largest row bucket the pieces fill: the rest runs next, which costs a device call
@@ -40,9 +40,9 @@ def next_batch_size(pieces: Iterable[tuple[int, int]], plan: BucketPlan) -> int:
             break
         if count:
             before = plan.shape_for(count, longest_history, longest_window)
-            added = (count + 1) * shape.row_tokens - count * before.row_tokens
+            added = (count + 1) * shape.row_units - count * before.row_units
             alone = plan.shape_for(1, history, window)
-            if added > MAX_JOIN_COST * alone.row_tokens:
+            if added > MAX_JOIN_COST * alone.row_units:
                 break
         count, longest_history, longest_window = count + 1, h, w
     if count:

@@ -78,7 +78,7 @@ class BatcherConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Transport:
-    """The gRPC transport: concurrency bounds, connection hygiene and TLS (see server.front).
+    """The gRPC transport: concurrency bounds, connection hygiene and TLS (see server.transport).
 
     Every call's life is bounded: a Rank call that carries no deadline gets
     `Limits.default_deadline_ms`; a connection lives at most `max_connection_age_s` + `max_connection_age_grace_s` (so a call

@@ -212,15 +212,6 @@ def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
     )
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """float32 sigmoid without overflow, and relatively exact for very negative logits."""
-    x = np.asarray(logits, dtype=np.float32)
-    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    negative = (x < 0).astype(np.float32)
-    # 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, without np.where (8x slower here).
-    return (e * negative + (1 - negative)) / (1 + e)
-
-
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -240,19 +231,17 @@ def rank_response_bytes(
     logits: np.ndarray,
     model_version: str,
     request_id: str,
-    probabilities: np.ndarray | None = None,
+    probabilities: np.ndarray,
 ) -> bytes:
     """A serialized RankResponse, built with numpy instead of one message per candidate.
 
     Every CandidateScores has the same size (post_id fixed64, then `logits` and
     `probabilities` as packed floats), so the m entries are one [m, record] byte array: ~100x
     faster than filling 2,800 messages. Parses to exactly the message the protobuf runtime
-    would build (tests/server/test_convert.py). `probabilities` defaults to `sigmoid(logits)`
-    (the server passes the ones its device computed).
+    would build (tests/server/test_convert.py). `probabilities` [m, A] are the sigmoids the
+    device computed beside the logits.
     """
     m, a = logits.shape
-    if probabilities is None:
-        probabilities = sigmoid(logits)
     floats = _varint(2 << 3 | 2) + _varint(4 * a)  # header of packed field 2 (logits)
     inner = 9 + 2 * (len(floats) + 4 * a)  # post_id + logits + probabilities
     prefix = _varint(1 << 3 | 2) + _varint(inner)  # RankResponse.scores entry header

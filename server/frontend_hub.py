@@ -1,5 +1,6 @@
 """The device process's side of frontend workers: spawn them, feed their requests to the
-batcher, answer them, and count their calls.
+batcher, answer them, and count their calls. `FrontendHub` is a `server.transport.Front`:
+`server.app` drives it exactly as it drives the in-process `GrpcFront`.
 
 Per request the device process only parses one SUBMIT frame (`np.frombuffer` per array),
 submits to the batcher and writes one RESULT frame: decoding, validation, hashing and response
@@ -27,18 +28,21 @@ import multiprocessing
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
 
+from request.columns import SCHEMA
 from server import ipc
 from server.batcher import Batcher
 from server.config import ServerConfig
 from server.errors import QueueFull, ServiceError
-from server.frontend import WorkerArgs, main
+from server.frontend_worker import WorkerArgs, main
 from server.metrics import Metrics
 from server.rpc import ranking_pb2 as pb
 from server.service import MetricsRecorder, ModelFacts
+from server.transport import DrainQueue
 from server.transport_stats import TransportCounts
 
 log = logging.getLogger("phoenix.server")
@@ -77,7 +81,7 @@ class FrontendHub:
         self.batcher = batcher
         self.recorder = MetricsRecorder(metrics, in_flight=False)
         self.metrics = metrics
-        self.layout = ipc.Layout.of(facts.config)
+        self.layout = SCHEMA.layout(facts.config)
         self._dir = tempfile.mkdtemp(prefix="phoenix-workers-")
         self.socket_path = str(Path(self._dir) / "device.sock")
         self._server: asyncio.Server | None = None
@@ -138,16 +142,20 @@ class FrontendHub:
                               process.exitcode)  # fmt: skip
                     self._processes[index] = self._spawn(index)
 
-    async def broadcast(self, state: int) -> None:
+    async def serve(self) -> None:
+        """Every frontend serves (health SERVING); one started later is told on READY."""
+        await self._broadcast(ipc.SERVING)
+
+    async def _broadcast(self, state: int) -> None:
         self._state = state
         for writer in self._send_all(ipc.state_frame(state)):
             await writer.drain()
 
-    def broadcast_info(self, info: bytes) -> None:
+    def publish(self, info: pb.ModelInfo) -> None:
         """A new ModelInfo for the frontends' GetModelInfo (after a swap); frontends started
         later get it with their arguments."""
-        self.facts = dataclasses.replace(self.facts, info=pb.ModelInfo.FromString(info))
-        self._send_all(ipc.info_frame(info))
+        self.facts = dataclasses.replace(self.facts, info=info)
+        self._send_all(ipc.info_frame(info.SerializeToString()))
 
     def _send_all(self, frame: bytes) -> list[asyncio.StreamWriter]:
         """Write `frame` to every connected frontend; returns the writers written to."""
@@ -156,9 +164,17 @@ class FrontendHub:
             writer.write(frame)
         return open_writers
 
-    async def stop(self, timeout: float) -> bool:
+    async def stop(self, deadline: float, drain_queue: DrainQueue) -> bool:
+        """Tell the frontends to drain (each answers its accepted calls, from this process's
+        queue, and exits), wait for them, then for the queue; True if all were done by
+        `deadline` (time.monotonic())."""
+        clean = await self._stop_frontends(max(0.0, deadline - time.monotonic()))
+        drained = await drain_queue(max(0.0, deadline - time.monotonic()))
+        return drained and clean
+
+    async def _stop_frontends(self, timeout: float) -> bool:
         """Tell the frontends to drain, wait for them to exit; True if all did in time."""
-        await self.broadcast(ipc.DRAINING)
+        await self._broadcast(ipc.DRAINING)
         if self._supervisor is not None:
             self._supervisor.cancel()
         loop = asyncio.get_running_loop()

@@ -9,8 +9,8 @@ neither JAX nor the model's parameters: it starts in about a second.
 
 Lifecycle: connect to the device process, bind the port, say READY; serve once the device
 says SERVING; on DRAINING (or its own SIGTERM, or the device process going away) drain like
-the single-process server: refuse new calls, answer those accepted, hold late callers until
-they go quiet, stop, exit.
+the single-process server (`server.transport.GrpcFront.stop`): refuse new calls, answer those
+accepted, hold late callers until they go quiet, stop, exit.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import time
 import grpc
 
 from model.config import PhoenixModelConfig, TableRows
-from request.encoding import EncodedRequest
+from request.columns import SCHEMA, EncodedRequest, Layout
 from server import ipc, transport_stats
 from server.config import ServerConfig
 from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
-from server.front import GrpcFront
 from server.rpc import ranking_pb2 as pb
-from server.service import ModelFacts, RankingService
+from server.service import SCORING_METHODS, ModelFacts
+from server.transport import GrpcFront
 
 log = logging.getLogger("phoenix.frontend")
 
@@ -64,7 +64,7 @@ class DeviceLink:
     """The device process, seen from a frontend: the service's queue and its recorder."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 layout: ipc.Layout, width: int):  # fmt: skip
+                 layout: Layout, width: int):  # fmt: skip
         self.reader, self.writer = reader, writer
         self.layout, self.width = layout, width
         self.in_flight = 0
@@ -110,7 +110,7 @@ class DeviceLink:
         self.in_flight += 1
 
     def finished(self, method: str, code: grpc.StatusCode, seconds: float, candidates: int) -> None:
-        if method == "Rank":
+        if method in SCORING_METHODS:
             self.in_flight -= 1
         if not self.broken:
             self.writer.write(
@@ -171,13 +171,12 @@ async def _run(args: WorkerArgs) -> int:
     config = args.config
     model_config = PhoenixModelConfig.from_json(args.model_config_json)
     reader, writer = await asyncio.open_unix_connection(args.socket_path, limit=ipc.MAX_FRAME_BYTES)
-    link = DeviceLink(reader, writer, ipc.Layout.of(model_config), 2 * model_config.num_actions)
+    link = DeviceLink(reader, writer, SCHEMA.layout(model_config), 2 * model_config.num_actions)
     facts = ModelFacts(
         model_config, TableRows(*args.rows), pb.ModelInfo.FromString(args.model_info)
     )
-    service = RankingService(facts, link, config.limits, link)
-    link.on_info = lambda info: setattr(service, "info", info)
-    front = GrpcFront(service, f"{config.host}:{args.port}", config.transport, reuse_port=True)
+    front = GrpcFront(facts, link, link, config, reuse_port=True, port=args.port)
+    link.on_info = front.publish
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())
     reporting = asyncio.get_running_loop().create_task(_report_transport(link))
@@ -194,11 +193,11 @@ async def _run(args: WorkerArgs) -> int:
             break
         state = next_state.result()
         if state == ipc.SERVING:
-            await front.set_serving()
+            await front.serve()
         else:  # DRAINING, or the device process is gone
             break
     deadline = time.monotonic() + config.grace_seconds
-    drained = await front.drain(deadline, link.idle)
+    drained = await front.stop(deadline, link.idle)
     reporting.cancel()
     await link.report_transport()
     writer.close()

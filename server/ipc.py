@@ -6,7 +6,8 @@ pickle, no per-element work):
 
     SUBMIT  frontend -> device  call id, absolute deadline (CLOCK_MONOTONIC seconds, shared by
                                 the processes of one machine; NaN = none), the frontend's calls
-                                in flight, n, m, then the EncodedRequest's eight arrays
+                                in flight, n, m, then the EncodedRequest's arrays in the
+                                order and dtypes of `request.columns` (its `Layout`)
     RESULT  device -> frontend  call id, status code, retry hint (ms), then (OK) the UTF-8
                                 model version that scored it and float32 [m, W] scores, or
                                 a UTF-8 message
@@ -28,12 +29,10 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 
-from model.config import PhoenixModelConfig
-from request.encoding import EncodedRequest
+from request.columns import EncodedRequest, Layout
 from server.batcher import Scored
 from server.transport_stats import TransportCounts
 
@@ -66,41 +65,15 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, memoryview]:
     return kind, memoryview(await reader.readexactly(length - 1))
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The dtypes and widths of an EncodedRequest's arrays for one model."""
-
-    user: int  # U
-    item: int  # I
-    author: int  # Au
-    actions: int  # A
-
-    @classmethod
-    def of(cls, config: PhoenixModelConfig) -> Layout:
-        h = config.hash_config
-        return cls(h.num_user_hashes, h.num_item_hashes, h.num_author_hashes, config.num_actions)
-
-    def fields(self, n: int, m: int) -> tuple[tuple[str, type, tuple[int, ...]], ...]:
-        return (
-            ("user_rows", np.int32, (self.user,)),
-            ("history_post_rows", np.int32, (n, self.item)),
-            ("history_author_rows", np.int32, (n, self.author)),
-            ("history_actions", np.uint8, (n, self.actions)),
-            ("history_surface", np.int32, (n,)),
-            ("candidate_post_rows", np.int32, (m, self.item)),
-            ("candidate_author_rows", np.int32, (m, self.author)),
-            ("candidate_surface", np.int32, (m,)),
-        )
-
-
 def submit_frame(
     call_id: int, deadline: float | None, in_flight: int, encoded: EncodedRequest, layout: Layout
 ) -> bytes:
+    """A request's arrays in `layout`'s order (`request.columns`), each as its raw bytes."""
     n, m = encoded.num_history, encoded.num_candidates
     header = _SUBMIT.pack(call_id, math.nan if deadline is None else deadline, in_flight, n, m)
     arrays = [
         np.ascontiguousarray(getattr(encoded, name), dtype).tobytes()
-        for name, dtype, _ in layout.fields(n, m)
+        for name, dtype, _ in layout.shapes(n, m)
     ]
     return frame(SUBMIT, header, *arrays)
 
@@ -111,13 +84,13 @@ def parse_submit(
     """(call id, deadline, frontend's calls in flight, request); ValueError if malformed."""
     call_id, deadline, in_flight, n, m = _SUBMIT.unpack_from(payload)
     offset, arrays = _SUBMIT.size, {}
-    for name, dtype, shape in layout.fields(n, m):
+    for name, dtype, shape in layout.shapes(n, m):
         count = int(np.prod(shape))
         arrays[name] = np.frombuffer(payload, dtype, count, offset).reshape(shape)
-        offset += count * np.dtype(dtype).itemsize
+        offset += count * dtype.itemsize
     if offset != len(payload):
         raise ValueError(f"SUBMIT frame has {len(payload) - offset} stray bytes")
-    return call_id, None if math.isnan(deadline) else deadline, in_flight, EncodedRequest(**arrays)
+    return call_id, None if math.isnan(deadline) else deadline, in_flight, layout.request(arrays)
 
 
 def result_frame(
@@ -165,10 +138,6 @@ def parse_state(payload: memoryview) -> int:
 
 def ready_frame(index: int) -> bytes:
     return frame(READY, _READY.pack(index))
-
-
-def parse_ready(payload: memoryview) -> int:
-    return _READY.unpack_from(payload)[0]
 
 
 def transport_frame(counts: TransportCounts) -> bytes:

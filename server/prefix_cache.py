@@ -1,9 +1,10 @@
 """Which slab slot holds which encoded prefix: an LRU index over one `model.prefix.PrefixSlab`.
 
 A slot holds one request's encoded user + history (every layer's keys/values). The key is
-`prefix_key(model_version, request)`: the version, then a digest of the exact user rows and
-history window (rows, actions, surfaces), so a user's next request with the same history finds
-its prefix already encoded, and a reloaded model never reads a prefix another version encoded.
+`prefix_key(model_version, request)`: the version, then a digest of every user and history
+array of the request (`request.columns`: whatever the schema says the prefix is), so a user's
+next request with the same history finds its prefix already encoded, and a reloaded model
+never reads a prefix another version encoded.
 With reuse off (`--prefix-cache-bytes 0`), the key is the request object itself: its windows
 still share one encoding, nothing is shared across requests.
 
@@ -20,24 +21,18 @@ that reads it encodes it first, from its own copy of the request (`unwritten`). 
 from __future__ import annotations
 
 import collections
-import hashlib
 import threading
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from request.encoding import EncodedRequest
+from request.columns import SCHEMA, EncodedRequest
 
 
 def prefix_key(model_version: str, request: EncodedRequest) -> tuple[str, bytes]:
-    """What identifies an encoded prefix: the model version and a 128-bit digest of the user
-    rows and the history window (its length, rows, actions and surfaces, in order)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(request.num_history.to_bytes(4, "little"))
-    for column in (request.user_rows, request.history_post_rows, request.history_author_rows,
-                   request.history_actions, request.history_surface):  # fmt: skip
-        h.update(column.tobytes())
-    return model_version, h.digest()
+    """What identifies an encoded prefix: the model version and a 128-bit digest of every
+    prefix array of the request (`request.columns.Schema.prefix_digest`)."""
+    return model_version, SCHEMA.prefix_digest(request)
 
 
 @dataclass(eq=False)

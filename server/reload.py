@@ -1,4 +1,4 @@
-"""Zero-downtime model reload from a directory of versioned checkpoints (`server.versions`).
+"""Zero-downtime model reload from a directory of versioned checkpoints (`server.checkpoint_dir`).
 
 `VersionWatcher` checks the directory every `poll_seconds`, and at once when woken (SIGHUP).
 When the best available version (the highest that has not failed as it is now) is not the
@@ -8,10 +8,10 @@ one serving, it:
    last batch and the last request pinned to it are done), so never more than two are;
 2. loads the file off the event loop: `load_checkpoint` validates the format, the names and
    shapes of every tensor and the content checksum;
-3. prepares it beside the serving version (`ModelRunner.prepare`): same config and tables,
-   so every compiled executable is reused with no compilation; one row of every bucket
-   scored, all finite;
-4. swaps it in on the event loop, between two batches (`ModelRunner.swap`). Batches already
+3. prepares it beside the serving version (`server.versions.Versions.prepare`): same config
+   and tables, so every compiled executable is reused with no compilation; one batch scored,
+   all finite;
+4. swaps it in on the event loop, between two batches (`Versions.swap`). Batches already
    packed finish on the old version, and a request split across batches stays on the version
    its first window was packed for (`server.batcher`): each response's `model_version` names
    the one version that scored all of it. `on_swap` then updates GetModelInfo and metrics.
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import CheckpointError
-from server import versions
+from server import checkpoint_dir
 from server.metrics import Metrics
-from server.runner import ModelRunner, ServedModel
+from server.versions import ServedModel, Versions
 
 log = logging.getLogger("phoenix.reload")
 
@@ -45,8 +45,8 @@ class NoServableVersion(CheckpointError):
     """The checkpoint directory holds no version that loads."""
 
 
-def refuse(refused: set[versions.VersionFile], metrics: Metrics, version: versions.VersionFile,
-           error: Exception, serving: versions.VersionFile | None = None) -> None:  # fmt: skip
+def refuse(refused: set[checkpoint_dir.VersionFile], metrics: Metrics, version: checkpoint_dir.VersionFile,
+           error: Exception, serving: checkpoint_dir.VersionFile | None = None) -> None:  # fmt: skip
     """Record a version that failed: not tried again until its file changes, counted in
     phoenix_reload_failures_total, and one log line."""
     refused.add(version)
@@ -56,15 +56,15 @@ def refuse(refused: set[versions.VersionFile], metrics: Metrics, version: versio
               extra={"fields": {"event": "reload_refused", "version": version.number}})  # fmt: skip
 
 
-def load_best(directory: Path, refused: set[versions.VersionFile], metrics: Metrics
-              ) -> tuple[versions.VersionFile, Checkpoint]:  # fmt: skip
+def load_best(directory: Path, refused: set[checkpoint_dir.VersionFile], metrics: Metrics
+              ) -> tuple[checkpoint_dir.VersionFile, Checkpoint]:  # fmt: skip
     """Load the best version of `directory` that loads (at start-up); NoServableVersion if
     none does. Versions that fail are refused (`refuse`)."""
     try:
-        available = versions.scan(directory)
+        available = checkpoint_dir.scan(directory)
     except OSError as e:
         raise NoServableVersion(f"{directory}: {e.strerror or e}") from None
-    for version in versions.candidates(available, refused):
+    for version in checkpoint_dir.candidates(available, refused):
         try:
             return version, load_checkpoint(version.path)
         except CheckpointError as e:
@@ -75,12 +75,12 @@ def load_best(directory: Path, refused: set[versions.VersionFile], metrics: Metr
 
 
 class VersionWatcher:
-    def __init__(self, directory: Path, poll_seconds: float, runner: ModelRunner,
-                 serving: versions.VersionFile, refused: set[versions.VersionFile],
+    def __init__(self, directory: Path, poll_seconds: float, versions: Versions,
+                 serving: checkpoint_dir.VersionFile, refused: set[checkpoint_dir.VersionFile],
                  metrics: Metrics, on_swap: Callable[[ServedModel], None]):  # fmt: skip
         self.directory = directory
         self.poll_seconds = poll_seconds
-        self.runner = runner
+        self.versions = versions
         self.serving = serving  # the file of the serving version
         self.refused = refused
         self.metrics = metrics
@@ -117,31 +117,31 @@ class VersionWatcher:
         """Swap in the best available version if it is not the serving one; True if a swap
         happened."""
         try:
-            available = versions.scan(self.directory)
+            available = checkpoint_dir.scan(self.directory)
         except OSError as e:
             log.warning("cannot read %s: %s; the serving version stays", self.directory, e)
             return False
-        for version in versions.candidates(available, self.refused):
+        for version in checkpoint_dir.candidates(available, self.refused):
             if version.number == self.serving.number:
                 return False  # the best one is already serving
             if await self._swap_to(version):
                 return True
         return False
 
-    async def _swap_to(self, version: versions.VersionFile) -> bool:
+    async def _swap_to(self, version: checkpoint_dir.VersionFile) -> bool:
         loop = asyncio.get_running_loop()
-        while self.runner.resident_models > 1:  # the last swap's old version is still in use
+        while self.versions.resident > 1:  # the last swap's old version is still in use
             await asyncio.sleep(RESIDENT_POLL_SECONDS)
         started = time.monotonic()
         try:
             checkpoint = await loop.run_in_executor(None, load_checkpoint, version.path)
             model = await loop.run_in_executor(
-                None, self.runner.prepare, checkpoint, str(version.number)
+                None, self.versions.prepare, checkpoint, str(version.number)
             )
         except (CheckpointError, ValueError) as e:
             refuse(self.refused, self.metrics, version, e, self.serving)
             return False
-        previous = self.runner.swap(model)
+        previous = self.versions.swap(model)
         self.serving = version
         self.metrics.reloads.inc()
         self.on_swap(model)

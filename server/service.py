@@ -1,16 +1,20 @@
-"""The gRPC layer: proto <-> domain types, validation and status codes, nothing else.
+"""The gRPC layer: wire formats <-> domain types, validation and status codes, nothing else.
 
-A Rank call arrives as raw bytes (no deserializer), so that everything about it, including
-bytes that do not parse, is answered and counted here. In order:
+A scoring call arrives as raw bytes (no deserializer), so that everything about it, including
+bytes that do not parse, is answered and counted here. Each scoring RPC is a `Codec` (its
+request bytes -> `Decoded`, its scores -> response bytes); every one takes the same path,
+`RankingService._score`:
 
-1. Refuse before spending anything: shutting down or warming up (UNAVAILABLE), a deadline
-   that has passed, or a queue already holding more work than it may (`Batcher.precheck`).
+1. Refuse before spending anything (`server.lifecycle`, then the queue): starting, warming up
+   or shutting down (UNAVAILABLE), a deadline that has passed, or a queue already holding
+   more work than it may (`Batcher.precheck`).
 2. Decode, validate and hash (host work). Requests up to `INLINE_BYTES` are handled on the
    event loop, where a thread hop would cost more than the work; larger ones on the host
    thread, so that one large request holds the loop for no longer than Python's switch
    interval at a time, not for the milliseconds its decoding takes.
-3. Hand the encoded request to the batcher, which admits it by work and deadline or refuses
-   it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and await it.
+3. Hand each encoded ranking request to the queue, which admits it by work and deadline or
+   refuses it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and
+   await them all.
 4. Serialize the response with numpy (`convert.rank_response_bytes`), off the loop beyond
    `INLINE_CANDIDATES`.
 
@@ -27,23 +31,23 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Sequence
 from typing import Protocol
 
 import grpc
 
-from model.actions import ACTIONS
+from model.actions import NUM_ACTIONS
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest, encode
 from request.raw import RawRequest
 from server import convert
 from server.batcher import Scored
 from server.config import Limits
-from server.errors import InvalidArgument, QueueFull, ServiceError, ShuttingDown
+from server.errors import InvalidArgument, QueueFull, ServiceError
+from server.lifecycle import Lifecycle
 from server.logs import RateLimited
 from server.metrics import Metrics
 from server.rpc import ranking_pb2 as pb
-from server.rpc import ranking_pb2_grpc
 
 log = logging.getLogger("phoenix.requests")
 # Bad requests are the caller's doing and can come by the thousand: one line a second at most.
@@ -68,7 +72,7 @@ class Queue(Protocol):
 
     def precheck(self, deadline: float | None) -> None: ...
 
-    def submit(self, encoded: EncodedRequest, deadline: float | None) -> Awaitable[Scored]:
+    def submit(self, encoded: EncodedRequest, deadline: float | None) -> asyncio.Future:
         """Scores float32 [m, 2A] (logits, then probabilities) and the version that
         computed them."""
         ...
@@ -77,7 +81,8 @@ class Queue(Protocol):
 class Recorder(Protocol):
     """Where the service reports each call (Prometheus here, or the device process)."""
 
-    def started(self) -> None: ...
+    def started(self) -> None:
+        """A scoring call (one of `SCORING_METHODS`) began; its `finished` follows."""
 
     def finished(
         self, method: str, code: grpc.StatusCode, seconds: float, candidates: int
@@ -97,9 +102,10 @@ class MetricsRecorder:
             self.metrics.in_flight.inc()
 
     def finished(self, method: str, code: grpc.StatusCode, seconds: float, candidates: int) -> None:
-        if method == "Rank" and self.in_flight:
+        scoring = method in SCORING_METHODS
+        if scoring and self.in_flight:
             self.metrics.in_flight.dec()
-        if method == "Rank" and code == grpc.StatusCode.OK and candidates:
+        if scoring and code == grpc.StatusCode.OK and candidates:
             self.metrics.request_candidates.observe(candidates)
         self.metrics.requests.labels(method, code.name).inc()
         self.metrics.request_latency.labels(method).observe(seconds)
@@ -114,13 +120,62 @@ class ModelFacts:
     info: pb.ModelInfo
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Decoded:
+    """A scoring call's request, decoded, validated and hashed: what the queue scores (one
+    entry per ranking request) and what its response is built from."""
+
+    request_id: str  # the caller's, or "" (the service then assigns one)
+    raws: tuple[RawRequest, ...]  # each ranking request in raw ids
+    encoded: tuple[EncodedRequest, ...]  # the same, hashed: what the queue scores
+
+    @property
+    def candidates(self) -> int:
+        return sum(r.num_candidates for r in self.raws)
+
+
+class Codec(Protocol):
+    """One scoring RPC's wire format: request bytes -> `Decoded`, scores -> response bytes.
+    Both run on the event loop for small calls and on the host thread for large ones."""
+
+    method: str  # the RPC's name: the `method` label of the metrics
+
+    def decode(self, data: bytes, model: ModelFacts, limits: Limits) -> Decoded:
+        """InvalidArgument naming the field for anything it cannot score."""
+        ...
+
+    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes: ...
+
+
+class RankCodec:
+    """`phoenix.ranking.v1.RankingService/Rank`: one request, its scores in request order."""
+
+    method = "Rank"
+
+    def decode(self, data: bytes, model: ModelFacts, limits: Limits) -> Decoded:
+        raw = convert.decode_rank_request(data, model.config, limits)
+        return Decoded(raw.request_id, (raw,), (encode(raw, model.config, model.rows),))
+
+    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes:
+        (raw,), (result,) = decoded.raws, scored
+        a = NUM_ACTIONS
+        return convert.rank_response_bytes(
+            raw.candidate_post_ids, result.scores[:, :a], result.model_version, request_id,
+            result.scores[:, a:],
+        )  # fmt: skip
+
+
+RANK = RankCodec()
+SCORING_METHODS = frozenset({RANK.method})  # calls counted in phoenix_requests_in_flight
+
+
 def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
     """Register the service like the generated `add_RankingServiceServicer_to_server`, except
-    that Rank returns its response already serialized (see `convert.rank_response_bytes`)."""
+    that every method takes and returns bytes (see `convert.rank_response_bytes`)."""
     name = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
     handlers = {
-        "Rank": grpc.unary_unary_rpc_method_handler(service.Rank),  # bytes in, bytes out
-        "GetModelInfo": grpc.unary_unary_rpc_method_handler(service.GetModelInfo),  # bytes
+        "Rank": grpc.unary_unary_rpc_method_handler(service.Rank),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(service.GetModelInfo),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
@@ -139,27 +194,29 @@ async def _abort(
     raise AssertionError("context.abort returned")
 
 
-class RankingService(ranking_pb2_grpc.RankingServiceServicer):
-    def __init__(self, model: ModelFacts, queue: Queue, limits: Limits, recorder: Recorder):
+async def _gather(futures: Sequence[asyncio.Future]) -> list[Scored]:
+    """Every request's scores; if one fails (or the call is cancelled), the others are
+    cancelled too, so no work is left queued for an answer nobody reads."""
+    try:
+        return list(await asyncio.gather(*futures))
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+
+
+class RankingService:
+    """The scoring RPCs and GetModelInfo, on raw bytes: decode -> admit -> wait -> encode."""
+
+    def __init__(self, model: ModelFacts, queue: Queue, limits: Limits, recorder: Recorder,
+                 lifecycle: Lifecycle):  # fmt: skip
         self.model = model
         self.queue = queue
         self.limits = limits
         self.recorder = recorder
+        self.lifecycle = lifecycle
         self.info = model.info
         self._host = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host")
-        self.ready = False  # set once warm-up has compiled every batch shape
-        self._preparing = 0  # calls past the door and not yet handed to the batcher
-        self._prepared = asyncio.Event()  # set whenever _preparing is 0
-        self._prepared.set()
-        self.draining = False  # set on shutdown
-        self.parking = False  # set in the drain's lame-duck phase: new calls wait, then refused
-        self._released = asyncio.Event()
-        self.last_call = time.monotonic()  # when the latest RPC arrived (for the lame-duck phase)
-
-    def _prepare(self, data: bytes) -> tuple[RawRequest, EncodedRequest]:
-        """Decode, validate and hash a request (host work; any thread)."""
-        raw = convert.decode_rank_request(data, self.model.config, self.limits)
-        return raw, encode(raw, self.model.config, self.model.rows)
 
     async def _off_loop_if(self, large: bool, fn, *args):
         if not large:
@@ -167,54 +224,47 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._host, fn, *args)
 
     async def Rank(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._score(RANK, data, context)
+
+    async def _score(self, codec: Codec, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """One scoring call: refused at the door if the lifecycle, its deadline or the queue
+        already settle it; else decoded, admitted and queued, awaited, and encoded."""
         start = time.perf_counter()
-        self.last_call = time.monotonic()
         request_id = ""
         code = grpc.StatusCode.OK
         prepared = start  # when decoding, validation and hashing were done
-        raw = None
+        decoded: Decoded | None = None
         self.recorder.started()
         try:
-            if self.draining:
-                if self.parking:  # held until the transport stops (see server.front)
-                    await self._released.wait()
-                raise ShuttingDown("server is shutting down; retry on another replica")
-            if not self.ready:
-                raise ShuttingDown("server is warming up; retry shortly")
+            await self.lifecycle.admit()
             remaining = context.time_remaining()
             if remaining is None:
                 remaining = self.limits.default_deadline_ms / 1000
             deadline = time.monotonic() + remaining
             self.queue.precheck(deadline)
-            self._preparing += 1
-            self._prepared.clear()
-            try:
-                raw, encoded = await self._off_loop_if(
-                    len(data) > INLINE_BYTES, self._prepare, data
+            with self.lifecycle.entering():
+                decoded = await self._off_loop_if(
+                    len(data) > INLINE_BYTES, codec.decode, data, self.model, self.limits
                 )
-                request_id = raw.request_id or uuid.uuid4().hex
+                request_id = decoded.request_id or uuid.uuid4().hex
                 prepared = time.perf_counter()
-                future = self.queue.submit(encoded, deadline)
-            finally:
-                self._preparing -= 1
-                if not self._preparing:
-                    self._prepared.set()
-            scored = await future  # Scored: [m, 2A] and the version that computed them
-            a = len(ACTIONS)
+                futures = []
+                try:
+                    for encoded in decoded.encoded:
+                        futures.append(self.queue.submit(encoded, deadline))
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+            scored = await _gather(futures)
             return await self._off_loop_if(
-                raw.num_candidates > INLINE_CANDIDATES,
-                convert.rank_response_bytes,
-                raw.candidate_post_ids,
-                scored.scores[:, :a],
-                scored.model_version,
-                request_id,
-                scored.scores[:, a:],
+                decoded.candidates > INLINE_CANDIDATES, codec.encode, decoded, scored, request_id
             )
         except ServiceError as e:
             code = e.code
             if isinstance(e, InvalidArgument):
                 _invalid_requests.warning(
-                    "invalid Rank request: %s", e, fields={"request_id": request_id}
+                    "invalid %s request: %s", codec.method, e, fields={"request_id": request_id}
                 )
             if isinstance(e, QueueFull):
                 context.set_trailing_metadata((("grpc-retry-pushback-ms", str(e.retry_after_ms)),))
@@ -226,39 +276,23 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         except Exception:
             code = grpc.StatusCode.INTERNAL
             request_id = request_id or uuid.uuid4().hex
-            log.exception("Rank failed", extra={"fields": {"request_id": request_id}})
+            log.exception(f"{codec.method} failed", extra={"fields": {"request_id": request_id}})
             code = await _abort(context, code, f"internal error (request_id={request_id})")
             raise asyncio.CancelledError() from None
         finally:
             elapsed = time.perf_counter() - start
-            self.recorder.finished("Rank", code, elapsed, 0 if raw is None else raw.num_candidates)
+            candidates = 0 if decoded is None else decoded.candidates
+            self.recorder.finished(codec.method, code, elapsed, candidates)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "Rank",
-                    extra={
-                        "fields": {
-                            "request_id": request_id,
-                            "code": code.name,
-                            "bytes": len(data),
-                            "candidates": None if raw is None else raw.num_candidates,
-                            "history": None if raw is None else raw.num_history,
-                            "prepare_ms": round((prepared - start) * 1000, 3),
-                            "latency_ms": round(elapsed * 1000, 3),
-                        }
-                    },
-                )
-
-    def release_parked(self) -> None:
-        """Answer the parked calls (UNAVAILABLE), and any later one at once."""
-        self._released.set()
-
-    async def preparing_done(self) -> None:
-        """Wait until no call is between the door and the batcher (used on shutdown, after
-        `draining` is set, so that a call that arrived before it is queued, not refused)."""
-        await self._prepared.wait()
+                log.debug(codec.method, extra={"fields": {
+                    "request_id": request_id, "code": code.name, "bytes": len(data),
+                    "requests": None if decoded is None else len(decoded.raws),
+                    "candidates": None if decoded is None else candidates,
+                    "prepare_ms": round((prepared - start) * 1000, 3),
+                    "latency_ms": round(elapsed * 1000, 3),
+                }})  # fmt: skip
 
     async def GetModelInfo(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        self.last_call = time.monotonic()
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:

@@ -1,15 +1,21 @@
-"""The gRPC front door: one aio server with the ranking service, health and reflection, and
-its drain. Used by the single-process server and by each frontend worker alike.
+"""The gRPC transport: one aio server with the ranking service, health and reflection, its
+options and its drain; and `Front`, the one interface of the two ways to serve the port.
 
-Drain (SIGTERM), everything by the grace period's end:
+Two fronts serve the gRPC port, both driven the same way by `server.app`:
+  `GrpcFront`                       one gRPC server in this process (also what each frontend
+                                    worker process runs, with `server.frontend_worker`)
+  `server.frontend_hub.FrontendHub` frontend worker processes sharing the port, fed from here
 
-1. Health NOT_SERVING; new calls are answered UNAVAILABLE at once (retry elsewhere); calls
-   already past the door finish decoding and join the queue; `wait_for_work` waits until the
-   accepted work is answered (until `STOP_RESERVE_SECONDS` before the end at the latest).
-2. Lame duck: new calls are *parked* (held, unanswered) until no call has arrived for
+Drain (SIGTERM), everything by the grace period's end (`server.lifecycle` holds the phases):
+
+1. DRAINING: health NOT_SERVING; new calls are answered UNAVAILABLE at once (retry
+   elsewhere); calls already past the door finish decoding and join the queue;
+   `drain_queue` waits until the accepted work is answered (until `STOP_RESERVE_SECONDS`
+   before the end at the latest).
+2. LAME_DUCK: new calls are *parked* (held, unanswered) until no call has arrived for
    `LAME_DUCK_QUIET_SECONDS`, at most `LAME_DUCK_MAX_SECONDS`.
-3. The transport stops (listener closed, GOAWAY sent), then the parked calls are answered
-   UNAVAILABLE, and the server waits for the last responses to be written.
+3. STOPPED: the transport stops (listener closed, GOAWAY sent), then the parked calls are
+   answered UNAVAILABLE, and the server waits for the last responses to be written.
 
 Why park: gRPC's C core cancels (status CANCELLED) every call that has reached the transport
 but not yet a handler when the server stops. A client that re-sends the instant it is
@@ -28,15 +34,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from server.config import Transport
+from server import transport_stats
+from server.config import ServerConfig, Transport
+from server.lifecycle import Lifecycle, Phase
 from server.rpc import ranking_pb2 as pb
-from server.service import RankingService, add_to_server
+from server.service import ModelFacts, Queue, RankingService, Recorder, add_to_server
+from server.transport_stats import TransportCounts
 
 log = logging.getLogger("phoenix.server")
 
@@ -133,19 +143,47 @@ def create_grpc_server(
     return server, port
 
 
+DrainQueue = Callable[[float], Awaitable[bool]]  # (timeout s) -> every accepted call answered
+
+
+class Front(Protocol):
+    """What serves the gRPC port: `GrpcFront` or `server.frontend_hub.FrontendHub`."""
+
+    port: int  # the bound gRPC port
+
+    async def start(self) -> None:
+        """Bind the port; health NOT_SERVING, calls refused UNAVAILABLE until `serve`."""
+
+    async def serve(self) -> None:
+        """Health SERVING; calls are admitted."""
+
+    def publish(self, info: pb.ModelInfo) -> None:
+        """A new serving version's ModelInfo (GetModelInfo answers it from now on)."""
+
+    def transport_counts(self) -> TransportCounts | None:
+        """What gRPC's transport counted (`server.transport_stats`); any thread."""
+
+    async def stop(self, deadline: float, drain_queue: DrainQueue) -> bool:
+        """Drain and stop by `deadline` (time.monotonic()); True if all accepted work was
+        answered. `drain_queue(timeout)` closes the queue and waits for its work."""
+
+
 class GrpcFront:
     """A bound gRPC server for one RankingService, with health and its drain."""
 
-    def __init__(self, service: RankingService, address: str, transport: Transport,
-                 reuse_port: bool = False):  # fmt: skip
-        self.service = service
+    def __init__(self, facts: ModelFacts, queue: Queue, recorder: Recorder, config: ServerConfig,
+                 reuse_port: bool = False, port: int | None = None):  # fmt: skip
+        """`port`: the port to bind (default `config.port`)."""
+        self.lifecycle = Lifecycle()
+        self.service = RankingService(facts, queue, config.limits, recorder, self.lifecycle)
         self.health = health_aio.HealthServicer()
+        address = f"{config.host}:{config.port if port is None else port}"
         self.server, self.port = create_grpc_server(
-            address, transport, service.limits.max_request_bytes, reuse_port
+            address, config.transport, config.limits.max_request_bytes, reuse_port
         )
-        add_to_server(service, self.server)
+        add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if transport.reflection:
+        if config.transport.reflection:
             reflection.enable_server_reflection(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME),
@@ -155,37 +193,42 @@ class GrpcFront:
     async def start(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        self.lifecycle.advance(Phase.WARMING)
 
-    async def set_serving(self) -> None:
-        self.service.ready = True
+    async def serve(self) -> None:
+        self.lifecycle.advance(Phase.SERVING)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def publish(self, info: pb.ModelInfo) -> None:
+        self.service.info = info
+
+    def transport_counts(self) -> TransportCounts | None:
+        return transport_stats.read()
 
     async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def drain(
-        self, deadline: float, wait_for_work: Callable[[float], Awaitable[bool]]
-    ) -> bool:
-        """Drain and stop by `deadline` (time.monotonic()); True if all accepted work was
-        answered. `wait_for_work(timeout)` closes the queue and waits for its work."""
+    async def stop(self, deadline: float, drain_queue: DrainQueue) -> bool:
+        """Drain (see the module docstring) and stop by `deadline`."""
+        lifecycle = self.lifecycle
         work_deadline = deadline - min(STOP_RESERVE_SECONDS, (deadline - time.monotonic()) / 4)
         await self.health.enter_graceful_shutdown()
-        self.service.draining = True
+        lifecycle.advance(Phase.DRAINING)
         try:  # calls that arrived before the drain and are still being decoded join the queue
             async with asyncio.timeout(max(0.0, work_deadline - time.monotonic())):
-                await self.service.preparing_done()
+                await lifecycle.settled()
         except TimeoutError:
             pass
-        drained = await wait_for_work(max(0.0, work_deadline - time.monotonic()))
+        drained = await drain_queue(max(0.0, work_deadline - time.monotonic()))
         if not drained:
             log.warning("grace period ran out with requests still queued")
-        self.service.parking = True
+        lifecycle.advance(Phase.LAME_DUCK)
         now = time.monotonic()
         await self._lame_duck(min(work_deadline, now + LAME_DUCK_MAX_SECONDS), quiet_since=now)
         stopping = asyncio.ensure_future(self.server.stop(max(0.0, deadline - time.monotonic())))
         await asyncio.sleep(0)  # the stop has begun: no new connection, GOAWAY on the old ones
-        self.service.release_parked()
+        lifecycle.advance(Phase.STOPPED)  # the parked calls are answered UNAVAILABLE
         await stopping
         return drained
 
@@ -193,7 +236,7 @@ class GrpcFront:
         """Park arriving calls until none arrived for a quiet period (or `until`)."""
         while True:
             now = time.monotonic()
-            quiet_at = max(self.service.last_call, quiet_since) + LAME_DUCK_QUIET_SECONDS
+            quiet_at = self.lifecycle.quiet_since(quiet_since) + LAME_DUCK_QUIET_SECONDS
             if now >= quiet_at or now >= until:
                 return
             await asyncio.sleep(min(quiet_at, until) - now)

@@ -6,6 +6,20 @@ import numpy as np
 
 from model import NUM_ACTIONS
 from request.raw import RawRequest
+from server.config import ServerConfig, ShapeConfig
+
+
+def runner_config(
+    max_batch_size: int,
+    candidate_buckets: tuple[int, ...],
+    history_buckets: tuple[int, ...] | None = None,
+    prefix_cache_bytes: int = 0,
+) -> ServerConfig:
+    """The settings a ModelRunner reads, for a small plan (no cross-request prefix reuse
+    unless `prefix_cache_bytes` is given)."""
+    shapes = ShapeConfig(max_batch_size=max_batch_size, candidate_buckets=candidate_buckets,
+                         history_buckets=history_buckets)  # fmt: skip
+    return ServerConfig(shapes=shapes, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def random_request(
@@ -43,6 +57,11 @@ def with_candidates(request: RawRequest, index) -> RawRequest:
         candidate_surface=request.candidate_surface[index],
         request_id=request.request_id,
     )
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The reference sigmoid, in float64: what probabilities are held to."""
+    return 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
 
 
 def varint(value: int) -> bytes:

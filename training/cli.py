@@ -63,7 +63,7 @@ def cmd_train(args) -> int:
 
     from model.checkpoint import save_checkpoint
     from model.config import HashConfig, PhoenixModelConfig, TableRows, TransformerConfig
-    from model.inference import Ranker
+    from model.ranker import Ranker
     from training.evaluate import evaluate, format_table, popularity_table
     from training.train import EVAL_STREAM, TrainConfig, datasets, train
     from training.world import World, WorldConfig
@@ -135,7 +135,7 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from model.checkpoint import default_checkpoint_path, load_checkpoint
-    from model.inference import Ranker
+    from model.ranker import Ranker
     from training.evaluate import evaluate, format_table, popularity_table
     from training.train import TrainConfig, datasets
     from training.world import World, WorldConfig
@@ -167,7 +167,7 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from model.checkpoint import default_checkpoint_path, load_checkpoint
-    from model.inference import Ranker
+    from model.ranker import Ranker
     from model.scoring import format_ranking, parse_weights
 
     checkpoint = args.checkpoint or default_checkpoint_path()

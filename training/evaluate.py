@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.actions import ACTIONS
-from model.inference import Ranker
+from model.ranker import Ranker
 from training.world import Dataset
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from model.config import PhoenixModelConfig, TableRows
-from model.ranker import make_forward
+from model.network import make_forward
 from training.world import Dataset, World
 
 TRAIN_STREAM, EVAL_STREAM = 1, 2  # sample() seeds of the training and held-out requests

@@ -30,8 +30,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from server.flags import ENV_PREFIX, add_flags, config_from_args, options
-from server.front import SERVICE_NAME
 from server.metrics import Metrics
+from server.transport import SERVICE_NAME
 from tests.conftest import ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"

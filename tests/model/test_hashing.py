@@ -3,7 +3,8 @@ import pytest
 
 from model import hash_ids, hash_rows
 
-# (id, k, h_k(id), row with 1031 rows, row with 1000003 rows): checkpoint-interop.md's table.
+# (id, k, h_k(id), row with 1031 rows, row with 1000003 rows): the golden values of the
+# interop contract's hashing table (docs/interop.md states the contract and more of them).
 GOLDEN = [
     (0, 0, 16294208416658607535, 96, 950924),
     (0, 1, 7960286522194355700, 231, 152395),

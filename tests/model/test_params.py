@@ -1,4 +1,4 @@
-"""The parameter tree is the reference's: names and shapes from checkpoint-interop.md."""
+"""The parameter tree is the reference's: names and shapes from docs/interop.md."""
 
 import pytest
 

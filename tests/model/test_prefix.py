@@ -19,11 +19,10 @@ from model.prefix import (
     encode_prefixes,
     score_chunks,
     slab_slot_bytes,
-    split_batch,
     write_prefixes,
 )
 from request.encoding import encode
-from request.layout import Piece, empty_batch, fill_candidates, fill_prefix, windows
+from request.layout import Piece, empty_batch, fill_candidates, fill_prefix, split_batch, windows
 from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_RTOL
 from tests.model.test_isolation import requests
 

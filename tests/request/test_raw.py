@@ -88,7 +88,7 @@ def test_the_request_path_and_the_frontend_import_neither_jax_nor_haiku():
     code = (
         "import sys, request.raw, request.encoding, request.layout, request.synthetic, "
         "server.convert, server.composition, server.config, server.flags, server.ipc, "
-        "server.service, server.front, server.frontend; "
+        "server.service, server.transport, server.frontend_worker, server.lifecycle; "
         "print(sorted(m for m in ('jax', 'haiku', 'optax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -40,13 +40,13 @@ class FakePacked:
     model: object = None
 
     @property
-    def tokens(self) -> int:
-        return self.shape.rows * self.shape.row_tokens
+    def work_units(self) -> int:
+        return self.shape.rows * self.shape.row_units
 
 
 class FakeRunner:
     config = CONFIG
-    seconds_per_token = 1e-3  # a 1 x 4 x 4 row (9 tokens) "costs" 9 ms to admission
+    seconds_per_unit = 1e-3  # a 1 x 4 x 4 row (9 units) "costs" 9 ms to admission
     score_width = A  # the fake returns one score per action
     model = None  # no versions (see test_reload for swaps)
 
@@ -418,11 +418,11 @@ def test_the_device_rate_follows_measured_batches():
     async def main():
         runner = FakeRunner()
         batcher = make(runner)
-        before = batcher.rate.seconds_per_token
+        before = batcher.rate.seconds_per_unit
         for u in range(20):
             await batcher.submit(request(u + 1, 4))
         # The fake device is far faster than 1 ms a token: the estimate comes down.
-        assert batcher.rate.seconds_per_token < before / 2
+        assert batcher.rate.seconds_per_unit < before / 2
         await batcher.stop()
 
     asyncio.run(main())

@@ -32,12 +32,11 @@ RUNNER_CHECK = textwrap.dedent(
     from model.checkpoint import default_checkpoint_path
     from request.encoding import encode
     from request.layout import Piece, windows
-    from server.buckets import make_plan
     from server.runner import ModelRunner
-    from tests.helpers import random_request
+    from tests.helpers import random_request, runner_config
 
     ckpt = load_checkpoint(default_checkpoint_path())
-    runner = ModelRunner(ckpt, make_plan(64, 4, (8, 32)), prefix_cache_bytes=1 << 20)
+    runner = ModelRunner(ckpt, runner_config(4, (8, 32), prefix_cache_bytes=1 << 20))
     runner.warmup()
     runner.compile_rest()
     rng = np.random.default_rng(0)
@@ -52,13 +51,13 @@ RUNNER_CHECK = textwrap.dedent(
     for part in batches:  # 4-row batches (split across devices) and 1-row ones (whole on each)
         packed = runner.pack(part)
         out = runner.run(packed)
-        sharding = runner._executable(packed.shape).output_shardings
+        sharding = runner.engine.executable(packed.shape).output_shardings
         spread.add((packed.shape.rows, len(sharding.device_set), str(sharding.spec)))
         for row, p in enumerate(part):
             got[id(p.request)][p.start : p.stop] = out[row, : p.stop - p.start]
     want = Ranker(ckpt.state.params, ckpt.config).logits_many(raws)  # one device
     err = max(float(np.abs(got[id(e)][:, :19] - w).max()) for e, w in zip(encoded, want))
-    print(json.dumps({"devices": len(runner.devices), "max_abs_diff": err,
+    print(json.dumps({"devices": len(runner.engine.devices), "max_abs_diff": err,
                       "calls": sorted(spread)}))
     """
 )

@@ -79,7 +79,7 @@ MAX_CANDIDATES = 96
 MAX_HISTORY = 600
 MAX_ACTIONS = 1500
 MAX_BYTES = 48 * 1024
-TRANSPORT_BYTES = 2 * MAX_BYTES  # gRPC's own limit (server.front.transport_limit)
+TRANSPORT_BYTES = 2 * MAX_BYTES  # gRPC's own limit (server.transport.transport_limit)
 FLAGS = ("--max-batch-size", "2", "--candidate-buckets", "8,32", "--max-batch-wait-ms", "1",
          "--max-candidates-per-request", str(MAX_CANDIDATES),
          "--max-history-events", str(MAX_HISTORY),

@@ -303,7 +303,7 @@ def test_reflection_can_be_switched_off(mtls_server, certs, default_server):
 
 def test_oversize_requests_are_refused_distinguishably_from_overload(default_server):
     from server.config import Limits
-    from server.front import transport_limit
+    from server.transport import transport_limit
 
     limit = Limits().max_request_bytes
 

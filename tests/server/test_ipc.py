@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from request.columns import SCHEMA
 from server import ipc
 from server.batcher import Scored
 from tests.helpers import random_request
@@ -15,7 +16,7 @@ from tests.helpers import random_request
 
 @pytest.fixture(scope="module")
 def layout(parity_config):
-    return ipc.Layout.of(parity_config)
+    return SCHEMA.layout(parity_config)
 
 
 @pytest.mark.parametrize(("n", "m"), [(0, 0), (0, 3), (7, 1), (16, 40)])
@@ -31,9 +32,7 @@ def test_a_submitted_request_arrives_identical(parity_config, layout, n, m):
         assert kind == ipc.SUBMIT
         call_id, got_deadline, in_flight, got = ipc.parse_submit(payload, layout)
         assert (call_id, got_deadline, in_flight) == (42, deadline, 3)
-        for name in ("user_rows", "history_post_rows", "history_author_rows", "history_actions",
-                     "history_surface", "candidate_post_rows", "candidate_author_rows",
-                     "candidate_surface"):  # fmt: skip
+        for name in (c.name for c in SCHEMA.columns):
             want = getattr(encoded, name)
             np.testing.assert_array_equal(getattr(got, name), want)
             assert getattr(got, name).dtype == want.dtype

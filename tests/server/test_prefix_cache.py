@@ -11,11 +11,10 @@ from model import load_checkpoint
 from model.checkpoint import default_checkpoint_path
 from request.encoding import encode
 from request.layout import Piece, windows
-from server.buckets import make_plan
 from server.convert import logits_from_pb, raw_request_to_pb
 from server.prefix_cache import PrefixCache, prefix_key
 from server.runner import ModelRunner
-from tests.helpers import random_request, with_candidates
+from tests.helpers import random_request, runner_config, with_candidates
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess
 
@@ -85,15 +84,14 @@ def test_the_key_is_the_version_and_the_exact_user_and_history_window():
 @pytest.fixture(scope="module")
 def runner():
     ckpt = load_checkpoint(default_checkpoint_path())
-    plan = make_plan(ckpt.config.history_seq_len, 4, (8, 32))
-    runner = ModelRunner(ckpt, plan, prefix_cache_bytes=1 << 20)
+    runner = ModelRunner(ckpt, runner_config(4, (8, 32), prefix_cache_bytes=1 << 20))
     runner.warmup()
     return runner
 
 
 def score(runner, raw):
     """A request scored batch by batch, one chunk each: ([m, 2A] scores, prefix calls run)."""
-    encoded = encode(raw, runner.config, runner.checkpoint.rows)
+    encoded = encode(raw, runner.config, runner.model.checkpoint.rows)
     out, prefix_calls = [], 0
     for start, stop in windows(encoded.num_candidates, 8):
         packed = runner.pack([Piece(encoded, start, stop)])
@@ -117,20 +115,20 @@ def test_a_hit_skips_the_prefix_pass_and_gives_bit_identical_scores(runner):
 def test_a_new_version_never_reads_a_prefix_the_old_one_encoded(runner):
     raw = random_request(np.random.default_rng(2), history=30, candidates=8)
     old, _ = score(runner, raw)
-    ckpt = runner.checkpoint
+    ckpt = runner.model.checkpoint
     scaled = {k: {n: a * 1.5 if n == "w" else a for n, a in v.items()}
               for k, v in ckpt.state.params.items()}  # fmt: skip
     new_ckpt = dataclasses.replace(ckpt, state=ckpt.state._replace(params=scaled))
-    previous = runner.swap(runner.prepare(new_ckpt, "v-new"))
+    previous = runner.versions.swap(runner.versions.prepare(new_ckpt, "v-new"))
     try:
         new, calls = score(runner, raw)
         assert calls == 1  # a miss under the new version's key
         assert not np.allclose(new, old)
-        fresh = ModelRunner(new_ckpt, runner.full_plan, prefix_cache_bytes=0)
+        fresh = ModelRunner(new_ckpt, runner_config(4, (8, 32)))
         fresh.warmup()
         np.testing.assert_allclose(new, score(fresh, raw)[0], atol=1e-5, rtol=1e-5)
     finally:
-        runner.swap(previous)
+        runner.versions.swap(previous)
 
 
 def test_a_failed_batch_leaves_no_stale_prefix(runner, monkeypatch):
@@ -139,21 +137,21 @@ def test_a_failed_batch_leaves_no_stale_prefix(runner, monkeypatch):
     raw = random_request(np.random.default_rng(3), history=50, candidates=16)
     expected, _ = score(runner, raw)
     raw2 = random_request(np.random.default_rng(4), history=50, candidates=16)
-    encoded = encode(raw2, runner.config, runner.checkpoint.rows)
+    encoded = encode(raw2, runner.config, runner.model.checkpoint.rows)
     first = runner.pack([Piece(encoded, 0, 8)])
     second = runner.pack([Piece(encoded, 8, 16)])  # hits the prefix `first` is to encode
     assert first.prefix_calls and not second.prefix_calls
-    real = runner._executable
+    real = runner.engine.executable
 
     def broken(shape):
         if shape.is_prefix:
             raise RuntimeError("device lost")
         return real(shape)
 
-    monkeypatch.setattr(runner, "_executable", broken)
+    monkeypatch.setattr(runner.engine, "executable", broken)
     with pytest.raises(RuntimeError, match="device lost"):
         runner.run(first)
-    monkeypatch.setattr(runner, "_executable", real)
+    monkeypatch.setattr(runner.engine, "executable", real)
     got = runner.run(second)[0, :8]
     want = score(ModelRunnerFor(runner), raw2)[0][8:16]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
@@ -161,7 +159,7 @@ def test_a_failed_batch_leaves_no_stale_prefix(runner, monkeypatch):
 
 
 def ModelRunnerFor(runner):  # noqa: N802 (a factory that reads like the class)
-    fresh = ModelRunner(runner.checkpoint, runner.full_plan, prefix_cache_bytes=0)
+    fresh = ModelRunner(runner.model.checkpoint, runner_config(4, (8, 32)))
     fresh.warmup()
     return fresh
 

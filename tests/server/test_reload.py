@@ -27,8 +27,8 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.params import flatten, unflatten
+from server.checkpoint_dir import candidates, scan
 from server.convert import logits_from_pb, raw_request_to_pb
-from server.versions import candidates, scan
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess, phoenix_ranker
@@ -280,14 +280,16 @@ def test_a_directory_without_a_loadable_version_is_one_line_and_exit_2(tmp_path)
 
 
 def test_prepare_refuses_non_finite_and_incompatible_versions(tmp_path, parity_checkpoint):
-    from server.buckets import make_plan
-    from server.runner import IncompatibleVersionError, ModelRunner
+    from server.runner import ModelRunner
+    from server.versions import IncompatibleVersionError
+    from tests.helpers import runner_config
 
     serving = load_checkpoint(default_checkpoint_path())
     compiled = []
     runner = ModelRunner(
-        serving, make_plan(64, 1, (8,), (64,)), on_compile=lambda s, t: compiled.append(s)
+        serving, runner_config(1, (8,), (64,)), on_compile=lambda s, t: compiled.append(s)
     )
+    versions = runner.versions
     runner.warmup()
     flat = {k: np.array(v) for k, v in flatten(serving.state.params).items()}
     name = sorted(flat)[0]
@@ -295,10 +297,10 @@ def test_prepare_refuses_non_finite_and_incompatible_versions(tmp_path, parity_c
     nan_path = tmp_path / "nan.safetensors"
     save_checkpoint(nan_path, unflatten(flat), serving.config, "nan")
     with pytest.raises(ValueError, match=f"{name} has non-finite values"):
-        runner.prepare(load_checkpoint(nan_path), "2")
+        versions.prepare(load_checkpoint(nan_path), "2")
     with pytest.raises(IncompatibleVersionError, match="a config change needs a restart"):
-        runner.prepare(load_checkpoint(parity_checkpoint), "3")
-    assert runner.resident_models == 1  # neither was kept
-    good = runner.prepare(load_checkpoint(perturbed(tmp_path / "v4.safetensors", 4)), "4")
-    assert runner.resident_models == 2 and runner.swap(good).version == serving.info.model_version
+        versions.prepare(load_checkpoint(parity_checkpoint), "3")
+    assert versions.resident == 1  # neither was kept
+    good = versions.prepare(load_checkpoint(perturbed(tmp_path / "v4.safetensors", 4)), "4")
+    assert versions.resident == 2 and versions.swap(good).version == serving.info.model_version
     assert len(compiled) == 2  # warm-up's two shapes (a prefix, a chunk); preparing compiled none

@@ -15,10 +15,9 @@ from server.convert import (
     probabilities_from_pb,
     raw_request_to_columnar_pb,
     raw_request_to_pb,
-    sigmoid,
 )
 from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_DIR, PARITY_RTOL
-from tests.helpers import random_request
+from tests.helpers import random_request, sigmoid
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess, phoenix_ranker
 

@@ -12,15 +12,15 @@ from prometheus_client import CollectorRegistry
 from model import hash_rows, load_checkpoint
 from server.app import describe
 from server.batcher import Batcher
-from server.buckets import make_plan
 from server.config import BatcherConfig, Limits, Transport
 from server.convert import logits_from_pb, raw_request_to_pb
-from server.front import create_grpc_server
+from server.lifecycle import Lifecycle, Phase
 from server.metrics import Metrics
 from server.rpc import ranking_pb2_grpc
 from server.runner import ModelRunner
 from server.service import MetricsRecorder, ModelFacts, RankingService, add_to_server
-from tests.helpers import random_request
+from server.transport import create_grpc_server
+from tests.helpers import random_request, runner_config
 
 POISON_USER = 666
 
@@ -37,7 +37,7 @@ class FlakyRunner(ModelRunner):
 @pytest.fixture(scope="module")
 def runner(parity_checkpoint):
     ckpt = load_checkpoint(parity_checkpoint)
-    runner = FlakyRunner(ckpt, make_plan(ckpt.config.history_seq_len, 2, (8,)))
+    runner = FlakyRunner(ckpt, runner_config(2, (8,)))
     runner.poison_row = int(hash_rows(np.array([POISON_USER], np.uint64), 2, ckpt.rows.user)[0, 0])
     runner.warmup()
     return runner
@@ -48,9 +48,10 @@ def test_unexpected_errors_are_internal_with_the_request_id(runner, caplog):
         metrics = Metrics(CollectorRegistry())
         batcher = Batcher(runner, BatcherConfig(), metrics)
         batcher.start()
-        facts = ModelFacts(runner.config, runner.checkpoint.rows, describe(runner, Limits()))
-        service = RankingService(facts, batcher, Limits(), MetricsRecorder(metrics))
-        service.ready = True
+        facts = ModelFacts(runner.config, runner.model.checkpoint.rows, describe(runner, Limits()))
+        lifecycle = Lifecycle()
+        lifecycle.advance(Phase.SERVING)
+        service = RankingService(facts, batcher, Limits(), MetricsRecorder(metrics), lifecycle)
         server, port = create_grpc_server("127.0.0.1:0", Transport(), Limits().max_request_bytes)
         add_to_server(service, server)
         await server.start()

@@ -1,0 +1,96 @@
+"""The serving lifecycle of one process: a small state machine the handlers and the transport
+read.
+
+    STARTING -> WARMING -> SERVING -> DRAINING -> LAME_DUCK -> STOPPED
+
+STARTING   ports are being bound; calls are refused UNAVAILABLE
+WARMING    the shapes that hold any request are compiling; calls are refused UNAVAILABLE
+SERVING    calls are admitted
+DRAINING   (SIGTERM) new calls are refused UNAVAILABLE at once; calls already past the door
+           finish decoding and join the queue, and queued work is answered
+LAME_DUCK  new calls are parked (held unanswered) until the transport stops, then refused
+           UNAVAILABLE: see `server.transport` for why
+STOPPED    the transport has stopped; parked calls are released
+
+Phases only advance (a skipped phase is allowed: a server stopped while warming goes to
+DRAINING). Everything here runs on the process's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Iterator
+
+from server.errors import ShuttingDown
+
+
+class Phase(enum.IntEnum):
+    STARTING = 0
+    WARMING = 1
+    SERVING = 2
+    DRAINING = 3
+    LAME_DUCK = 4
+    STOPPED = 5
+
+
+_REFUSALS = {
+    Phase.STARTING: "server is starting; retry shortly",
+    Phase.WARMING: "server is warming up; retry shortly",
+}
+_SHUTTING_DOWN = "server is shutting down; retry on another replica"
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self.last_arrival = time.monotonic()  # when the latest call arrived (lame duck)
+        self._entering = 0  # calls past the door and not yet handed to the queue
+        self._settled = asyncio.Event()  # set whenever _entering is 0
+        self._settled.set()
+        self._stopped = asyncio.Event()
+
+    def advance(self, phase: Phase) -> None:
+        """Move forward to `phase` (ValueError for a step back)."""
+        if phase < self.phase:
+            raise ValueError(f"lifecycle cannot go back from {self.phase.name} to {phase.name}")
+        self.phase = phase
+        if phase is Phase.STOPPED:
+            self._stopped.set()
+
+    @property
+    def serving(self) -> bool:
+        return self.phase is Phase.SERVING
+
+    async def admit(self) -> None:
+        """At a call's door: return if the call may go on, else raise ShuttingDown (after
+        parking it until the transport stops, in the lame-duck phase)."""
+        self.last_arrival = time.monotonic()
+        if self.phase is Phase.SERVING:
+            return
+        if self.phase is Phase.LAME_DUCK:
+            await self._stopped.wait()
+        raise ShuttingDown(_REFUSALS.get(self.phase, _SHUTTING_DOWN))
+
+    @contextlib.contextmanager
+    def entering(self) -> Iterator[None]:
+        """Around a call's host work between the door and the queue: a drain waits for these
+        (`settled`), so a call admitted before the drain began is queued, not refused."""
+        self._entering += 1
+        self._settled.clear()
+        try:
+            yield
+        finally:
+            self._entering -= 1
+            if not self._entering:
+                self._settled.set()
+
+    async def settled(self) -> None:
+        """Wait until no call is between the door and the queue."""
+        await self._settled.wait()
+
+    def quiet_since(self, since: float) -> float:
+        """When the latest call arrived, or `since` if none arrived after it."""
+        return max(self.last_arrival, since)

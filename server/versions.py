@@ -1,0 +1,91 @@
+"""Model versions on the device: the serving one, a new one prepared beside it, the swap.
+
+A version is a checkpoint's parameters placed on every device (`ServedModel`). `Versions`
+holds the serving one and:
+
+  prepare(checkpoint, version)  puts a new version on the device beside the serving one
+      (any thread), after checking it can be served by the executables already compiled: the
+      same config and table sizes (so requests hashed for one are valid for the other and no
+      shape is recompiled), finite parameters, and finite scores of one batch;
+  swap(model)                   serves it from the next packed batch on (on the event loop
+      that packs batches, so the swap falls between batches);
+  resident                      how many versions' parameters are alive: the serving one,
+      and for a while after a swap the one it replaced, until its last batch and the last
+      request pinned to it are done (`server.reload` waits for 1 before preparing another).
+
+`server.reload` decides when to prepare and swap; this module only knows how.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.checkpoint import Checkpoint
+from model.params import flatten
+from server.engine import Engine
+
+
+class IncompatibleVersionError(ValueError):
+    """A new version whose architecture or tables differ from the serving one's: requests
+    already hashed and executables already compiled would not fit it (a restart serves it)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """One version of the model, resident on the device."""
+
+    version: str  # what responses' model_version say
+    checkpoint: Checkpoint
+    params: dict  # the parameter tree on the device
+
+
+class Versions:
+    def __init__(self, engine: Engine, checkpoint: Checkpoint, version: str):
+        self.engine = engine
+        self.serving = ServedModel(version, checkpoint, engine.put(checkpoint.state.params))
+        self._resident = weakref.WeakSet([self.serving])
+
+    @property
+    def resident(self) -> int:
+        return len(self._resident)
+
+    def prepare(self, checkpoint: Checkpoint, version: str) -> ServedModel:
+        """Put a new version on the device beside the serving one, ready to swap in (any
+        thread). Raises IncompatibleVersionError or ValueError if it cannot serve (see the
+        module docstring)."""
+        serving = self.serving.checkpoint
+        if checkpoint.config != serving.config or checkpoint.rows != serving.rows:
+            raise IncompatibleVersionError(
+                f"version {version} changes {config_changes(serving, checkpoint)}; a config "
+                "change needs a restart"
+            )
+        for name, value in flatten(checkpoint.state.params).items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"version {version}: {name} has non-finite values")
+        model = ServedModel(version, checkpoint, self.engine.put(checkpoint.state.params))
+        self._resident.add(model)
+        # The executables take the parameters as an argument, and these have the serving
+        # version's shapes and dtypes: every compiled shape serves them as it is.
+        scores = self.engine.check(model.params)
+        if scores is not None and not np.isfinite(scores).all():
+            raise ValueError(f"version {version} scores non-finite values")
+        return model
+
+    def swap(self, model: ServedModel) -> ServedModel:
+        """Serve `model` from the next packed batch on; returns the version it replaces."""
+        previous, self.serving = self.serving, model
+        return previous
+
+
+def config_changes(old: Checkpoint, new: Checkpoint) -> str:
+    """What differs between two versions' configs and tables, for the refusal message."""
+    fields = [f"{k} {a} -> {b}" for k, a, b in zip(old.rows._fields, old.rows, new.rows, strict=True)
+              if a != b]  # fmt: skip
+    a, b = old.config.to_dict(), new.config.to_dict()
+    fields += [
+        f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
+    return ", ".join(fields) or "nothing visible"
