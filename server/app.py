@@ -15,6 +15,7 @@ shutdown  the front drains (`server.lifecycle`, `server.transport`): refuse new 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 import os
@@ -28,16 +29,17 @@ from model.actions import ACTIONS
 from model.checkpoint import default_checkpoint_path, load_checkpoint
 from server.batcher import Batcher
 from server.buckets import BatchShape
-from server.checkpoint_dir import VersionFile
+from server.checkpoint_dir import ReloadState, VersionFile
 from server.config import Limits, ServerConfig
 from server.engine import WarmupAborted, enable_compilation_cache
+from server.errors import FailedPrecondition
 from server.frontend_hub import FrontendHub
-from server.metrics import Metrics
+from server.metrics import Metrics, MetricsRecorder
 from server.metrics_http import MetricsHTTPServer, start_metrics_http, tls_context
 from server.reload import VersionWatcher, load_best
 from server.rpc import ranking_pb2 as pb
 from server.runner import ModelRunner
-from server.service import MetricsRecorder, ModelFacts
+from server.service import ModelFacts
 from server.transport import Front, GrpcFront
 from server.versions import ServedModel
 
@@ -167,10 +169,11 @@ class RankingServer:
             self.runner.config, self.runner.model.checkpoint.rows, describe(self.runner, c.limits)
         )
         self.info = facts.info
+        admin = self if c.transport.admin_rpcs else None
         if c.frontend_workers:
-            self.front = FrontendHub(c, facts, self.batcher, self.metrics)
+            self.front = FrontendHub(c, facts, self.batcher, self.metrics, admin)
         else:
-            self.front = GrpcFront(facts, self.batcher, MetricsRecorder(self.metrics), c)
+            self.front = GrpcFront(facts, self.batcher, MetricsRecorder(self.metrics), c, admin)
         await self.front.start()
         self.port = self.front.port
         self.metrics.watch_transport(self.front.transport_counts)
@@ -232,6 +235,19 @@ class RankingServer:
         log.info("compiled batch shape %d/%d %s in %.2fs", done, total, tuple(shape), seconds,
                  extra={"fields": {"event": "compiled", "shape": list(shape)}})  # fmt: skip
 
+    async def reload(self, check_now: bool) -> ReloadState:
+        """ReloadModel (`server.service.Admin`): check --checkpoint-dir now when asked, and
+        report the serving version; FailedPrecondition without a --checkpoint-dir."""
+        if self.version_file is None:
+            raise FailedPrecondition(
+                "this server serves one checkpoint (--checkpoint): no --checkpoint-dir to reload"
+            )
+        if check_now:
+            self.check_versions()
+        model = self.runner.model
+        busy = self.watcher is None or self.watcher.busy  # before warm-up: the first check is due
+        return ReloadState(busy, _epoch_seconds(model.checkpoint.info.created_at), model.version)
+
     def check_versions(self) -> None:
         """SIGHUP: look at --checkpoint-dir now (a no-op without one)."""
         if self.watcher is not None:
@@ -255,6 +271,14 @@ class RankingServer:
         await self.batcher.stop(wait_for_device=drained)
         self._metrics_http.stop()
         return drained
+
+
+def _epoch_seconds(iso_time: str) -> float:
+    """An ISO-8601 time as seconds since the epoch; 0 if it does not parse."""
+    try:
+        return datetime.datetime.fromisoformat(iso_time).timestamp()
+    except ValueError:
+        return 0.0
 
 
 async def serve(config: ServerConfig) -> int:

@@ -16,6 +16,14 @@ from typing import NamedTuple
 VERSION_FILE = re.compile(r"^(0|[1-9][0-9]{0,17})\.safetensors$")
 
 
+class ReloadState(NamedTuple):
+    """What a ReloadModel call reports (`server.reload.VersionWatcher.state`)."""
+
+    in_progress: bool  # a check of the directory, or a swap, is under way
+    checkpoint_timestamp: float  # when the serving checkpoint was written (epoch s; 0 unknown)
+    serving_version: str
+
+
 class VersionFile(NamedTuple):
     """One version's file as last seen (a changed file is a different VersionFile)."""
 

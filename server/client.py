@@ -9,7 +9,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.rpc import ranking_pb2 as pb
-from server.rpc import ranking_pb2_grpc
+from server.rpc import ranking_pb2_grpc, recsys_pb2_grpc
+from server.rpc import recsys_pb2 as xpb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +62,16 @@ class RankingClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self.channel = grpc.secure_channel(self.target, tls.credentials(), options=options)
         self.stub = ranking_pb2_grpc.RankingServiceStub(self.channel)
+        self.xai = recsys_pb2_grpc.RecsysPredictorStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def rank(self, request: pb.RankRequest, timeout: float | None = None) -> pb.RankResponse:
         return self.stub.Rank(request, timeout=timeout or self.timeout)
+
+    def predict(self, request: xpb.PredictNextActionsRequest, timeout: float | None = None,
+                **kwargs) -> xpb.PredictNextActionsResponse:  # fmt: skip
+        """xAI's PredictNextActions (`kwargs`: gRPC's, e.g. metadata, compression)."""
+        return self.xai.PredictNextActions(request, timeout=timeout or self.timeout, **kwargs)
 
     def model_info(self, timeout: float | None = None) -> pb.ModelInfo:
         return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout or self.timeout)

@@ -34,6 +34,10 @@ class Limits:
     # The largest request the other limits allow is ~250 KB (4,096 events with every action
     # and 2,800 candidates, row form); anything much larger is refused before it is parsed.
     max_request_bytes: int = setting(1 * MiB, "largest serialized request", "bytes")
+    max_candidate_sets: int = setting(
+        64,
+        "most candidate sets (users) in one PredictNextActions call; each is ranked as a request",
+    )
     default_deadline_ms: float = setting(
         10_000.0, "deadline given to a Rank call that carries none", "ms"
     )
@@ -136,6 +140,11 @@ class Transport:
         None, "PEM CA bundle: require and verify client certificates (mutual TLS)"
     )
     reflection: bool = setting(True, "serve gRPC server reflection (--reflection 0 turns it off)")
+    admin_rpcs: bool = setting(
+        False,
+        "serve admin calls (xai.recsys.v1 ReloadModel: check --checkpoint-dir now); off, they "
+        "answer UNIMPLEMENTED. Anyone who reaches the port can call them: use with mutual TLS",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

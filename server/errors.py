@@ -4,6 +4,8 @@ InvalidArgument   INVALID_ARGUMENT    bad input; the message names the field
 QueueFull         RESOURCE_EXHAUSTED  overload; retry after `retry_after_ms`
 ShuttingDown      UNAVAILABLE         draining or warming up; retry elsewhere/later
 DeadlineExceeded  DEADLINE_EXCEEDED   the deadline passed, or cannot be met, before compute
+Unimplemented     UNIMPLEMENTED       a call or option this server does not offer (or has off)
+FailedPrecondition FAILED_PRECONDITION a call the server's configuration cannot honour
 anything else     INTERNAL            logged with the request id
 """
 
@@ -38,3 +40,11 @@ class ShuttingDown(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unimplemented(ServiceError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION

@@ -37,11 +37,11 @@ from request.columns import SCHEMA
 from server import ipc
 from server.batcher import Batcher
 from server.config import ServerConfig
-from server.errors import QueueFull, ServiceError
+from server.errors import QueueFull, ServiceError, ShuttingDown
 from server.frontend_worker import WorkerArgs, main
-from server.metrics import Metrics
+from server.metrics import Metrics, MetricsRecorder
 from server.rpc import ranking_pb2 as pb
-from server.service import MetricsRecorder, ModelFacts
+from server.service import Admin, ModelFacts
 from server.transport import DrainQueue
 from server.transport_stats import TransportCounts
 
@@ -50,7 +50,6 @@ log = logging.getLogger("phoenix.server")
 STARTUP_TIMEOUT = 60.0  # seconds for every frontend to bind its port and say READY
 SUPERVISE_SECONDS = 1.0  # how often dead frontends are looked for
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
-_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -75,10 +74,12 @@ class FrontendHub:
     """Spawns `config.frontend_workers` frontend processes and serves their Unix sockets."""
 
     def __init__(self, config: ServerConfig, facts: ModelFacts, batcher: Batcher,
-                 metrics: Metrics):  # fmt: skip
+                 metrics: Metrics, admin: Admin | None = None):  # fmt: skip
+        """`admin`: what answers the frontends' admin calls (only asked with --admin-rpcs)."""
         self.config = config
         self.facts = facts
         self.batcher = batcher
+        self.admin = admin
         self.recorder = MetricsRecorder(metrics, in_flight=False)
         self.metrics = metrics
         self.layout = SCHEMA.layout(facts.config)
@@ -211,9 +212,13 @@ class FrontendHub:
                 if kind == ipc.SUBMIT:
                     self._submit(payload, writer, key)
                 elif kind == ipc.DONE:
-                    method, code, seconds, candidates, in_flight = ipc.parse_done(payload)
+                    record, in_flight = ipc.parse_done(payload)
                     self._set_in_flight(key, in_flight)
-                    self.recorder.finished(method, _BY_VALUE[code], seconds, candidates)
+                    self.recorder.finished(record)
+                elif kind == ipc.RELOAD:
+                    asyncio.get_running_loop().create_task(
+                        self._reload(*ipc.parse_reload(payload), writer)
+                    )
                 elif kind == ipc.TRANSPORT:
                     self._transport[key] = self._transport.get(key, TransportCounts()).then(
                         ipc.parse_transport(payload)
@@ -240,6 +245,20 @@ class FrontendHub:
         """What the frontends' gRPC transports counted, summed (as last reported). Called from
         the metrics thread: the copy of the reports is one step under the GIL."""
         return sum(list(self._transport.values()), self._transport_gone)
+
+    async def _reload(self, call_id: int, check_now: bool, writer: asyncio.StreamWriter) -> None:
+        """A frontend's ReloadModel call, answered by the admin side of this process."""
+        try:
+            if self.admin is None:
+                raise ShuttingDown("admin calls are not served by this process")
+            frame = ipc.reloaded_frame(call_id, 0, await self.admin.reload(check_now))
+        except ServiceError as e:
+            frame = ipc.reloaded_frame(call_id, e.code.value[0], message=str(e))
+        except Exception:
+            log.exception("ReloadModel failed")
+            frame = ipc.reloaded_frame(call_id, _INTERNAL, message="reload failed")
+        if not writer.is_closing():
+            writer.write(frame)
 
     def _set_in_flight(self, key: int, count: int) -> None:
         self._in_flight[key] = count

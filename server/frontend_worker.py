@@ -27,10 +27,12 @@ import grpc
 from model.config import PhoenixModelConfig, TableRows
 from request.columns import SCHEMA, EncodedRequest, Layout
 from server import ipc, transport_stats
+from server.checkpoint_dir import ReloadState
 from server.config import ServerConfig
-from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from server.errors import DeadlineExceeded, FailedPrecondition, QueueFull, ShuttingDown
+from server.metrics import CallRecord
 from server.rpc import ranking_pb2 as pb
-from server.service import SCORING_METHODS, ModelFacts
+from server.service import ModelFacts
 from server.transport import GrpcFront
 
 log = logging.getLogger("phoenix.frontend")
@@ -44,7 +46,15 @@ _ERRORS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: lambda message, retry: QueueFull(message, retry),
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: lambda message, _: DeadlineExceeded(message),
     grpc.StatusCode.UNAVAILABLE.value[0]: lambda message, _: ShuttingDown(message),
+    grpc.StatusCode.FAILED_PRECONDITION.value[0]: lambda message, _: FailedPrecondition(message),
 }
+
+
+def _status_error(code: int, message: str) -> Exception:
+    """The ServiceError a status code from the device process stands for (DeviceFailed for
+    any other: INTERNAL, its message carrying no internals)."""
+    make = _ERRORS.get(code)
+    return make(message, 0) if make is not None else DeviceFailed(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +71,8 @@ class WorkerArgs:
 
 
 class DeviceLink:
-    """The device process, seen from a frontend: the service's queue and its recorder."""
+    """The device process, seen from a frontend: the service's queue, its recorder and (with
+    --admin-rpcs) its admin."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  layout: Layout, width: int):  # fmt: skip
@@ -74,6 +85,7 @@ class DeviceLink:
         self._answered.set()
         self.state = asyncio.Queue()  # STATE values from the device, or None when it is gone
         self.on_info = None  # called with each new ModelInfo the device sends
+        self._reloads: dict[int, asyncio.Future] = {}  # ReloadModel calls awaiting the device
         self.broken = False
 
     # -- Queue ---------------------------------------------------------------------------
@@ -109,13 +121,23 @@ class DeviceLink:
     def started(self) -> None:
         self.in_flight += 1
 
-    def finished(self, method: str, code: grpc.StatusCode, seconds: float, candidates: int) -> None:
-        if method in SCORING_METHODS:
+    def finished(self, record: CallRecord) -> None:
+        if record.scoring:
             self.in_flight -= 1
         if not self.broken:
-            self.writer.write(
-                ipc.done_frame(method, code.value[0], seconds, candidates, self.in_flight)
-            )
+            self.writer.write(ipc.done_frame(record, self.in_flight))
+
+    # -- Admin ---------------------------------------------------------------------------
+
+    async def reload(self, check_now: bool) -> ReloadState:
+        """ReloadModel, answered by the device process (which owns the versions)."""
+        if self.broken:
+            raise ShuttingDown("the device process is gone; retry on another replica")
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._reloads[call_id] = future
+        self.writer.write(ipc.reload_frame(call_id, check_now))
+        return await future
 
     async def report_transport(self) -> None:
         """Send what this process's gRPC transport counted (for the device's /metrics). The
@@ -136,16 +158,28 @@ class DeviceLink:
                     self.state.put_nowait(ipc.parse_state(payload))
                 elif kind == ipc.INFO and self.on_info is not None:
                     self.on_info(pb.ModelInfo.FromString(payload))
+                elif kind == ipc.RELOADED:
+                    self._reloaded(*ipc.parse_reloaded(payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self.broken = True
-            for future in self._pending.values():
+            for future in [*self._pending.values(), *self._reloads.values()]:
                 if not future.done():
                     future.set_exception(ShuttingDown("the device process went away"))
             self._pending.clear()
+            self._reloads.clear()
             self._answered.set()
             self.state.put_nowait(None)
+
+    def _reloaded(self, call_id: int, code: int, body) -> None:
+        future = self._reloads.pop(call_id, None)
+        if future is None or future.done():
+            return
+        if code == 0:
+            future.set_result(body)
+        else:
+            future.set_exception(_status_error(code, body))
 
     def _resolve(self, call_id: int, code: int, retry_ms: int, body) -> None:
         future = self._pending.pop(call_id, None)
@@ -175,7 +209,8 @@ async def _run(args: WorkerArgs) -> int:
     facts = ModelFacts(
         model_config, TableRows(*args.rows), pb.ModelInfo.FromString(args.model_info)
     )
-    front = GrpcFront(facts, link, link, config, reuse_port=True, port=args.port)
+    admin = link if config.transport.admin_rpcs else None
+    front = GrpcFront(facts, link, link, config, admin, reuse_port=True, port=args.port)
     link.on_info = front.publish
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())

@@ -12,8 +12,11 @@ pickle, no per-element work):
                                 model version that scored it and float32 [m, W] scores, or
                                 a UTF-8 message
     INFO    device -> frontend  a serialized ModelInfo (after a new version is swapped in)
-    DONE    frontend -> device  one finished call for the metrics: method, status code,
-                                seconds, candidates, the frontend's calls in flight
+    DONE    frontend -> device  one finished call for the metrics (`server.metrics.CallRecord`)
+                                and the frontend's calls in flight
+    RELOAD  frontend -> device  a ReloadModel call: call id, whether to check now
+    RELOADED device -> frontend call id, status code, then (OK) in progress, the serving
+                                checkpoint's timestamp and its version, or a UTF-8 message
     STATE   device -> frontend  SERVING or DRAINING
     READY   frontend -> device  the frontend's gRPC port is bound
     TRANSPORT frontend -> device  what the frontend's gRPC transport counted (calls started,
@@ -30,25 +33,33 @@ import asyncio
 import math
 import struct
 
+import grpc
 import numpy as np
 
 from request.columns import EncodedRequest, Layout
 from server.batcher import Scored
+from server.checkpoint_dir import ReloadState
+from server.metrics import CallRecord
 from server.transport_stats import TransportCounts
 
-SUBMIT, RESULT, DONE, STATE, READY, INFO, TRANSPORT = 1, 2, 3, 4, 5, 6, 7
+SUBMIT, RESULT, DONE, STATE, READY, INFO, TRANSPORT, RELOAD, RELOADED = range(1, 10)
 SERVING, DRAINING = 1, 2
-METHODS = ("Rank", "GetModelInfo")
+METHODS = ("Rank", "GetModelInfo", "PredictNextActions", "ReloadModel")
 
 _FRAME = struct.Struct("<IB")
 _SUBMIT = struct.Struct("<QdIII")  # call id, deadline, in flight, n, m
 _RESULT = struct.Struct("<QBIH")  # call id, status code, retry hint ms, version bytes
-_DONE = struct.Struct("<BBdII")  # method, status code, seconds, candidates, in flight
+# method, status code, seconds, candidates, in flight, scoring, network delay (NaN: none); then
+# the client's name (UTF-8)
+_DONE = struct.Struct("<BBdIIBd")
+_RELOAD = struct.Struct("<QB")  # call id, check now
+_RELOADED = struct.Struct("<QBBd")  # call id, status code, in progress, checkpoint timestamp
 _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
 _TRANSPORT = struct.Struct("<QQQQ")  # calls started, succeeded, failed, open
 TRANSPORT_REPORT_SECONDS = 1.0
 MAX_FRAME_BYTES = 64 * 2**20
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def frame(kind: int, *parts: bytes) -> bytes:
@@ -119,13 +130,47 @@ def info_frame(info: bytes) -> bytes:
     return frame(INFO, info)
 
 
-def done_frame(method: str, code: int, seconds: float, candidates: int, in_flight: int) -> bytes:
-    return frame(DONE, _DONE.pack(METHODS.index(method), code, seconds, candidates, in_flight))
+def done_frame(record: CallRecord, in_flight: int) -> bytes:
+    r = record
+    delay = math.nan if r.network_delay_s is None else r.network_delay_s
+    head = _DONE.pack(METHODS.index(r.method), r.code.value[0], r.seconds, r.candidates, in_flight,
+                      r.scoring, delay)  # fmt: skip
+    return frame(DONE, head, r.client.encode())
 
 
-def parse_done(payload: memoryview) -> tuple[str, int, float, int, int]:
-    method, code, seconds, candidates, in_flight = _DONE.unpack_from(payload)
-    return METHODS[method], code, seconds, candidates, in_flight
+def parse_done(payload: memoryview) -> tuple[CallRecord, int]:
+    """(the call's record, the frontend's calls in flight)."""
+    method, code, seconds, candidates, in_flight, scoring, delay = _DONE.unpack_from(payload)
+    client = bytes(payload[_DONE.size :]).decode(errors="replace")
+    record = CallRecord(METHODS[method], _CODES[code], seconds, candidates, bool(scoring), client,
+                        None if math.isnan(delay) else delay)  # fmt: skip
+    return record, in_flight
+
+
+def reload_frame(call_id: int, check_now: bool) -> bytes:
+    return frame(RELOAD, _RELOAD.pack(call_id, check_now))
+
+
+def parse_reload(payload: memoryview) -> tuple[int, bool]:
+    call_id, check_now = _RELOAD.unpack_from(payload)
+    return call_id, bool(check_now)
+
+
+def reloaded_frame(call_id: int, code: int, state: ReloadState | None = None,
+                   message: str = "") -> bytes:  # fmt: skip
+    if state is None:
+        return frame(RELOADED, _RELOADED.pack(call_id, code, 0, 0.0), message.encode())
+    head = _RELOADED.pack(call_id, code, state.in_progress, state.checkpoint_timestamp)
+    return frame(RELOADED, head, state.serving_version.encode())
+
+
+def parse_reloaded(payload: memoryview) -> tuple[int, int, ReloadState | str]:
+    """(call id, status code, the state if OK else the message)."""
+    call_id, code, in_progress, timestamp = _RELOADED.unpack_from(payload)
+    text = bytes(payload[_RELOADED.size :]).decode(errors="replace")
+    if code:
+        return call_id, code, text
+    return call_id, code, ReloadState(bool(in_progress), timestamp, text)
 
 
 def state_frame(state: int) -> bytes:

@@ -9,8 +9,10 @@ tables in README.md and docs/monitoring.md are that rendering
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+import grpc
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -33,6 +35,8 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 CANDIDATE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2800, 4096)
+# Distinct x-client-name values that get a label of their own; later ones count as "other".
+MAX_CLIENTS = 32
 
 
 class Metrics:
@@ -55,6 +59,18 @@ class Metrics:
         self.in_flight = Gauge(
             "phoenix_requests_in_flight", "Scoring calls being handled (queued, computing, replying).",
             registry=registry,
+        )  # fmt: skip
+        self.client_requests = Counter(
+            "phoenix_client_requests",
+            f"Calls by method and caller: the x-client-name metadata (the first {MAX_CLIENTS} "
+            "names seen; later ones count as 'other', calls without one as 'unknown').",
+            ["method", "client"], registry=registry,
+        )  # fmt: skip
+        self.network_delay = Histogram(
+            "phoenix_network_delay_seconds",
+            "Caller's send (its x-request-send-time-ms metadata) to the server's receipt; the "
+            "clocks of caller and server differ, so a negative delay counts as 0.",
+            buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.request_candidates = Histogram(
             "phoenix_request_candidates", "Candidates per scoring call answered OK.",
@@ -225,6 +241,54 @@ class _PrefixCacheCollector(Collector):
             "Device bytes of the prefix slabs (--prefix-cache-bytes plus the slots of the "
             "batches in flight).", value=self.capacity_bytes,
         )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRecord:
+    """One finished call, as the service reports it (`server.service.Recorder`)."""
+
+    method: str
+    code: grpc.StatusCode
+    seconds: float  # call start to its answer
+    candidates: int = 0  # over all its ranking requests
+    scoring: bool = False  # a scoring call: one `started` preceded it
+    client: str = ""  # x-client-name, sanitized ("" none)
+    network_delay_s: float | None = None  # from x-request-send-time-ms
+
+
+class MetricsRecorder:
+    """Counts calls in this process's metrics. `in_flight=False` leaves the in-flight gauge
+    to the caller (the device process sets it from the frontends' own counts)."""
+
+    def __init__(self, metrics: Metrics, in_flight: bool = True):
+        self.metrics = metrics
+        self.in_flight = in_flight
+        self._clients: set[str] = set()
+
+    def started(self) -> None:
+        if self.in_flight:
+            self.metrics.in_flight.inc()
+
+    def finished(self, record: CallRecord) -> None:
+        m = self.metrics
+        if record.scoring and self.in_flight:
+            m.in_flight.dec()
+        if record.scoring and record.code == grpc.StatusCode.OK and record.candidates:
+            m.request_candidates.observe(record.candidates)
+        m.requests.labels(record.method, record.code.name).inc()
+        m.request_latency.labels(record.method).observe(record.seconds)
+        m.client_requests.labels(record.method, self._client_label(record.client)).inc()
+        if record.network_delay_s is not None:
+            m.network_delay.observe(record.network_delay_s)
+
+    def _client_label(self, client: str) -> str:
+        """A bounded set of label values: the first MAX_CLIENTS names, then "other"."""
+        if not client:
+            return "unknown"
+        if client in self._clients or len(self._clients) < MAX_CLIENTS:
+            self._clients.add(client)
+            return client
+        return "other"
 
 
 def metrics_table() -> str:

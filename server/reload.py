@@ -86,14 +86,20 @@ class VersionWatcher:
         self.metrics = metrics
         self.on_swap = on_swap
         self._wake = asyncio.Event()
+        self._checking = False
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="reload")
 
     def wake(self) -> None:
-        """Check the directory now (SIGHUP)."""
+        """Check the directory now (SIGHUP, ReloadModel)."""
         self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        """A check (or the swap it found) is under way, or one was asked for and is due."""
+        return self._checking or self._wake.is_set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -116,6 +122,13 @@ class VersionWatcher:
     async def check(self) -> bool:
         """Swap in the best available version if it is not the serving one; True if a swap
         happened."""
+        self._checking = True
+        try:
+            return await self._check()
+        finally:
+            self._checking = False
+
+    async def _check(self) -> bool:
         try:
             available = checkpoint_dir.scan(self.directory)
         except OSError as e:

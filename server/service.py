@@ -1,8 +1,12 @@
 """The gRPC layer: wire formats <-> domain types, validation and status codes, nothing else.
 
-A scoring call arrives as raw bytes (no deserializer), so that everything about it, including
-bytes that do not parse, is answered and counted here. Each scoring RPC is a `Codec` (its
-request bytes -> `Decoded`, its scores -> response bytes); every one takes the same path,
+Two services on one port, every method on raw bytes (no deserializer), so that everything
+about a call, including bytes that do not parse, is answered and counted here:
+
+  phoenix.ranking.v1.RankingService   Rank, GetModelInfo
+  xai.recsys.v1.RecsysPredictor       PredictNextActions, ReloadModel (an admin call)
+
+A scoring call (Rank, PredictNextActions) is a `server.codecs.Codec` on one path,
 `RankingService._score`:
 
 1. Refuse before spending anything (`server.lifecycle`, then the queue): starting, warming up
@@ -14,9 +18,12 @@ request bytes -> `Decoded`, its scores -> response bytes); every one takes the s
    interval at a time, not for the milliseconds its decoding takes.
 3. Hand each encoded ranking request to the queue, which admits it by work and deadline or
    refuses it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and
-   await them all.
-4. Serialize the response with numpy (`convert.rank_response_bytes`), off the loop beyond
-   `INLINE_CANDIDATES`.
+   await them all (one failing cancels the others).
+4. Write the response bytes (numpy), off the loop beyond `INLINE_CANDIDATES`.
+
+Call metadata: `x-request-id` (else `request-id`) names the call in logs and errors, else the
+request's own id, else one is made up; `x-client-name` labels `phoenix_client_requests_total`;
+`x-request-send-time-ms` feeds `phoenix_network_delay_seconds`; the deadline is gRPC's own.
 
 Errors map to status codes through `server.errors`; anything unexpected becomes INTERNAL
 carrying the request id and is logged. Every call is counted in `phoenix_requests_total` with
@@ -29,25 +36,26 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import grpc
 
-from model.actions import NUM_ACTIONS
 from model.config import PhoenixModelConfig, TableRows
-from request.encoding import EncodedRequest, encode
-from request.raw import RawRequest
-from server import convert
+from request.encoding import EncodedRequest
 from server.batcher import Scored
+from server.checkpoint_dir import ReloadState
+from server.codecs import Codec, Decoded, PredictCodec, RankCodec
 from server.config import Limits
-from server.errors import InvalidArgument, QueueFull, ServiceError
+from server.errors import InvalidArgument, QueueFull, ServiceError, Unimplemented
 from server.lifecycle import Lifecycle
 from server.logs import RateLimited
-from server.metrics import Metrics
+from server.metrics import CallRecord
 from server.rpc import ranking_pb2 as pb
+from server.rpc import recsys_pb2 as xpb
 
 log = logging.getLogger("phoenix.requests")
 # Bad requests are the caller's doing and can come by the thousand: one line a second at most.
@@ -64,6 +72,9 @@ except ImportError:  # pragma: no cover - another grpcio layout: let the error s
 INLINE_BYTES = 16 * 1024
 # Responses for up to this many candidates are serialized on the event loop (~90 us at 512).
 INLINE_CANDIDATES = 512
+# A caller's name (x-client-name) as a metric label: these characters, this long at most.
+_CLIENT_NAME = re.compile(r"[^A-Za-z0-9._-]")
+MAX_CLIENT_NAME = 64
 
 
 class Queue(Protocol):
@@ -82,33 +93,17 @@ class Recorder(Protocol):
     """Where the service reports each call (Prometheus here, or the device process)."""
 
     def started(self) -> None:
-        """A scoring call (one of `SCORING_METHODS`) began; its `finished` follows."""
+        """A scoring call began; its `finished` (a record with `scoring`) follows."""
 
-    def finished(
-        self, method: str, code: grpc.StatusCode, seconds: float, candidates: int
-    ) -> None: ...
+    def finished(self, record: CallRecord) -> None: ...
 
 
-class MetricsRecorder:
-    """Counts calls in this process's metrics. `in_flight=False` leaves the in-flight gauge
-    to the caller (the device process sets it from the frontends' own counts)."""
+class Admin(Protocol):
+    """The admin calls' side of the server (`server.app`, or the link to it)."""
 
-    def __init__(self, metrics: Metrics, in_flight: bool = True):
-        self.metrics = metrics
-        self.in_flight = in_flight
-
-    def started(self) -> None:
-        if self.in_flight:
-            self.metrics.in_flight.inc()
-
-    def finished(self, method: str, code: grpc.StatusCode, seconds: float, candidates: int) -> None:
-        scoring = method in SCORING_METHODS
-        if scoring and self.in_flight:
-            self.metrics.in_flight.dec()
-        if scoring and code == grpc.StatusCode.OK and candidates:
-            self.metrics.request_candidates.observe(candidates)
-        self.metrics.requests.labels(method, code.name).inc()
-        self.metrics.request_latency.labels(method).observe(seconds)
+    async def reload(self, check_now: bool) -> ReloadState:
+        """Check --checkpoint-dir now when `check_now` (FailedPrecondition without one)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,65 +115,51 @@ class ModelFacts:
     info: pb.ModelInfo
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Decoded:
-    """A scoring call's request, decoded, validated and hashed: what the queue scores (one
-    entry per ranking request) and what its response is built from."""
+@dataclasses.dataclass(frozen=True)
+class CallMetadata:
+    """What the service reads of a call's metadata (see the module docstring)."""
 
-    request_id: str  # the caller's, or "" (the service then assigns one)
-    raws: tuple[RawRequest, ...]  # each ranking request in raw ids
-    encoded: tuple[EncodedRequest, ...]  # the same, hashed: what the queue scores
+    request_id: str = ""
+    client: str = ""
+    network_delay_s: float | None = None
 
-    @property
-    def candidates(self) -> int:
-        return sum(r.num_candidates for r in self.raws)
-
-
-class Codec(Protocol):
-    """One scoring RPC's wire format: request bytes -> `Decoded`, scores -> response bytes.
-    Both run on the event loop for small calls and on the host thread for large ones."""
-
-    method: str  # the RPC's name: the `method` label of the metrics
-
-    def decode(self, data: bytes, model: ModelFacts, limits: Limits) -> Decoded:
-        """InvalidArgument naming the field for anything it cannot score."""
-        ...
-
-    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes: ...
-
-
-class RankCodec:
-    """`phoenix.ranking.v1.RankingService/Rank`: one request, its scores in request order."""
-
-    method = "Rank"
-
-    def decode(self, data: bytes, model: ModelFacts, limits: Limits) -> Decoded:
-        raw = convert.decode_rank_request(data, model.config, limits)
-        return Decoded(raw.request_id, (raw,), (encode(raw, model.config, model.rows),))
-
-    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes:
-        (raw,), (result,) = decoded.raws, scored
-        a = NUM_ACTIONS
-        return convert.rank_response_bytes(
-            raw.candidate_post_ids, result.scores[:, :a], result.model_version, request_id,
-            result.scores[:, a:],
-        )  # fmt: skip
+    @classmethod
+    def of(cls, metadata: Sequence[tuple[str, str | bytes]] | None, now_s: float) -> CallMetadata:
+        """From gRPC's invocation metadata; `now_s`: the wall clock (seconds since the epoch)."""
+        found: dict[str, str] = {}
+        for key, value in metadata or ():
+            if key in ("x-request-id", "request-id", "x-client-name", "x-request-send-time-ms"):
+                found.setdefault(key, value if isinstance(value, str) else value.decode("latin-1"))
+        delay = None
+        try:
+            sent_ms = float(found["x-request-send-time-ms"])
+            if sent_ms == sent_ms and abs(now_s * 1000 - sent_ms) < 3_600_000:  # finite, sane
+                delay = max(0.0, now_s - sent_ms / 1000)  # clocks differ: never negative
+        except (KeyError, ValueError):
+            pass
+        request_id = found.get("x-request-id") or found.get("request-id") or ""
+        client = _CLIENT_NAME.sub("_", found.get("x-client-name", ""))[:MAX_CLIENT_NAME]
+        return cls(request_id.encode()[:128].decode(errors="ignore"), client, delay)
 
 
 RANK = RankCodec()
-SCORING_METHODS = frozenset({RANK.method})  # calls counted in phoenix_requests_in_flight
 
 
 def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
-    """Register the service like the generated `add_RankingServiceServicer_to_server`, except
-    that every method takes and returns bytes (see `convert.rank_response_bytes`)."""
-    name = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
-    handlers = {
-        "Rank": grpc.unary_unary_rpc_method_handler(service.Rank),
-        "GetModelInfo": grpc.unary_unary_rpc_method_handler(service.GetModelInfo),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    server.add_registered_method_handlers(name, handlers)
+    """Register both services like their generated `add_*Servicer_to_server`, except that every
+    method takes and returns bytes (the codecs write responses themselves)."""
+    services = {
+        pb.DESCRIPTOR.services_by_name["RankingService"].full_name: {
+            "Rank": service.Rank, "GetModelInfo": service.GetModelInfo,
+        },
+        xpb.DESCRIPTOR.services_by_name["RecsysPredictor"].full_name: {
+            "PredictNextActions": service.PredictNextActions, "ReloadModel": service.ReloadModel,
+        },
+    }  # fmt: skip
+    for name, methods in services.items():
+        handlers = {m: grpc.unary_unary_rpc_method_handler(fn) for m, fn in methods.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
 
 
 async def _abort(
@@ -206,16 +187,19 @@ async def _gather(futures: Sequence[asyncio.Future]) -> list[Scored]:
 
 
 class RankingService:
-    """The scoring RPCs and GetModelInfo, on raw bytes: decode -> admit -> wait -> encode."""
+    """The RPCs of both services, on raw bytes: a scoring call is decode -> admit -> wait ->
+    encode. `admin`: the admin calls' side; None turns them off (UNIMPLEMENTED)."""
 
     def __init__(self, model: ModelFacts, queue: Queue, limits: Limits, recorder: Recorder,
-                 lifecycle: Lifecycle):  # fmt: skip
+                 lifecycle: Lifecycle, admin: Admin | None = None):  # fmt: skip
         self.model = model
         self.queue = queue
         self.limits = limits
         self.recorder = recorder
         self.lifecycle = lifecycle
+        self.admin = admin
         self.info = model.info
+        self.predict = PredictCodec.from_environment()
         self._host = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host")
 
     async def _off_loop_if(self, large: bool, fn, *args):
@@ -226,11 +210,15 @@ class RankingService:
     async def Rank(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._score(RANK, data, context)
 
+    async def PredictNextActions(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._score(self.predict, data, context)
+
     async def _score(self, codec: Codec, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One scoring call: refused at the door if the lifecycle, its deadline or the queue
         already settle it; else decoded, admitted and queued, awaited, and encoded."""
         start = time.perf_counter()
-        request_id = ""
+        meta = CallMetadata.of(context.invocation_metadata(), time.time())
+        request_id = meta.request_id
         code = grpc.StatusCode.OK
         prepared = start  # when decoding, validation and hashing were done
         decoded: Decoded | None = None
@@ -246,7 +234,7 @@ class RankingService:
                 decoded = await self._off_loop_if(
                     len(data) > INLINE_BYTES, codec.decode, data, self.model, self.limits
                 )
-                request_id = decoded.request_id or uuid.uuid4().hex
+                request_id = request_id or decoded.request_id or uuid.uuid4().hex
                 prepared = time.perf_counter()
                 futures = []
                 try:
@@ -261,14 +249,8 @@ class RankingService:
                 decoded.candidates > INLINE_CANDIDATES, codec.encode, decoded, scored, request_id
             )
         except ServiceError as e:
-            code = e.code
-            if isinstance(e, InvalidArgument):
-                _invalid_requests.warning(
-                    "invalid %s request: %s", codec.method, e, fields={"request_id": request_id}
-                )
-            if isinstance(e, QueueFull):
-                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(e.retry_after_ms)),))
-            code = await _abort(context, e.code, str(e))
+            code = e.code  # what is counted: _refuse raises once the status is on its way
+            code = await self._refuse(codec.method, e, request_id, context)
             raise asyncio.CancelledError() from None
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -282,34 +264,74 @@ class RankingService:
         finally:
             elapsed = time.perf_counter() - start
             candidates = 0 if decoded is None else decoded.candidates
-            self.recorder.finished(codec.method, code, elapsed, candidates)
+            self.recorder.finished(CallRecord(codec.method, code, elapsed, candidates, True,
+                                              meta.client, meta.network_delay_s))  # fmt: skip
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(codec.method, extra={"fields": {
                     "request_id": request_id, "code": code.name, "bytes": len(data),
                     "requests": None if decoded is None else len(decoded.raws),
                     "candidates": None if decoded is None else candidates,
+                    "client": meta.client or None,
                     "prepare_ms": round((prepared - start) * 1000, 3),
                     "latency_ms": round(elapsed * 1000, 3),
                 }})  # fmt: skip
 
-    async def GetModelInfo(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _refuse(self, method: str, error: ServiceError, request_id: str,
+                      context: grpc.aio.ServicerContext) -> grpc.StatusCode:  # fmt: skip
+        """Answer a ServiceError with its code (and retry hint): raises gRPC's AbortError once
+        the status is on its way, or returns CANCELLED if the client had gone (see `_abort`)."""
+        if isinstance(error, InvalidArgument):
+            _invalid_requests.warning("invalid %s request: %s", method, error,
+                                      fields={"request_id": request_id})  # fmt: skip
+        if isinstance(error, QueueFull):
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(error.retry_after_ms)),))
+        return await _abort(context, error.code, str(error))
+
+    async def _answer(self, method: str, data: bytes, context: grpc.aio.ServicerContext,
+                      answer: Callable[[bytes], Awaitable[bytes]]) -> bytes:  # fmt: skip
+        """A call that scores nothing (GetModelInfo, ReloadModel): `answer(data)`, its
+        ServiceErrors as their codes, counted."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        meta = CallMetadata.of(context.invocation_metadata(), time.time())
         try:
-            try:  # no fields today, but bytes that do not parse are still an invalid request
-                pb.GetModelInfoRequest.FromString(data)
-            except Exception as e:
-                raise InvalidArgument(
-                    "request", f"not a valid GetModelInfoRequest message ({e})"
-                ) from None
-            return self._info_bytes
+            return await answer(data)
         except ServiceError as e:
             code = e.code
-            _invalid_requests.warning("invalid GetModelInfo request: %s", e)
-            code = await _abort(context, e.code, str(e))
+            code = await self._refuse(method, e, meta.request_id, context)
             raise asyncio.CancelledError() from None
         finally:
-            self.recorder.finished("GetModelInfo", code, time.perf_counter() - start, 0)
+            self.recorder.finished(CallRecord(method, code, time.perf_counter() - start,
+                                              client=meta.client,
+                                              network_delay_s=meta.network_delay_s))  # fmt: skip
+
+    async def GetModelInfo(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def answer(data: bytes) -> bytes:
+            _parse(pb.GetModelInfoRequest, data)  # no fields, but bytes must parse
+            return self._info_bytes
+
+        return await self._answer("GetModelInfo", data, context, answer)
+
+    async def ReloadModel(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def answer(data: bytes) -> bytes:
+            if self.admin is None:
+                raise Unimplemented(
+                    "ReloadModel is an admin call, off on this server (--admin-rpcs)"
+                )
+            request = _parse(xpb.ReloadModelRequest, data)
+            if request.copy_urls:
+                raise Unimplemented(
+                    "copy_urls: this server loads versions from files in --checkpoint-dir, "
+                    "not from URLs; copy <N>.safetensors there instead"
+                )
+            state = await self.admin.reload(request.do_reload)
+            return xpb.ReloadModelResponse(
+                reload_in_progress=state.in_progress,
+                current_checkpoint_timestamp=state.checkpoint_timestamp,
+                serving_prefix=state.serving_version, peer_ready=False,
+            ).SerializeToString()  # fmt: skip
+
+        return await self._answer("ReloadModel", data, context, answer)
 
     @property
     def info(self) -> pb.ModelInfo:
@@ -320,3 +342,12 @@ class RankingService:
         """The model's description (GetModelInfo); replaced when a new version serves."""
         self._info = info
         self._info_bytes = info.SerializeToString()
+
+
+def _parse(message_type, data: bytes):
+    try:
+        return message_type.FromString(data)
+    except Exception as e:
+        raise InvalidArgument(
+            "request", f"not a valid {message_type.DESCRIPTOR.name} message ({e})"
+        ) from None

@@ -45,7 +45,8 @@ from server import transport_stats
 from server.config import ServerConfig, Transport
 from server.lifecycle import Lifecycle, Phase
 from server.rpc import ranking_pb2 as pb
-from server.service import ModelFacts, Queue, RankingService, Recorder, add_to_server
+from server.rpc import recsys_pb2 as xpb
+from server.service import Admin, ModelFacts, Queue, RankingService, Recorder, add_to_server
 from server.transport_stats import TransportCounts
 
 log = logging.getLogger("phoenix.server")
@@ -54,6 +55,8 @@ LAME_DUCK_QUIET_SECONDS = 0.05  # no arrival for this long: every caller is park
 LAME_DUCK_MAX_SECONDS = 0.5  # the longest a call is parked
 STOP_RESERVE_SECONDS = 0.5  # of the grace period, kept for writing the last responses and exit
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
+XAI_SERVICE_NAME = xpb.DESCRIPTOR.services_by_name["RecsysPredictor"].full_name
+SERVICE_NAMES = (SERVICE_NAME, XAI_SERVICE_NAME)  # health reports each, reflection lists them
 
 
 def _ms(seconds: float) -> int:
@@ -172,10 +175,12 @@ class GrpcFront:
     """A bound gRPC server for one RankingService, with health and its drain."""
 
     def __init__(self, facts: ModelFacts, queue: Queue, recorder: Recorder, config: ServerConfig,
-                 reuse_port: bool = False, port: int | None = None):  # fmt: skip
-        """`port`: the port to bind (default `config.port`)."""
+                 admin: Admin | None = None, reuse_port: bool = False,
+                 port: int | None = None):  # fmt: skip
+        """`admin`: the admin calls' side (None: they are off); `port`: the port to bind
+        (default `config.port`)."""
         self.lifecycle = Lifecycle()
-        self.service = RankingService(facts, queue, config.limits, recorder, self.lifecycle)
+        self.service = RankingService(facts, queue, config.limits, recorder, self.lifecycle, admin)
         self.health = health_aio.HealthServicer()
         address = f"{config.host}:{config.port if port is None else port}"
         self.server, self.port = create_grpc_server(
@@ -185,7 +190,7 @@ class GrpcFront:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.transport.reflection:
             reflection.enable_server_reflection(
-                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME),
                 self.server,
             )  # fmt: skip
@@ -206,7 +211,7 @@ class GrpcFront:
         return transport_stats.read()
 
     async def _set_health(self, status) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
     async def stop(self, deadline: float, drain_queue: DrainQueue) -> bool:

@@ -1,5 +1,6 @@
-"""Generated gRPC/protobuf stubs for `proto/phoenix/ranking/v1/ranking.proto`.
+"""Generated gRPC/protobuf stubs of the protos under `proto/`: `ranking_pb2*` (ours,
+`phoenix.ranking.v1`) and `recsys_pb2*` (our subset of xAI's `xai.recsys.v1`).
 
-Never edit `ranking_pb2*.py` by hand: run `python -m server.rpc.generate` after changing the
-proto. `tests/server/test_stubs.py` fails when the committed stubs and the proto disagree.
+Never edit them by hand: run `python -m server.rpc.generate` after changing a proto.
+`tests/server/test_stubs.py` fails when the committed stubs and the protos disagree.
 """

@@ -14,7 +14,9 @@ every limit are cheap to build and to score). Strategies, mixed:
   bytes, or bytes that are not UTF-8, and lists at, and one past, the server's limits;
 * mutations of valid requests: truncations, byte and bit flips, deletions, insertions,
   duplicated slices, junk spliced in front or behind;
-* GetModelInfo with arbitrary bytes.
+* GetModelInfo with arbitrary bytes;
+* xAI's PredictNextActions: arbitrary bytes, mutations of valid requests in every history
+  form, and valid requests whose Arrow stream or zstd frame is arbitrary or mutated bytes.
 
 Every Rank call is judged against an oracle written from the proto's comments and the
 server's limits (`expected_violations`, which uses the protobuf runtime only to parse):
@@ -32,6 +34,8 @@ server's limits (`expected_violations`, which uses the protobuf runtime only to 
 
 GetModelInfo must answer OK with the model's info for bytes that parse as a (field-less)
 GetModelInfoRequest and INVALID_ARGUMENT for bytes that do not, never UNKNOWN.
+PredictNextActions must answer OK (one distribution per candidate, log-probabilities at most
+0) or INVALID_ARGUMENT naming a field of its request, never anything else.
 
 After the run (`test_the_server_survived_the_fuzz`, last in the module): the process is
 alive, a fixed reference request's logits are bit-identical to those before the fuzz, the
@@ -64,13 +68,17 @@ from model.actions import NUM_ACTIONS
 from request.schema import MAX_REQUEST_ID_BYTES
 from server.convert import raw_request_to_columnar_pb
 from server.rpc import ranking_pb2 as pb
+from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request, varint
+from tests.server import xai_forms
 from tests.server.harness import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 RANK = "/phoenix.ranking.v1.RankingService/Rank"
 MODEL_INFO = "/phoenix.ranking.v1.RankingService/GetModelInfo"
+PREDICT = "/xai.recsys.v1.RecsysPredictor/PredictNextActions"
+METHODS = ("Rank", "GetModelInfo", "PredictNextActions")
 
 # The fuzzed server's limits: small, so that lists at and past them are cheap to send and
 # to score; the byte limit is above the 16 KiB beyond which requests are decoded off the
@@ -94,7 +102,7 @@ CI_CASES = 1000
 _OPT_IN = os.environ.get("PHOENIX_FUZZ_CASES", "").strip()
 TOTAL_CASES = int(_OPT_IN) if _OPT_IN else CI_CASES
 # Share of the total per strategy (the explicit @example cases come on top).
-SHARES = {"raw": 0.15, "structured": 0.40, "mutated": 0.35, "model_info": 0.10}
+SHARES = {"raw": 0.15, "structured": 0.40, "mutated": 0.35, "model_info": 0.10, "xai": 0.25}
 
 
 def fuzz_settings(kind: str) -> settings:
@@ -234,8 +242,9 @@ class Fuzzed:
         self.channel = grpc.insecure_channel(server.target)
         self._rank = self.channel.unary_unary(RANK)  # bytes in, bytes out
         self._model_info = self.channel.unary_unary(MODEL_INFO)
+        self._predict = self.channel.unary_unary(PREDICT)
         # Calls made, by method and the code the client received.
-        self.codes: dict[str, Counter[str]] = {"Rank": Counter(), "GetModelInfo": Counter()}
+        self.codes: dict[str, Counter[str]] = {m: Counter() for m in METHODS}
         self.counts_before = self.counts()
         code, body = self.call_model_info(b"")
         assert code == grpc.StatusCode.OK, (code, body)
@@ -243,7 +252,8 @@ class Fuzzed:
         self.reference = reference_logits(self)
 
     def _call(self, method: str, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
-        stub = self._rank if method == "Rank" else self._model_info
+        stub = {"Rank": self._rank, "GetModelInfo": self._model_info,
+                "PredictNextActions": self._predict}[method]  # fmt: skip
         try:
             code, result = grpc.StatusCode.OK, stub(data, timeout=TIMEOUT)
         except grpc.RpcError as e:
@@ -257,9 +267,12 @@ class Fuzzed:
     def call_model_info(self, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
         return self._call("GetModelInfo", data)
 
+    def call_predict(self, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
+        return self._call("PredictNextActions", data)
+
     def counts(self) -> dict[str, Counter[str]]:
         """phoenix_requests_total from /metrics: {method: {code: calls}}."""
-        out: dict[str, Counter[str]] = {"Rank": Counter(), "GetModelInfo": Counter()}
+        out: dict[str, Counter[str]] = {m: Counter() for m in METHODS}
         pattern = re.compile(r"phoenix_requests_total\{code=(\w+),method=(\w+)\}")
         for key, value in self.server.metrics().items():
             if (m := pattern.fullmatch(key)) and m[2] in out:
@@ -718,6 +731,65 @@ def test_get_model_info_answers_arbitrary_bytes(fuzzed, data):
             f"GetModelInfoRequest: {body!r}"
         )
         assert body.startswith("request: "), body
+
+
+def xai_valid(seed: int, form: str) -> xpb.PredictNextActionsRequest:
+    raw = random_request(np.random.default_rng(seed), seed % 7, 1 + seed % 5)
+    raw = xai_forms.expressible(raw, one_action=form in xai_forms.ONE_ACTION_FORMS)
+    return xai_forms.request([raw], form)
+
+
+@st.composite
+def xai_requests(draw) -> bytes:
+    """A valid PredictNextActions request, mutated; or one whose Arrow stream or zstd frame
+    is arbitrary bytes or a mutation of a valid one."""
+    form = draw(st.sampled_from(xai_forms.FORMS))
+    request = xai_valid(draw(st.integers(0, 1000)), form)
+    kind = draw(st.sampled_from(["mutate", "part"]))
+    if kind == "part" and form == "columnar_sequences":
+        request.columnar_sequences[0] = draw(st.binary(max_size=300) | mutated(
+            request.columnar_sequences[0]))  # fmt: skip
+    elif kind == "part" and form == "compressedUserActions":
+        compressed = request.sequences[0].userActionsData.compressedUserActions
+        compressed.data = draw(st.binary(max_size=300) | mutated(compressed.data))
+    return (
+        draw(mutated(request.SerializeToString()))
+        if kind == "mutate"
+        else (request.SerializeToString())
+    )
+
+
+def mutated(data: bytes) -> st.SearchStrategy[bytes]:
+    """`data` with one truncation, byte change or insertion."""
+    return st.tuples(st.integers(0, len(data)), st.integers(0, 2), st.binary(min_size=1,
+                                                                              max_size=4)).map(
+        lambda t: (data[: t[0]], data[: t[0]] + t[2] + data[t[0] + 1 :],
+                   data[: t[0]] + t[2] + data[t[0] :])[t[1]]
+    )  # fmt: skip
+
+
+XAI_FIELDS = re.compile(r"(request|metadata|candidateSets|sequences|columnar_sequences)\b")
+
+
+@fuzz_settings("xai")
+@given(data=st.one_of(RAW_BYTES, xai_requests()))
+@example(data=b"")  # no candidate set
+@example(data=xai_valid(3, "columnar_sequences").SerializeToString())
+def test_predict_answers_by_the_contract(fuzzed, data):
+    code, body = fuzzed.call_predict(data)
+    event(code.name)
+    assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), (code, body)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert XAI_FIELDS.match(body), body
+        return
+    request = xpb.PredictNextActionsRequest.FromString(data)
+    response = xpb.PredictNextActionsResponse.FromString(body)
+    assert len(response.distributionSets) == len(request.candidateSets)
+    for dist_set, sent in zip(response.distributionSets, request.candidateSets, strict=True):
+        assert len(dist_set.candidateDistributions) == len(sent.candidates)
+        for dist in dist_set.candidateDistributions:
+            top = np.array(dist.topLogProbs if request.returnLogprob else dist.logits)
+            assert not np.isnan(top).any() and (not request.returnLogprob or (top <= 0).all())
 
 
 def test_the_server_survived_the_fuzz(fuzzed):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import math
 
+import grpc
 import numpy as np
 import pytest
 
 from request.columns import SCHEMA
 from server import ipc
 from server.batcher import Scored
+from server.checkpoint_dir import ReloadState
+from server.metrics import CallRecord
 from tests.helpers import random_request
 
 
@@ -48,9 +51,21 @@ def test_results_carry_scores_or_a_refusal():
     assert ipc.parse_result(payload, 38) == (8, 8, 25, "overloaded ü")
 
 
-def test_done_and_state_frames():
-    _, payload = asyncio.run(_read(ipc.done_frame("GetModelInfo", 0, 0.25, 0, 5)))
-    assert ipc.parse_done(payload) == ("GetModelInfo", 0, 0.25, 0, 5)
+def test_done_reload_and_state_frames():
+    for record in (
+        CallRecord("GetModelInfo", grpc.StatusCode.OK, 0.25),
+        CallRecord("PredictNextActions", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.5, 2800, True,
+                   "home-mixer", 0.003),
+    ):  # fmt: skip
+        _, payload = asyncio.run(_read(ipc.done_frame(record, 5)))
+        assert ipc.parse_done(payload) == (record, 5)
+    state = ReloadState(True, 1.7e9, "12")
+    _, payload = asyncio.run(_read(ipc.reloaded_frame(3, 0, state)))
+    assert ipc.parse_reloaded(payload) == (3, 0, state)
+    _, payload = asyncio.run(_read(ipc.reloaded_frame(4, 9, message="no --checkpoint-dir")))
+    assert ipc.parse_reloaded(payload) == (4, 9, "no --checkpoint-dir")
+    _, payload = asyncio.run(_read(ipc.reload_frame(5, True)))
+    assert ipc.parse_reload(payload) == (5, True)
     _, payload = asyncio.run(_read(ipc.state_frame(ipc.DRAINING)))
     assert ipc.parse_state(payload) == ipc.DRAINING
 

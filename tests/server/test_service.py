@@ -15,10 +15,10 @@ from server.batcher import Batcher
 from server.config import BatcherConfig, Limits, Transport
 from server.convert import logits_from_pb, raw_request_to_pb
 from server.lifecycle import Lifecycle, Phase
-from server.metrics import Metrics
+from server.metrics import Metrics, MetricsRecorder
 from server.rpc import ranking_pb2_grpc
 from server.runner import ModelRunner
-from server.service import MetricsRecorder, ModelFacts, RankingService, add_to_server
+from server.service import ModelFacts, RankingService, add_to_server
 from server.transport import create_grpc_server
 from tests.helpers import random_request, runner_config
 

@@ -1,0 +1,96 @@
+"""The scoring RPCs' wire formats: request bytes -> `Decoded`, scores -> response bytes.
+
+Every scoring RPC takes the same path through `server.service` (admit, queue, wait); what
+differs is only its codec:
+
+  RankCodec     phoenix.ranking.v1.RankingService/Rank: one ranking request
+  PredictCodec  xai.recsys.v1.RecsysPredictor/PredictNextActions: one ranking request per
+                candidate set (`server.xai`)
+
+A codec's `decode` validates and hashes (InvalidArgument naming the field otherwise); its
+`encode` writes the response bytes directly (numpy, no message objects per candidate). Both
+run on the event loop for small calls and on the host thread for large ones: they must be
+thread-safe and hold no state per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from model.actions import NUM_ACTIONS
+from request.encoding import EncodedRequest, encode
+from request.raw import RawRequest
+from server import convert, xai
+from server.batcher import Scored
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Decoded:
+    """A scoring call's request, decoded, validated and hashed: what the queue scores (one
+    entry per ranking request) and what its response is built from."""
+
+    request_id: str  # the caller's, or "" (the service then assigns one)
+    raws: tuple[RawRequest, ...]  # each ranking request in raw ids
+    encoded: tuple[EncodedRequest, ...]  # the same, hashed: what the queue scores
+    plan: Any = None  # whatever else the codec's encode needs
+
+    @property
+    def candidates(self) -> int:
+        return sum(r.num_candidates for r in self.raws)
+
+
+class Codec(Protocol):
+    method: str  # the RPC's name: the `method` label of the metrics
+
+    def decode(self, data: bytes, model, limits) -> Decoded:
+        """`model`: `server.service.ModelFacts`; `limits`: `server.config.Limits`."""
+        ...
+
+    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes: ...
+
+
+def _hashed(raws: Sequence[RawRequest], model) -> tuple[EncodedRequest, ...]:
+    return tuple(encode(raw, model.config, model.rows) for raw in raws)
+
+
+class RankCodec:
+    """One request; its scores in request order (`convert.rank_response_bytes`)."""
+
+    method = "Rank"
+
+    def decode(self, data: bytes, model, limits) -> Decoded:
+        raw = convert.decode_rank_request(data, model.config, limits)
+        return Decoded(raw.request_id, (raw,), _hashed((raw,), model))
+
+    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes:
+        (raw,), (result,) = decoded.raws, scored
+        a = NUM_ACTIONS
+        return convert.rank_response_bytes(
+            raw.candidate_post_ids, result.scores[:, :a], result.model_version, request_id,
+            result.scores[:, a:],
+        )  # fmt: skip
+
+
+class PredictCodec:
+    """xAI's contract: one request per candidate set (`server.xai`). `pod` and `node` are the
+    answering pod's and node's names (POD_NAME, NODE_NAME), None when not set."""
+
+    method = "PredictNextActions"
+
+    def __init__(self, pod: str | None = None, node: str | None = None):
+        self.pod, self.node = pod, node
+
+    @classmethod
+    def from_environment(cls) -> PredictCodec:
+        return cls(os.environ.get("POD_NAME") or None, os.environ.get("NODE_NAME") or None)
+
+    def decode(self, data: bytes, model, limits) -> Decoded:
+        request_id, raws, plan = xai.decode_request(data, model.config, limits)
+        return Decoded(request_id, tuple(raws), _hashed(raws, model), plan)
+
+    def encode(self, decoded: Decoded, scored: Sequence[Scored], request_id: str) -> bytes:
+        return xai.encode_response(decoded.plan, [s.scores for s in scored],
+                                   [s.model_version for s in scored], self.pod, self.node)  # fmt: skip

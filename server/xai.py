@@ -1,0 +1,499 @@
+"""xAI's ranking contract (`xai.recsys.v1.RecsysPredictor`, proto/xai/recsys/v1/recsys.proto):
+its requests decoded into ours, our scores encoded into its responses. docs/xai-compat.md says
+field by field what is honoured, ignored and refused.
+
+Glossary: S candidate sets, n history events, m candidates, A the model's actions (19),
+V the length of the ActionName-indexed vectors returned (1 + the largest ActionName value the
+model predicts).
+
+A request carries candidate sets and user-action sequences. Each set becomes one ranking
+request of ours (a `RawRequest`), paired with its user's history: the sequence whose userId is
+the set's, else the sequence at the set's position (`pair_sequences`), in whichever of the
+contract's forms it comes (`history_of`): a list of UserAction (one action each), the same in a
+container, a list of AggregatedUserAction (the union of an entry's actions), zstd-compressed,
+or an Arrow IPC stream (`columnar_sequences`). Every set is then scored through the same queue
+as a Rank call, and the response says, per candidate, log(sigmoid(logit)) of each action at the
+index of its ActionName value.
+
+Decoding is numpy and protobuf only (pyarrow and zstandard are imported on first use), so a
+frontend worker runs it without JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.actions import ACTIONS, NUM_ACTIONS
+from model.config import PhoenixModelConfig
+from request.raw import RawRequest
+from request.schema import MAX_REQUEST_ID_BYTES
+from server.config import Limits
+from server.errors import InvalidArgument
+from server.rpc import recsys_pb2 as xpb
+
+# Our action -> xAI's ActionName: the 18 actions xAI's home-mixer reads, our first 18. Our 19th,
+# dwell_time, has no ActionName: it is returned as the continuous value DWELL_TIME.
+XAI_ACTION_OF: dict[str, str] = {
+    "favorite": "SERVER_TWEET_FAV",
+    "reply": "SERVER_TWEET_REPLY",
+    "repost": "SERVER_TWEET_RETWEET",
+    "photo_expand": "CLIENT_TWEET_PHOTO_EXPAND",
+    "click": "CLIENT_TWEET_CLICK",
+    "profile_click": "CLIENT_TWEET_CLICK_PROFILE",
+    "video_quality_view": "CLIENT_TWEET_VIDEO_QUALITY_VIEW",
+    "share": "CLIENT_TWEET_SHARE",
+    "share_via_dm": "CLIENT_TWEET_CLICK_SEND_VIA_DIRECT_MESSAGE",
+    "share_via_copy_link": "CLIENT_TWEET_SHARE_VIA_COPY_LINK",
+    "dwell": "CLIENT_TWEET_RECAP_DWELLED",
+    "quote": "SERVER_TWEET_QUOTE",
+    "quoted_click": "CLIENT_QUOTED_TWEET_CLICK",
+    "follow_author": "CLIENT_TWEET_FOLLOW_AUTHOR",
+    "not_interested": "CLIENT_TWEET_NOT_INTERESTED_IN",
+    "block_author": "CLIENT_TWEET_BLOCK_AUTHOR",
+    "mute_author": "CLIENT_TWEET_MUTE_AUTHOR",
+    "report": "CLIENT_TWEET_REPORT",
+}
+CONTINUOUS_ACTION = "dwell_time"  # our action returned as continuousActionsValues[DWELL_TIME]
+
+MODELED = [a for a in ACTIONS if a in XAI_ACTION_OF]  # in our output order
+# Our action index -> ActionName value, for the 18 modeled actions: int64 [18]
+ACTION_VALUES = np.array([xpb.ActionName.Value(XAI_ACTION_OF[a]) for a in MODELED], np.int64)
+OUR_INDEX = np.array([ACTIONS.index(a) for a in MODELED], np.int64)  # int64 [18]
+VECTOR_LENGTH = int(ACTION_VALUES.max()) + 1  # V
+# ActionName value -> our action index, or -1: int64 [V]
+_OUR_ACTION_OF_VALUE = np.full(VECTOR_LENGTH, -1, np.int64)
+_OUR_ACTION_OF_VALUE[ACTION_VALUES] = OUR_INDEX
+DWELL_TIME = xpb.ContinuousActionName.Value("DWELL_TIME")
+CONTINUOUS_LENGTH = DWELL_TIME + 1
+# The value of vector entries the model has no head for: log(0), a probability of 0 (see
+# docs/xai-compat.md: a caller's weighted sum stays finite and unaffected).
+NOT_PREDICTED = -math.inf
+# A compressed sequence may expand to at most this many times the request's byte limit.
+MAX_EXPANSION = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """One user's history in our columns, oldest first."""
+
+    post_ids: np.ndarray  # uint64 [n]
+    author_ids: np.ndarray  # uint64 [n]
+    actions: np.ndarray  # uint8 [n, A]
+    surfaces: np.ndarray  # int64 [n]
+
+    @classmethod
+    def empty(cls) -> History:
+        z = np.zeros(0, np.uint64)
+        return cls(z, z, np.zeros((0, NUM_ACTIONS), np.uint8), np.zeros(0, np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponsePlan:
+    """What the response needs besides the scores: the request's options and, per set, its
+    user and its candidates as they are to be echoed."""
+
+    mode: str  # "logprob" (topLogProbs), "logits" or "logmap" (indexToLogits)
+    requested: np.ndarray  # int64 [k]: ActionName values for "logmap", below V
+    user_ids: tuple[int, ...]  # per set
+    echoes: tuple[tuple[bytes, ...], ...]  # per set: each candidate's TweetInfo, serialized
+
+
+def action_values_to_ours(values: np.ndarray) -> np.ndarray:
+    """ActionName values int64 [k] -> our action index [k], -1 for actions not modeled."""
+    values = np.asarray(values, np.int64)
+    inside = (values >= 0) & (values < VECTOR_LENGTH)
+    return np.where(inside, _OUR_ACTION_OF_VALUE[np.clip(values, 0, VECTOR_LENGTH - 1)], -1)
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def decode_request(
+    data: bytes, config: PhoenixModelConfig, limits: Limits
+) -> tuple[str, list[RawRequest], ResponsePlan]:
+    """A PredictNextActionsRequest's bytes -> (its `metadata` request id, one RawRequest per
+    candidate set, what the response needs). InvalidArgument names the field of anything the
+    model cannot score."""
+    if len(data) > limits.max_request_bytes:
+        raise InvalidArgument(
+            "request", f"{len(data)} bytes exceeds the server's limit of {limits.max_request_bytes}"
+        )
+    try:
+        request = xpb.PredictNextActionsRequest.FromString(data)
+    except Exception as e:  # DecodeError: bytes that do not parse
+        raise InvalidArgument("request", f"not a valid PredictNextActionsRequest ({e})") from None
+    if len(request.metadata.encode()) > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument("metadata", f"longer than {MAX_REQUEST_ID_BYTES} bytes")
+    sets = request.candidateSets
+    if not sets:
+        raise InvalidArgument("candidateSets", "no candidate set: send at least one")
+    if len(sets) > limits.max_candidate_sets:
+        raise InvalidArgument(
+            "candidateSets", f"{len(sets)} exceed max_candidate_sets={limits.max_candidate_sets}"
+        )
+    sequences = pair_sequences(request)
+    columnar = pair_columnar(request)
+    raws, user_ids, echoes = [], [], []
+    vocab = config.product_surface_vocab_size
+    bounds = Bounds(limits, vocab)
+    for i, (candidate_set, sequence, arrow) in enumerate(
+        zip(sets, sequences, columnar, strict=True)
+    ):
+        where = f"candidateSets[{i}]"
+        if arrow is not None:
+            history = history_from_arrow(arrow[1], f"columnar_sequences[{arrow[0]}]", bounds)
+        elif sequence is not None:
+            history = history_of(sequence[1], f"sequences[{sequence[0]}]", bounds)
+        else:
+            history = History.empty()
+        m = len(candidate_set.candidates)
+        if not m:
+            raise InvalidArgument(f"{where}.candidates", "no candidates")
+        if m > limits.max_candidates_per_request:
+            raise InvalidArgument(f"{where}.candidates", f"{m} exceed max_candidates_per_request="
+                                  f"{limits.max_candidates_per_request}")  # fmt: skip
+        surface = candidate_set.productSurface
+        if not 0 <= surface < vocab:
+            raise InvalidArgument(
+                f"{where}.productSurface", f"{surface} is outside the vocabulary [0, {vocab})"
+            )
+        ids = np.array([(c.tweetId, c.authorId) for c in candidate_set.candidates],
+                       np.uint64).reshape(m, 2)  # fmt: skip
+        user = candidate_set.userId or (sequence[1].userId if sequence is not None else 0)
+        raws.append(RawRequest(
+            user_id=int(user),
+            history_post_ids=history.post_ids, history_author_ids=history.author_ids,
+            history_actions=history.actions, history_surface=history.surfaces,
+            candidate_post_ids=ids[:, 0], candidate_author_ids=ids[:, 1],
+            candidate_surface=np.full(m, surface, np.int64),
+        ))  # fmt: skip
+        user_ids.append(int(candidate_set.userId or user))
+        if request.returnCandidateTweetIdOnly:
+            echoes.append(tuple(_tweet_id_only(int(t)) for t in ids[:, 0]))
+        else:
+            echoes.append(tuple(c.SerializeToString() for c in candidate_set.candidates))
+    mode = "logmap" if request.returnLogMap else "logprob" if request.returnLogprob else "logits"
+    requested = np.array([i for i in request.requestedActionIndices if i < VECTOR_LENGTH], np.int64)
+    return request.metadata, raws, ResponsePlan(mode, requested, tuple(user_ids), tuple(echoes))
+
+
+def pair_sequences(request) -> list[tuple[int, object] | None]:
+    """The (index, UserActionSequence) each candidate set takes its history from, or None.
+
+    Set i takes the last sequence whose userId is its own; failing that (or when its userId is
+    0), with one set the last sequence, with several the sequence at its position. A sequence
+    so paired must name no other user. InvalidArgument otherwise."""
+    sequences, sets = request.sequences, request.candidateSets
+    by_user = {s.userId: k for k, s in enumerate(sequences) if s.userId}  # the last wins
+    out: list[tuple[int, object] | None] = []
+    for i, candidate_set in enumerate(sets):
+        k = by_user.get(candidate_set.userId) if candidate_set.userId else None
+        if k is None:
+            if len(sets) == 1:
+                k = len(sequences) - 1 if sequences else None
+            elif i < len(sequences):
+                k = i
+            elif sequences:
+                raise InvalidArgument(
+                    f"candidateSets[{i}].userId",
+                    f"no sequence of user {candidate_set.userId}, and no sequence at position {i}",
+                )
+        if k is not None:
+            owner = sequences[k].userId
+            if owner and candidate_set.userId and owner != candidate_set.userId:
+                raise InvalidArgument(
+                    f"sequences[{k}].userId",
+                    f"{owner} is not candidateSets[{i}].userId ({candidate_set.userId})",
+                )
+        out.append(None if k is None else (k, sequences[k]))
+    return out
+
+
+def pair_columnar(request) -> list[tuple[int, bytes] | None]:
+    """The (index, Arrow bytes) each candidate set takes its history from, or None: with one
+    set the last non-empty entry, with several entry i for set i (an empty entry: none)."""
+    entries, sets = request.columnar_sequences, request.candidateSets
+    if len(sets) == 1:
+        found = [(k, e) for k, e in enumerate(entries) if e]
+        return [found[-1] if found else None]
+    if entries and len(entries) != len(sets):
+        raise InvalidArgument(
+            "columnar_sequences", f"{len(entries)} entries for {len(sets)} candidate sets: send "
+            "one per set (empty for none) or none"
+        )  # fmt: skip
+    return [(k, e) if e else None for k, e in enumerate(entries)] or [None] * len(sets)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """What a history is checked against: the request limits and the surface vocabulary."""
+
+    limits: Limits
+    vocab: int  # product surfaces are in [0, vocab)
+
+
+def history_of(sequence, where: str, bounds: Bounds, compressed_ok: bool = True) -> History:
+    """A UserActionSequence's history, in whichever form it carries it."""
+    container = sequence.userActionsData
+    form = container.WhichOneof("data")
+    if form is not None and len(sequence.userActions):
+        raise InvalidArgument(where, "send userActions or userActionsData, not both")
+    if form is None:
+        return _from_user_actions(sequence.userActions, f"{where}.userActions", bounds)
+    here = f"{where}.userActionsData.{form}"
+    if form == "orderedUserActionList":
+        return _from_user_actions(container.orderedUserActionList.user_actions,
+                                  f"{here}.user_actions", bounds)  # fmt: skip
+    if form == "orderedAggregatedUserActionsList":
+        return _from_aggregated(container.orderedAggregatedUserActionsList.aggregatedUserActions,
+                                f"{here}.aggregatedUserActions", bounds)  # fmt: skip
+    if not compressed_ok:
+        raise InvalidArgument(here, "a compressed sequence may not hold another")
+    inner = _decompress(container.compressedUserActions, here, bounds.limits)
+    return history_of(inner, f"{here}.data", bounds, compressed_ok=False)
+
+
+def _decompress(compressed, where: str, limits: Limits):
+    import zstandard
+
+    if compressed.compression_type != xpb.ZSTD:
+        raise InvalidArgument(f"{where}.compression_type",
+                              f"{compressed.compression_type} is not ZSTD (1)")  # fmt: skip
+    limit = MAX_EXPANSION * limits.max_request_bytes
+    try:
+        data = zstandard.ZstdDecompressor().decompress(compressed.data, max_output_size=limit)
+    except zstandard.ZstdError as e:
+        raise InvalidArgument(f"{where}.data", f"not zstd within {limit} bytes ({e})") from None
+    try:
+        return xpb.UserActionSequence.FromString(data)
+    except Exception as e:
+        raise InvalidArgument(f"{where}.data", f"not a UserActionSequence ({e})") from None
+
+
+def _check_events(where: str, count: int, actions: int, limits: Limits) -> None:
+    if count > limits.max_history_events:
+        raise InvalidArgument(
+            where, f"{count} exceed max_history_events={limits.max_history_events}"
+        )
+    if actions > limits.max_history_actions:
+        raise InvalidArgument(
+            where, f"{actions} actions exceed max_history_actions={limits.max_history_actions}"
+        )
+
+
+def _from_user_actions(user_actions, where: str, bounds: Bounds) -> History:
+    """One event per UserAction: its post, its one action, its surface."""
+    n = len(user_actions)
+    _check_events(where, n, n, bounds.limits)
+    rows = np.array(
+        [(a.tweetInfo.tweetId, a.tweetInfo.authorId, a.actionInfo.actionName,
+          a.actionInfo.userActionMeta.productSurface) for a in user_actions],
+        np.uint64,
+    ).reshape(n, 4)  # fmt: skip
+    actions = np.zeros((n, NUM_ACTIONS), np.uint8)
+    ours = action_values_to_ours(rows[:, 2].astype(np.int64))
+    taken = ours >= 0
+    actions[np.flatnonzero(taken), ours[taken]] = 1
+    return _keep_posts(rows[:, 0], rows[:, 1], actions, rows[:, 3].astype(np.int64), bounds.vocab,
+                       f"{where}[{{}}].actionInfo.userActionMeta.productSurface")  # fmt: skip
+
+
+def _from_aggregated(entries, where: str, bounds: Bounds) -> History:
+    """One event per AggregatedUserAction: its post, the union of its actions, the surface of
+    its first action."""
+    n = len(entries)
+    counts = np.fromiter((len(e.actions) for e in entries), np.int64, n)
+    _check_events(where, n, int(counts.sum()), bounds.limits)
+    ids = np.array([(e.tweetInfo.tweetId, e.tweetInfo.authorId) for e in entries],
+                   np.uint64).reshape(n, 2)  # fmt: skip
+    values = np.fromiter(
+        itertools.chain.from_iterable((a.actionName for a in e.actions) for e in entries),
+        np.int64, int(counts.sum()),
+    )  # fmt: skip
+    surfaces = np.array([e.actions[0].userActionMeta.productSurface if len(e.actions) else 0
+                         for e in entries], np.int64)  # fmt: skip
+    actions = np.zeros((n, NUM_ACTIONS), np.uint8)
+    ours = action_values_to_ours(values)
+    event = np.repeat(np.arange(n), counts)
+    taken = ours >= 0
+    actions[event[taken], ours[taken]] = 1
+    return _keep_posts(ids[:, 0], ids[:, 1], actions, surfaces, bounds.vocab,
+                       f"{where}[{{}}].actions[0].userActionMeta.productSurface")  # fmt: skip
+
+
+def history_from_arrow(data: bytes, where: str, bounds: Bounds) -> History:
+    """An Arrow IPC stream's rows as events: columns tweetId and authorId (integers, required),
+    productSurface (integer) and actionNameMultiHot (a fixed-size list of booleans indexed by
+    ActionName value), each optional. Every record batch is read and fully validated first."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    batches, rows = [], 0
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(data))
+        for batch in reader:
+            batch.validate(full=True)  # untrusted bytes: offsets and lengths checked
+            rows += batch.num_rows
+            _check_events(where, rows, 0, bounds.limits)
+            batches.append(batch)
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        return _arrow_events(table, rows, where, bounds)
+    except InvalidArgument:
+        raise
+    except (pa.ArrowException, ValueError, TypeError, OSError) as e:  # UnicodeDecodeError too
+        raise InvalidArgument(where, f"not a valid Arrow IPC stream ({e})") from None
+
+
+def _arrow_events(table, rows: int, where: str, bounds: Bounds) -> History:
+    """A validated table's rows as events (see `history_from_arrow`)."""
+    import pyarrow as pa
+
+    def integers(name: str, required: bool) -> np.ndarray | None:
+        if name not in table.column_names:
+            if required:
+                raise InvalidArgument(f"{where}.{name}", "missing column")
+            return None
+        column = table.column(name)
+        if not pa.types.is_integer(column.type):
+            raise InvalidArgument(f"{where}.{name}", f"is {column.type}, not an integer column")
+        return column.fill_null(0).to_numpy().astype(np.int64)
+
+    post_ids = integers("tweetId", True).view(np.uint64)
+    author_ids = integers("authorId", True).view(np.uint64)
+    surfaces = integers("productSurface", False)
+    surfaces = np.zeros(rows, np.int64) if surfaces is None else surfaces
+    actions = np.zeros((rows, NUM_ACTIONS), np.uint8)
+    if "actionNameMultiHot" in table.column_names:
+        column = table.column("actionNameMultiHot")
+        kind = column.type
+        if not (pa.types.is_fixed_size_list(kind) and pa.types.is_boolean(kind.value_type)):
+            raise InvalidArgument(f"{where}.actionNameMultiHot",
+                                  f"is {kind}, not a fixed-size list of booleans")  # fmt: skip
+        width = kind.list_size
+        if rows and width:
+            lists = column.combine_chunks()
+            values = lists.values.slice(lists.offset * width, rows * width).fill_null(False)
+            flags = values.to_numpy(zero_copy_only=False).reshape(rows, width)
+            flags[lists.is_null().to_numpy(zero_copy_only=False)] = False  # a null list: none
+            seen = ACTION_VALUES < width
+            actions[:, OUR_INDEX[seen]] = flags[:, ACTION_VALUES[seen]]
+    return _keep_posts(
+        post_ids, author_ids, actions, surfaces, bounds.vocab, f"{where}.productSurface[{{}}]"
+    )
+
+
+def _keep_posts(post_ids, author_ids, actions, surfaces, vocab: int, surface_field: str
+                ) -> History:  # fmt: skip
+    """The events that name a post (tweetId 0 is no post: dropped, as xAI's server drops it),
+    after checking every surface is one of the model's (`surface_field` names event i's)."""
+    bad = np.flatnonzero((surfaces < 0) | (surfaces >= vocab))
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidArgument(surface_field.format(i),
+                              f"{int(surfaces[i])} is outside the vocabulary [0, {vocab})")  # fmt: skip
+    keep = post_ids != 0
+    return History(post_ids[keep], author_ids[keep], actions[keep], surfaces[keep])
+
+
+def _tweet_id_only(tweet_id: int) -> bytes:
+    return _varint(1 << 3 | 0) + _varint(tweet_id) if tweet_id else b""
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def log_sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 log(sigmoid(x)), exact for large |x| (no log of a rounded-to-0 probability)."""
+    x = np.asarray(logits, np.float32)
+    return (np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))).astype(np.float32)
+
+
+def action_vectors(values: np.ndarray) -> np.ndarray:
+    """Per-action values float32 [m, A] (our order) -> ActionName-indexed float32 [m, V], with
+    NOT_PREDICTED where the model has no head."""
+    out = np.full((len(values), VECTOR_LENGTH), NOT_PREDICTED, np.float32)
+    out[:, ACTION_VALUES] = values[:, OUR_INDEX]
+    return out
+
+
+def encode_response(plan: ResponsePlan, scores: Sequence[np.ndarray], versions: Sequence[str],
+                    pod: str | None, node: str | None) -> bytes:  # fmt: skip
+    """A serialized PredictNextActionsResponse: per set, per candidate, the candidate echoed and
+    its scores (`scores[i]` float32 [m, 2A]: logits, then probabilities, as the queue returns
+    them), `versions[i]` as the set's checkpointPath. The score fields of every candidate are
+    one numpy array; each record is then three slices joined, not a message object."""
+    out = bytearray()
+    for user, echoes, score, version in zip(plan.user_ids, plan.echoes, scores, versions,
+                                            strict=True):  # fmt: skip
+        fields = _score_fields(plan, score)  # uint8 [m, F]
+        width, flat = fields.shape[1], fields.tobytes()
+        heads: dict[int, bytes] = {}  # a record's head by its candidate's length
+        parts = [_field_varint(1, user)]
+        for i, echo in enumerate(echoes):
+            head = heads.get(len(echo))
+            if head is None:
+                candidate = _varint(1 << 3 | 2) + _varint(len(echo))
+                size = len(candidate) + len(echo) + width
+                head = heads[len(echo)] = _varint(2 << 3 | 2) + _varint(size) + candidate
+            parts += (head, echo, flat[i * width : (i + 1) * width])
+        parts.append(_field_bytes(3, version.encode()))
+        out += _length_delimited(1, b"".join(parts))
+    for number, text in ((3, pod), (4, node)):
+        if text is not None:  # `optional`: present even when empty
+            out += _varint(number << 3 | 2) + _varint(len(text.encode())) + text.encode()
+    return bytes(out)
+
+
+def _score_fields(plan: ResponsePlan, scores: np.ndarray) -> np.ndarray:
+    """Each candidate's serialized score fields (all but its candidate): uint8 [m, F]."""
+    m = len(scores)
+    logits = scores[:, :NUM_ACTIONS]
+    if plan.mode == "logmap":  # map entries {key: ActionName value, value: its logit}
+        values = action_vectors(logits)[:, plan.requested].astype("<f4")  # [m, k]
+        parts = []
+        for k, column in zip(plan.requested, values.T, strict=True):
+            entry = b"\x08" + _varint(int(k)) + b"\x15"  # key, then the value's tag
+            parts += (_rows(_varint(5 << 3 | 2) + _varint(len(entry) + 4) + entry, m),
+                      column[:, None].view(np.uint8))  # fmt: skip
+        return np.concatenate(parts, axis=1) if parts else np.zeros((m, 0), np.uint8)
+    continuous = np.zeros((m, CONTINUOUS_LENGTH), "<f4")
+    continuous[:, DWELL_TIME] = scores[:, NUM_ACTIONS + ACTIONS.index(CONTINUOUS_ACTION)]
+    field = 3 if plan.mode == "logprob" else 2
+    values = log_sigmoid(logits) if plan.mode == "logprob" else logits
+    return np.concatenate([
+        _rows(_varint(field << 3 | 2) + _varint(4 * VECTOR_LENGTH), m),
+        action_vectors(values).astype("<f4").view(np.uint8),
+        _rows(_varint(6 << 3 | 2) + _varint(4 * CONTINUOUS_LENGTH), m),
+        continuous.view(np.uint8),
+    ], axis=1)  # fmt: skip
+
+
+def _rows(data: bytes, m: int) -> np.ndarray:
+    """`data` as every row of a uint8 [m, len(data)]."""
+    return np.broadcast_to(np.frombuffer(data, np.uint8), (m, len(data)))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field_varint(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value) if value else b""
+
+
+def _field_bytes(number: int, data: bytes) -> bytes:
+    return _length_delimited(number, data) if data else b""
+
+
+def _length_delimited(number: int, data: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(data)) + data

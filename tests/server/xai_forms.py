@@ -1,0 +1,135 @@
+"""Building xAI PredictNextActions requests from our RawRequests, in each history form the
+contract defines (for the tests of server/xai.py and the served parity tests)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from model.actions import ACTIONS
+from request.raw import RawRequest
+from server.rpc import recsys_pb2 as xpb
+from server.xai import XAI_ACTION_OF
+
+# Each history form of the contract; the first two carry one action per event.
+FORMS = ("userActions", "orderedUserActionList", "orderedAggregatedUserActionsList",
+         "compressedUserActions", "columnar_sequences")  # fmt: skip
+ONE_ACTION_FORMS = FORMS[:2]
+IMPRESSION = 71  # an ActionName the model does not predict (CLIENT_TWEET_RENDER_IMPRESSION)
+WIDTH = 64  # actionNameMultiHot's list size, as xAI's engine sizes its action vocabulary
+
+
+def action_value(index: int) -> int:
+    return xpb.ActionName.Value(XAI_ACTION_OF[ACTIONS[index]])
+
+
+def expressible(raw: RawRequest, one_action: bool) -> RawRequest:
+    """The same request made expressible in xAI's forms: one candidate surface (a set has
+    one), no dwell_time history action (it has no ActionName), and with `one_action` at most
+    one action per event (a UserAction carries one)."""
+    actions = raw.history_actions.copy()
+    actions[:, ACTIONS.index("dwell_time")] = 0
+    if one_action:
+        first = np.argmax(actions, axis=1)
+        kept = np.zeros_like(actions)
+        kept[np.arange(len(actions)), first] = actions[np.arange(len(actions)), first]
+        actions = kept
+    m = raw.num_candidates
+    return RawRequest(
+        user_id=raw.user_id, history_post_ids=raw.history_post_ids | np.uint64(1),
+        history_author_ids=raw.history_author_ids, history_actions=actions,
+        history_surface=raw.history_surface, candidate_post_ids=raw.candidate_post_ids,
+        candidate_author_ids=raw.candidate_author_ids,
+        candidate_surface=np.full(m, raw.candidate_surface[0] if m else 0, np.int64),
+        request_id=raw.request_id,
+    )  # fmt: skip
+
+
+def candidate_set(raw: RawRequest, user_id: int | None = None) -> xpb.CandidateSet:
+    return xpb.CandidateSet(
+        userId=raw.user_id if user_id is None else user_id,
+        candidates=[xpb.TweetInfo(tweetId=int(p), authorId=int(a))
+                    for p, a in zip(raw.candidate_post_ids, raw.candidate_author_ids, strict=True)],
+        productSurface=int(raw.candidate_surface[0]) if raw.num_candidates else 0,
+    )  # fmt: skip
+
+
+def _user_actions(raw: RawRequest) -> list[xpb.UserAction]:
+    out = []
+    for post, author, acts, surface in raw.history_rows():
+        assert len(acts) <= 1, "a UserAction carries one action"
+        out.append(xpb.UserAction(
+            userId=raw.user_id, tweetInfo=xpb.TweetInfo(tweetId=post, authorId=author),
+            actionInfo=xpb.ActionInfo(actionName=action_value(acts[0]) if acts else IMPRESSION,
+                                      userActionMeta=xpb.UserActionMeta(productSurface=surface)),
+        ))  # fmt: skip
+    return out
+
+
+def _aggregated(raw: RawRequest) -> xpb.AggregatedUserActionList:
+    entries = []
+    for post, author, acts, surface in raw.history_rows():
+        values = [action_value(a) for a in acts] or [IMPRESSION]
+        entries.append(xpb.AggregatedUserAction(  # its int64 userId is not read: left unset
+            tweetInfo=xpb.TweetInfo(tweetId=post, authorId=author),
+            actions=[xpb.ActionInfo(actionName=v, userActionMeta=xpb.UserActionMeta(
+                productSurface=surface if k == 0 else 0)) for k, v in enumerate(values)],
+        ))  # fmt: skip
+    return xpb.AggregatedUserActionList(aggregatedUserActions=entries)
+
+
+def sequence(raw: RawRequest, form: str) -> xpb.UserActionSequence:
+    """The user's history as a UserActionSequence in `form` (not columnar_sequences)."""
+    seq = xpb.UserActionSequence(userId=raw.user_id)
+    if form == "userActions":
+        seq.userActions.extend(_user_actions(raw))
+    elif form == "orderedUserActionList":
+        seq.userActionsData.orderedUserActionList.user_actions.extend(_user_actions(raw))
+    elif form == "orderedAggregatedUserActionsList":
+        seq.userActionsData.orderedAggregatedUserActionsList.CopyFrom(_aggregated(raw))
+    elif form == "compressedUserActions":
+        import zstandard
+
+        inner = xpb.UserActionSequence(userId=raw.user_id)
+        inner.userActionsData.orderedAggregatedUserActionsList.CopyFrom(_aggregated(raw))
+        seq.userActionsData.compressedUserActions.CopyFrom(xpb.CompressedUserActionSequence(
+            data=zstandard.ZstdCompressor().compress(inner.SerializeToString()),
+            compression_type=xpb.ZSTD,
+        ))  # fmt: skip
+    else:
+        raise ValueError(form)
+    return seq
+
+
+def arrow_history(raw: RawRequest) -> bytes:
+    """The history as an Arrow IPC stream, the columns xAI's engine reads."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    hot = np.zeros((raw.num_history, WIDTH), bool)
+    for i, (_, _, acts, _) in enumerate(raw.history_rows()):
+        hot[i, [action_value(a) for a in acts]] = True
+    table = pa.table({
+        "tweetId": pa.array(raw.history_post_ids.view(np.int64)),
+        "authorId": pa.array(raw.history_author_ids.view(np.int64)),
+        "productSurface": pa.array(raw.history_surface.astype(np.int32)),
+        "actionNameMultiHot": pa.FixedSizeListArray.from_arrays(
+            pa.array(hot.reshape(-1)), WIDTH),
+    })  # fmt: skip
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, raw.num_history // 2))  # several batches
+    return sink.getvalue()
+
+
+def request(raws: list[RawRequest], form: str, **options) -> xpb.PredictNextActionsRequest:
+    """One candidate set per request of `raws`, each user's history in `form`."""
+    out = xpb.PredictNextActionsRequest(returnLogprob=True, **options)
+    for raw in raws:
+        out.candidateSets.append(candidate_set(raw))
+        if form == "columnar_sequences":
+            out.columnar_sequences.append(arrow_history(raw))
+        else:
+            out.sequences.append(sequence(raw, form))
+    return out
