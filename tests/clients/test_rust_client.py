@@ -50,6 +50,7 @@ def test_cargo_test_against_the_live_server(compilation_cache):
     assert "test result: ok" in output
     for name in (
         "contract_against_a_live_server",
+        "predict_next_actions_scores_as_rank",
         "a_stopped_server_is_unavailable_after_the_retries",
         "tls_server_is_verified_against_the_ca",
         "tls_mutual_requires_a_client_certificate",

@@ -1,5 +1,6 @@
 """Facts the Python and Rust sides both state, checked to agree: the synthetic request for a
-seed (request/synthetic.py's spec) and the default ranking weights (model/scoring.py).
+seed (request/synthetic.py's spec), the default ranking weights (model/scoring.py) and our
+actions' xAI ActionNames (server/xai.py).
 
 The Rust side is `rank --print-request` of the client crate, in the debug build that
 tests/clients/test_rust_client.py's `cargo test` has already compiled the dependencies of.
@@ -91,6 +92,16 @@ def test_rust_default_weights_are_pythons(rank_binary):
     rust = json.loads(run.stdout)
     assert rust == DEFAULT_WEIGHTS
     assert sorted(rust) == sorted(ACTIONS)  # every action weighted, on both sides
+
+
+@pytest.mark.rust
+def test_rust_xai_actions_are_pythons(rank_binary):
+    from server.xai import XAI_ACTION_OF
+
+    run = subprocess.run([str(rank_binary), "--print-xai-actions"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PHOENIX_TARGET": "127.0.0.1:1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == XAI_ACTION_OF
 
 
 def test_splitmix64_golden_values():

@@ -9,8 +9,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request, Response, Status};
 
 use crate::pb::{self, ranking_service_client::RankingServiceClient};
-use crate::scores::{PhoenixScores, Weights};
+use crate::scores::{PhoenixScores, Weights, ACTIONS, XAI_ACTIONS};
 use crate::synthetic::SplitMix64;
+use crate::xai::{self, recsys_predictor_client::RecsysPredictorClient};
 
 /// Retries for `UNAVAILABLE` and `RESOURCE_EXHAUSTED` only (nothing else is safe or useful to
 /// retry), except a `RESOURCE_EXHAUSTED` whose message says a message was larger than the
@@ -324,6 +325,7 @@ pub struct ScoredCandidate {
 #[derive(Clone)]
 pub struct PhoenixClient {
     stub: RankingServiceClient<Channel>,
+    xai: RecsysPredictorClient<Channel>,
     config: ClientConfig,
     info: pb::ModelInfo,
 }
@@ -360,14 +362,17 @@ impl PhoenixClient {
     /// Reads the server's `ModelInfo` through it. (`config.tls` and `connect_timeout` are the
     /// channel's business here and are not used.)
     pub async fn from_channel(channel: Channel, config: ClientConfig) -> Result<Self, ClientError> {
-        let stub = RankingServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let stub = RankingServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+        let xai = RecsysPredictorClient::new(channel).max_decoding_message_size(64 << 20);
         let mut client = PhoenixClient {
             stub,
+            xai,
             config,
             info: pb::ModelInfo::default(),
         };
         client.info = client
             .with_retry(
+                &client.stub,
                 |mut stub, request| async move { stub.get_model_info(request).await },
                 pb::GetModelInfoRequest {},
             )
@@ -390,10 +395,78 @@ impl PhoenixClient {
         request: pb::RankRequest,
     ) -> Result<pb::RankResponse, ClientError> {
         self.with_retry(
+            &self.stub,
             |mut stub, request| async move { stub.rank(request).await },
             request,
         )
         .await
+    }
+
+    /// xAI's `PredictNextActions` (the request as is, with deadline and retries): the server
+    /// answers it beside `Rank`, as xAI's home-mixer calls it (docs/xai-compat.md).
+    pub async fn predict_next_actions(
+        &self,
+        request: xai::PredictNextActionsRequest,
+    ) -> Result<xai::PredictNextActionsResponse, ClientError> {
+        self.with_retry(
+            &self.xai,
+            |mut stub, request| async move { stub.predict_next_actions(request).await },
+            request,
+        )
+        .await
+    }
+
+    /// [`rank`](Self::rank) through xAI's contract: the same user, history and candidates as
+    /// one `PredictNextActions` call ([`xai_request`]), its answer read as the home-mixer reads
+    /// it (by tweet id, `exp(topLogProbs[ActionName])`). The candidates share one product
+    /// surface in xAI's contract: the first candidate's.
+    pub async fn rank_xai(
+        &self,
+        user_id: u64,
+        history: &[pb::HistoryEvent],
+        candidates: &[pb::Candidate],
+    ) -> Result<Vec<ScoredCandidate>, ClientError> {
+        let response = self
+            .predict_next_actions(xai_request(user_id, history, candidates, String::new()))
+            .await?;
+        let set = match response.distribution_sets.as_slice() {
+            [set] => set,
+            sets => {
+                return Err(ClientError::Protocol(format!(
+                    "{} distribution sets for one candidate set",
+                    sets.len()
+                )))
+            }
+        };
+        if set.candidate_distributions.len() != candidates.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} distributions for {} candidates",
+                set.candidate_distributions.len(),
+                candidates.len()
+            )));
+        }
+        candidates
+            .iter()
+            .zip(&set.candidate_distributions)
+            .map(|(candidate, d)| {
+                let echoed = d.candidate.as_ref().map(|c| c.tweet_id);
+                if echoed != Some(candidate.post_id) {
+                    return Err(ClientError::Protocol(format!(
+                        "distribution for {echoed:?} does not match candidate {}",
+                        candidate.post_id
+                    )));
+                }
+                let scores = PhoenixScores::from_xai(d);
+                let weighted_score = self.config.weights.score(&scores);
+                Ok(ScoredCandidate {
+                    post_id: candidate.post_id,
+                    author_id: candidate.author_id,
+                    logits: Vec::new(), // xAI's answer carries log-probabilities, not logits
+                    scores,
+                    weighted_score,
+                })
+            })
+            .collect()
     }
 
     /// Scores `candidates` for a user and their history (oldest first), in request order.
@@ -448,10 +521,16 @@ impl PhoenixClient {
             .collect()
     }
 
-    async fn with_retry<M, T, F, Fut>(&self, mut call: F, message: M) -> Result<T, ClientError>
+    async fn with_retry<S, M, T, F, Fut>(
+        &self,
+        stub: &S,
+        mut call: F,
+        message: M,
+    ) -> Result<T, ClientError>
     where
+        S: Clone,
         M: Clone,
-        F: FnMut(RankingServiceClient<Channel>, Request<M>) -> Fut,
+        F: FnMut(S, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let policy = &self.config.retry;
@@ -462,7 +541,7 @@ impl PhoenixClient {
             attempts += 1;
             let mut request = Request::new(message.clone());
             request.set_timeout(self.config.request_timeout);
-            let status = match call(self.stub.clone(), request).await {
+            let status = match call(stub.clone(), request).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,
             };
@@ -511,6 +590,84 @@ pub fn columnar(
         request_id,
         history_columns: Some(history_columns),
         candidate_columns: Some(candidate_columns),
+        ..Default::default()
+    }
+}
+
+/// A `PredictNextActionsRequest` as xAI's home-mixer builds one: one candidate set (the
+/// candidates' ids, the first candidate's product surface for all) and one user-action sequence
+/// in the aggregated form (one entry per event with every action it took, its surface on the
+/// first), asking for log-probabilities. Actions without an xAI `ActionName` (`dwell_time`)
+/// are left out of the history.
+pub fn xai_request(
+    user_id: u64,
+    history: &[pb::HistoryEvent],
+    candidates: &[pb::Candidate],
+    request_id: String,
+) -> xai::PredictNextActionsRequest {
+    let action_name = |action: i32| -> Option<i32> {
+        let name = ACTIONS.get(usize::try_from(action).ok()?.checked_sub(1)?)?;
+        XAI_ACTIONS
+            .iter()
+            .find(|(ours, _)| ours == name)
+            .map(|(_, theirs)| *theirs as i32)
+    };
+    let entries = history
+        .iter()
+        .map(|event| {
+            let mut actions: Vec<xai::ActionInfo> = event
+                .actions
+                .iter()
+                .filter_map(|&a| action_name(a))
+                .map(|action_name| xai::ActionInfo {
+                    action_name,
+                    user_action_meta: None,
+                })
+                .collect();
+            if actions.is_empty() {
+                actions.push(xai::ActionInfo::default()); // carries the surface
+            }
+            actions[0].user_action_meta = Some(xai::UserActionMeta {
+                product_surface: event.product_surface as i32,
+            });
+            xai::AggregatedUserAction {
+                user_id: 0,
+                tweet_info: Some(xai::TweetInfo {
+                    tweet_id: event.post_id,
+                    author_id: event.author_id,
+                }),
+                actions,
+            }
+        })
+        .collect();
+    let sequence = xai::UserActionSequence {
+        user_id,
+        user_actions: Vec::new(),
+        user_actions_data: Some(xai::UserActionSequenceDataContainer {
+            data: Some(
+                xai::user_action_sequence_data_container::Data::OrderedAggregatedUserActionsList(
+                    xai::AggregatedUserActionList {
+                        aggregated_user_actions: entries,
+                    },
+                ),
+            ),
+        }),
+    };
+    xai::PredictNextActionsRequest {
+        sequences: vec![sequence],
+        candidate_sets: vec![xai::CandidateSet {
+            user_id,
+            candidates: candidates
+                .iter()
+                .map(|c| xai::TweetInfo {
+                    tweet_id: c.post_id,
+                    author_id: c.author_id,
+                })
+                .collect(),
+            product_surface: candidates.first().map_or(0, |c| c.product_surface as i32),
+        }],
+        return_logprob: true,
+        metadata: request_id,
         ..Default::default()
     }
 }

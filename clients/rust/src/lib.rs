@@ -38,6 +38,9 @@
 //!   and the home-mixer's weighted score.
 //! * [`synthetic`]: deterministic synthetic requests for examples and load tests, the same as
 //!   Python's `request/synthetic.py` makes for the same seed.
+//! * [`xai_request`] and [`PhoenixClient::predict_next_actions`]: the same requests in xAI's
+//!   `xai.recsys.v1.RecsysPredictor` contract, as xAI's home-mixer sends them, which the server
+//!   serves beside `Rank` (docs/xai-compat.md).
 
 pub mod client;
 pub mod flags;
@@ -49,9 +52,15 @@ pub mod pb {
     tonic::include_proto!("phoenix.ranking.v1");
 }
 
+/// Generated from `proto/xai/recsys/v1/recsys.proto` (our subset of xAI's contract, what xAI's
+/// home-mixer sends) at build time.
+pub mod xai {
+    tonic::include_proto!("xai.recsys.v1");
+}
+
 pub use client::{
-    channel, channel_with_tls, columnar, normalize_target, ClientConfig, ClientError,
+    channel, channel_with_tls, columnar, normalize_target, xai_request, ClientConfig, ClientError,
     PhoenixClient, RetryPolicy, ScoredCandidate, TlsConfig,
 };
 pub use flags::TlsFlags;
-pub use scores::{PhoenixScores, Weights, ACTIONS};
+pub use scores::{PhoenixScores, Weights, ACTIONS, XAI_ACTIONS};

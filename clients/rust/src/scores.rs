@@ -1,5 +1,7 @@
 //! Per-action probabilities as named fields, and the home-mixer's weighted score.
 
+use crate::xai::{ActionName, ContinuousActionName, NextActionDistribution};
+
 /// The 19 action names in proto order: `pb::Action` value `a` is named `ACTIONS[a - 1]`.
 ///
 /// Must match `model/actions.py` `ACTIONS` (the Python side's list, which the server reports as
@@ -27,6 +29,41 @@ pub const ACTIONS: [&str; 19] = [
     "mute_author",
     "report",
     "dwell_time",
+];
+
+/// Our action name -> xAI's `ActionName`: the 18 actions xAI's home-mixer reads, indexing the
+/// `topLogProbs` of a `PredictNextActions` answer. Python's `server/xai.py` `XAI_ACTION_OF`
+/// states the same table (`tests/clients/test_rust_python_parity.py` holds them equal, through
+/// `rank --print-xai-actions`). Our 19th action, `dwell_time`, comes back as the continuous
+/// value `DWELL_TIME`.
+pub const XAI_ACTIONS: [(&str, ActionName); 18] = [
+    ("favorite", ActionName::ServerTweetFav),
+    ("reply", ActionName::ServerTweetReply),
+    ("repost", ActionName::ServerTweetRetweet),
+    ("photo_expand", ActionName::ClientTweetPhotoExpand),
+    ("click", ActionName::ClientTweetClick),
+    ("profile_click", ActionName::ClientTweetClickProfile),
+    (
+        "video_quality_view",
+        ActionName::ClientTweetVideoQualityView,
+    ),
+    ("share", ActionName::ClientTweetShare),
+    (
+        "share_via_dm",
+        ActionName::ClientTweetClickSendViaDirectMessage,
+    ),
+    (
+        "share_via_copy_link",
+        ActionName::ClientTweetShareViaCopyLink,
+    ),
+    ("dwell", ActionName::ClientTweetRecapDwelled),
+    ("quote", ActionName::ServerTweetQuote),
+    ("quoted_click", ActionName::ClientQuotedTweetClick),
+    ("follow_author", ActionName::ClientTweetFollowAuthor),
+    ("not_interested", ActionName::ClientTweetNotInterestedIn),
+    ("block_author", ActionName::ClientTweetBlockAuthor),
+    ("mute_author", ActionName::ClientTweetMuteAuthor),
+    ("report", ActionName::ClientTweetReport),
 ];
 
 /// One candidate's action probabilities, named as the home-mixer names them.
@@ -92,6 +129,24 @@ impl PhoenixScores {
                 *field = Some(f64::from(*p));
             }
         }
+        scores
+    }
+
+    /// Scores from one `NextActionDistribution` of a `PredictNextActions` answer: each action
+    /// of [`XAI_ACTIONS`] is `exp(topLogProbs[its ActionName])` (none past the vector's end, as
+    /// the home-mixer reads it), `dwell_time` is `continuousActionsValues[DWELL_TIME]`.
+    pub fn from_xai(distribution: &NextActionDistribution) -> Self {
+        let mut scores = Self::default();
+        for (name, action) in XAI_ACTIONS {
+            if let Some(log_p) = distribution.top_log_probs.get(action as usize) {
+                *scores.field_mut(name).expect("a known action") = Some(f64::from(*log_p).exp());
+            }
+        }
+        let dwell = ContinuousActionName::DwellTime as usize;
+        scores.dwell_time = distribution
+            .continuous_actions_values
+            .get(dwell)
+            .map(|v| f64::from(*v));
         scores
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use phoenix_client::{synthetic, ClientConfig, ClientError, PhoenixClient, TlsConfig, ACTIONS};
+use phoenix_client::{pb, synthetic, ClientConfig, ClientError, PhoenixClient, TlsConfig, ACTIONS};
 use tonic::Code;
 
 struct Server {
@@ -423,6 +423,67 @@ async fn contract_against_a_live_server() {
         scores.windows(2).all(|w| w[0] >= w[1]),
         "not sorted: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_next_actions_scores_as_rank() {
+    let server = Server::start();
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(30),
+        ..ClientConfig::default()
+    };
+    let client = PhoenixClient::connect(&server.target, config)
+        .await
+        .unwrap();
+    let surfaces = client.model_info().product_surface_vocab_size;
+    // xAI's contract has one product surface per candidate set, and no history action for our
+    // dwell_time: the request is made expressible in it first.
+    let mut request = synthetic::request(23, 40, 45, surfaces);
+    for candidate in &mut request.candidates {
+        candidate.product_surface = 3;
+    }
+    for event in &mut request.history {
+        event.actions.retain(|&a| a != pb::Action::DwellTime as i32);
+    }
+    let ranked = client
+        .rank(request.user_id, &request.history, &request.candidates)
+        .await
+        .unwrap();
+    let predicted = client
+        .rank_xai(request.user_id, &request.history, &request.candidates)
+        .await
+        .unwrap();
+    assert_eq!(predicted.len(), ranked.len());
+    for (p, r) in predicted.iter().zip(&ranked) {
+        assert_eq!(p.post_id, r.post_id);
+        for ((name, a), (_, b)) in p.scores.named().iter().zip(r.scores.named()) {
+            assert!((a - b).abs() <= 1e-5 * b.max(1e-2), "{name}: {a} vs {b}");
+        }
+        assert_eq!(
+            p.scores.named().len(),
+            19,
+            "every action, dwell_time included"
+        );
+    }
+
+    // The load generator sends the same form, with zero errors.
+    let report = stdout_of(Command::new(env!("CARGO_BIN_EXE_loadgen")).args([
+        "--target",
+        &server.target,
+        "--xai",
+        "--concurrency",
+        "8",
+        "--duration-secs",
+        "2",
+        "--warmup-secs",
+        "0.5",
+        "--candidates",
+        "40",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(report["form"], "xai", "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

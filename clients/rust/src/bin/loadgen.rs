@@ -2,11 +2,12 @@
 //!
 //!     loadgen [--target 127.0.0.1:50051] [--concurrency 8] [--duration-secs 10]
 //!             [--history 64] [--candidates 32] [--warmup-secs 1] [--timeout-ms 10000]
-//!             [--connections 1] [--seed 1] [--surfaces N] [--rows]
+//!             [--connections 1] [--seed 1] [--surfaces N] [--rows | --xai]
 //!             [--tls-ca PATH] [--tls-cert PATH --tls-key PATH] [--tls-server-name NAME]
 //!
 //! Requests go in the columnar form (what `PhoenixClient::rank` sends); `--rows` sends the
-//! row form instead.
+//! row form instead, and `--xai` sends them as xAI's `PredictNextActions` (what xAI's
+//! home-mixer sends: `phoenix_client::xai_request`).
 //!
 //! Every worker sends the next request as soon as the previous one answers (no retries: the
 //! server's own behaviour is measured). Requests are generated before the clock starts.
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use phoenix_client::pb::ranking_service_client::RankingServiceClient;
-use phoenix_client::{columnar, pb, synthetic, ClientConfig, TlsFlags};
+use phoenix_client::xai::recsys_predictor_client::RecsysPredictorClient;
+use phoenix_client::{columnar, pb, synthetic, xai, xai_request, ClientConfig, TlsFlags};
+use tonic::transport::Channel;
 
 /// Closed-loop load generator for a Phoenix ranking server.
 ///
@@ -74,8 +77,49 @@ struct Args {
     surfaces: Option<u32>,
 
     /// Send the row form (`history`, `candidates`) instead of the columnar form
-    #[arg(long)]
+    #[arg(long, conflicts_with = "xai")]
     rows: bool,
+
+    /// Send xAI's PredictNextActions (one candidate set, the history aggregated) instead of Rank
+    #[arg(long)]
+    xai: bool,
+}
+
+/// One request of the pool, in the form the run sends.
+#[derive(Clone)]
+enum Call {
+    Rank(pb::RankRequest),
+    Xai(xai::PredictNextActionsRequest),
+}
+
+/// The stubs a worker calls through (one channel).
+struct Stubs {
+    rank: RankingServiceClient<Channel>,
+    xai: RecsysPredictorClient<Channel>,
+}
+
+impl Stubs {
+    fn new(channel: Channel) -> Self {
+        Stubs {
+            rank: RankingServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            xai: RecsysPredictorClient::new(channel).max_decoding_message_size(64 << 20),
+        }
+    }
+
+    async fn send(&mut self, call: &Call, timeout: Duration) -> Result<(), tonic::Status> {
+        match call {
+            Call::Rank(r) => {
+                let mut request = tonic::Request::new(r.clone());
+                request.set_timeout(timeout);
+                self.rank.rank(request).await.map(drop)
+            }
+            Call::Xai(r) => {
+                let mut request = tonic::Request::new(r.clone());
+                request.set_timeout(timeout);
+                self.xai.predict_next_actions(request).await.map(drop)
+            }
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -108,6 +152,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         connections,
         seed,
         rows,
+        xai,
         ..
     } = args;
     if concurrency == 0 {
@@ -157,10 +202,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 candidates,
                 surfaces,
             );
-            if rows {
-                r
+            if xai {
+                Call::Xai(xai_request(
+                    r.user_id,
+                    &r.history,
+                    &r.candidates,
+                    r.request_id,
+                ))
+            } else if rows {
+                Call::Rank(r)
             } else {
-                columnar(r.user_id, &r.history, &r.candidates, r.request_id)
+                Call::Rank(columnar(r.user_id, &r.history, &r.candidates, r.request_id))
             }
         })
         .collect();
@@ -170,8 +222,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let stop_at = measure_from + duration;
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let mut stub = RankingServiceClient::new(channels[w % channels.len()].clone())
-            .max_decoding_message_size(64 << 20);
+        let mut stubs = Stubs::new(channels[w % channels.len()].clone());
         let pool = pool.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -182,10 +233,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 if sent >= stop_at {
                     break;
                 }
-                let mut request = tonic::Request::new(pool[i % pool.len()].clone());
-                request.set_timeout(timeout);
+                let call = &pool[i % pool.len()];
                 i += concurrency;
-                let result = stub.rank(request).await;
+                let result = stubs.send(call, timeout).await;
                 let done = Instant::now();
                 if sent < measure_from || done > stop_at {
                     continue; // warm-up, or finished after the window closed
@@ -217,7 +267,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "history": history,
         "candidates": candidates,
         "surfaces": surfaces,
-        "form": if rows { "rows" } else { "columns" },
+        "form": if xai { "xai" } else if rows { "rows" } else { "columns" },
         "requests": latencies.len(),
         "requests_per_s": ok / seconds,
         "candidates_per_s": ok * candidates as f64 / seconds,

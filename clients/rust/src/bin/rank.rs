@@ -1,16 +1,18 @@
 //! Ranks a synthetic user's candidates against a running server and prints them sorted, or
 //! (`--print-request`) prints the synthetic request as JSON without contacting a server, or
-//! (`--print-weights`) the default ranking weights as JSON.
+//! (`--print-weights`, `--print-xai-actions`) the default ranking weights, or our actions'
+//! xAI `ActionName`s, as JSON.
 //!
 //!     rank [--target 127.0.0.1:50051] [--candidates 12] [--history N] [--seed 7] [--surfaces N]
 //!          [--tls-ca PATH] [--tls-cert PATH --tls-key PATH] [--tls-server-name NAME]
 //!     rank --print-request [--history 64] [--candidates 12] [--seed 7] [--surfaces 16]
 //!     rank --print-weights
+//!     rank --print-xai-actions
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsFlags, Weights};
+use phoenix_client::{synthetic, ClientConfig, PhoenixClient, TlsFlags, Weights, XAI_ACTIONS};
 
 /// History events of `--print-request` when `--history` is not given (no server to ask).
 const OFFLINE_HISTORY: usize = 64;
@@ -59,6 +61,10 @@ struct Args {
     /// Print the default ranking weights as one JSON object (action name -> weight) and exit
     #[arg(long)]
     print_weights: bool,
+
+    /// Print our actions' xAI ActionName names as one JSON object and exit
+    #[arg(long)]
+    print_xai_actions: bool,
 }
 
 #[tokio::main]
@@ -71,6 +77,14 @@ async fn main() -> ExitCode {
             .map(|(name, weight)| (name, weight.into()))
             .collect();
         println!("{}", serde_json::Value::Object(weights));
+        return ExitCode::SUCCESS;
+    }
+    if args.print_xai_actions {
+        let names: serde_json::Map<String, serde_json::Value> = XAI_ACTIONS
+            .iter()
+            .map(|(ours, theirs)| (ours.to_string(), theirs.as_str_name().into()))
+            .collect();
+        println!("{}", serde_json::Value::Object(names));
         return ExitCode::SUCCESS;
     }
     if args.print_request {
