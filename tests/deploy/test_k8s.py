@@ -267,6 +267,16 @@ def env_is_server_settings(b: Bundle) -> list[str]:
 
 
 @check
+def serving_host_from_the_downward_api(b: Bundle) -> list[str]:
+    """PredictNextActions answers name the serving pod and node (POD_NAME, NODE_NAME)."""
+    fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+              for e in b.container.get("env", [])}  # fmt: skip
+    want = {"POD_NAME": "metadata.name", "NODE_NAME": "spec.nodeName"}
+    return [f"{name} should come from the downward API's {path}, got {fields.get(name)}"
+            for name, path in want.items() if fields.get(name) != path]  # fmt: skip
+
+
+@check
 def ports_match_settings(b: Bundle) -> list[str]:
     settings, ports = b.settings(), b.container_ports
     problems = []
@@ -638,6 +648,10 @@ MUTATIONS: list[tuple[str, str, Callable[[Bundle], None]]] = [
      lambda b: _set_env(b, "PHOENIX_METRIC_HOST", "0.0.0.0")),
     ("env_is_server_settings", "malformed value",
      lambda b: _set_env(b, "PHOENIX_GRACE_SECONDS", "10s")),
+    ("serving_host_from_the_downward_api", "no NODE_NAME",
+     lambda b: b.container.update({"env": [e for e in b.container["env"] if e["name"] != "NODE_NAME"]})),
+    ("serving_host_from_the_downward_api", "POD_NAME from the wrong field",
+     lambda b: [e for e in b.container["env"] if e["name"] == "POD_NAME"][0]["valueFrom"]["fieldRef"].update({"fieldPath": "metadata.uid"})),
     ("ports_match_settings", "PHOENIX_PORT moved",
      lambda b: _set_env(b, "PHOENIX_PORT", "50052")),
     ("ports_match_settings", "metrics container port 9090",
