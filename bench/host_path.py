@@ -21,6 +21,9 @@ One run prints every figure the host-path targets are stated in (JSON lines, the
               and refusing (RESOURCE_EXHAUSTED at once), at a fixed open-loop rate
   heavy       small clients' p99 alone and beside one client sending the largest requests the
               limits allow, and beside one sending 4 MB requests (refused by the action cap)
+  xai         server CPU per call of xAI's PredictNextActions (its history as Arrow and as
+              aggregated protos) against Rank (columnar), same requests, 32 and 2,800
+              candidates, closed loop
   frontends   the served rows again with `--frontend-workers 2`
 
 Everything shares the machine's cores (server, XLA, load generators): compare within a run.
@@ -57,6 +60,8 @@ from tests.server.harness import ServerProcess  # noqa: E402
 
 PROTO = ROOT / "proto" / "phoenix" / "ranking" / "v1" / "ranking.proto"
 CALL = "phoenix.ranking.v1.RankingService.Rank"
+XAI_PROTO = ROOT / "proto" / "xai" / "recsys" / "v1" / "recsys.proto"  # see xai_protoset()
+XAI_CALL = "xai.recsys.v1.RecsysPredictor.PredictNextActions"
 OUT = Path(tempfile.mkdtemp(prefix="phoenix-bench-"))
 
 
@@ -73,18 +78,87 @@ def ghz_binary() -> str:
 
 
 def request_file(candidates: int, history: int = 64, form: str = "columns", seed: int = 1) -> Path:
-    raw = RawRequest.from_dict(synthetic_request_dict(seed, history, candidates, 16))
     to_pb = raw_request_to_columnar_pb if form == "columns" else raw_request_to_pb
     path = OUT / f"req-{form}-{history}-{candidates}-{seed}.bin"
-    path.write_bytes(to_pb(raw).SerializeToString())
+    path.write_bytes(ghz_safe(lambda s: to_pb(RawRequest.from_dict(
+        synthetic_request_dict(s, history, candidates, 16))).SerializeToString(), seed))  # fmt: skip
     return path
 
 
-def ghz(target: str, data: Path, *flags: str, details: bool = False, server_pid: int = 0) -> dict:
+def ghz_safe(make, seed: int) -> bytes:
+    """`make(seed)`, or the first next seed's: ghz v0.93 runs even binary call data through
+    Go's templates, which fail on bytes "{{" (large requests contain them by chance)."""
+    while b"{{" in (data := make(seed)):
+        seed += 1000
+    return data
+
+
+def xai_protoset() -> Path:
+    """xAI's proto compiled to a descriptor set: ghz's own parser predates proto3 `optional`,
+    which the contract uses."""
+    from grpc_tools import protoc
+
+    out = OUT / "recsys.protoset"
+    args = ["protoc", f"-I{XAI_PROTO.parent}", "--include_imports",
+            f"--descriptor_set_out={out}", XAI_PROTO.name]  # fmt: skip
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed on {XAI_PROTO}")
+    return out
+
+
+def xai_request_file(candidates: int, form: str, history: int = 64, seed: int = 1) -> Path:
+    """The synthetic request as xAI's PredictNextActions (one candidate set; the history as the
+    home-mixer sends it: `form` columnar_sequences (Arrow) or orderedAggregatedUserActionsList),
+    made expressible in xAI's contract (one surface per set, no dwell_time history action)."""
+    from tests.server import xai_forms
+
+    def make(seed: int) -> bytes:
+        raw = xai_forms.expressible(
+            RawRequest.from_dict(synthetic_request_dict(seed, history, candidates, 16)), False
+        )
+        request = xai_forms.request([raw], form)
+        for i, candidate in enumerate(request.candidateSets[0].candidates):
+            candidate.MergeFromString(home_mixer_fields(i))  # fields our subset does not declare
+        return request.SerializeToString()
+
+    path = OUT / f"xai-{form}-{history}-{candidates}-{seed}.bin"
+    path.write_bytes(ghz_safe(make, seed))
+    return path
+
+
+def home_mixer_fields(i: int) -> bytes:
+    """The TweetInfo fields xAI's home-mixer sets beside the ids (about 70 bytes: counts, the
+    author's info, semantic ids, language, safety mask), encoded by hand: the server must
+    parse past them and echo them back."""
+
+    def varint(v: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+            v >>= 7
+            if not v:
+                return bytes(out)
+
+    def field(number: int, value: int) -> bytes:
+        return varint(number << 3) + varint(value)
+
+    def message(number: int, body: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(body)) + body
+
+    counts = b"".join(field(n, 1000 + 37 * i + n) for n in (21, 22, 23, 24, 28, 34))
+    return (counts + field(19, 12) + field(25, i % 2) + field(30, 15_000) + field(33, 4 * (i % 3))
+            + message(11, field(3, 1) + field(6, 1))
+            + message(12, b"".join(varint(100_000 + i * k) for k in range(1, 5)))
+            + message(14, field(1, 7_000 + i) + field(2, 1) + field(3, 50_000 + i)))  # fmt: skip
+
+
+def ghz(target: str, data: Path, *flags: str, details: bool = False, server_pid: int = 0,
+        proto: Path = PROTO, call: str = CALL) -> dict:  # fmt: skip
     """Run ghz; returns its JSON report (with per-call details when asked), and with
     `server_pid` the CPU seconds that process (and its children) and ghz itself used."""
     out = OUT / "ghz.json"
-    cmd = [ghz_binary(), "--insecure", "--proto", str(PROTO), "--call", CALL,
+    schema = "--protoset" if proto.suffix == ".protoset" else "--proto"
+    cmd = [ghz_binary(), "--insecure", schema, str(proto), "--call", call,
            "--binary-file", str(data), "-O", "json", "-o", str(out), *flags, target]  # fmt: skip
     server_before = tree_cpu_seconds(server_pid) if server_pid else 0.0
     ghz_before = _children_cpu_seconds()
@@ -291,6 +365,40 @@ def _timestamp(detail: dict) -> float:
     return datetime.datetime.fromisoformat(detail["timestamp"].rstrip("Z")[:26]).timestamp()
 
 
+def xai_cost(target: str, server: ServerProcess, seconds: float) -> list[dict]:
+    """Server CPU per call of PredictNextActions (both history forms the home-mixer sends)
+    against Rank in the columnar form, for requests of the same sizes: what decoding xAI's
+    request (2,800 TweetInfo messages with their ids) and writing its response add to a call.
+    Each runs at the same fixed rate, below what either sustains: a closed loop would run them
+    at the load generator's pace (ghz decodes xAI's answers with dynamic messages, slower),
+    and the server's constant background CPU would then weigh on the slower one."""
+    out, protoset = [], xai_protoset()
+    for m, clients, rate in ((32, 16, 250), (2800, 4, 10)):
+        runs = {"rank_columnar": (request_file(m), PROTO, CALL)}
+        for form in ("columnar_sequences", "orderedAggregatedUserActionsList"):
+            runs[f"xai_{form}"] = (xai_request_file(m, form), protoset, XAI_CALL)
+        record = {"candidates": m, "clients": clients, "rate_rps": rate}
+        for name, (data, proto, call) in runs.items():
+            ghz(target, data, "-c", str(clients), "-z", "2s", proto=proto, call=call)  # warm-up
+            r = ghz(target, data, "-c", str(clients), "-z", f"{seconds}s", "--connections", "2",
+                    "--rps", str(rate), server_pid=server.proc.pid, proto=proto, call=call)  # fmt: skip
+            ok = r["statusCodeDistribution"].get("OK", 0)
+            record[name] = {
+                "requests_per_s": round(ok / (r["total"] / 1e9), 1),
+                "server_cpu_ms_per_call": round(1000 * r["cpu_seconds"]["server"] / max(ok, 1), 3),
+                "request_bytes": data.stat().st_size,
+                "codes": r["statusCodeDistribution"],
+            }
+        base = record["rank_columnar"]["server_cpu_ms_per_call"]
+        for name in runs:
+            if name != "rank_columnar":
+                record[name]["cpu_over_rank"] = round(
+                    record[name]["server_cpu_ms_per_call"] / base, 3
+                )
+        out.append(emit({"section": "xai", **record}))
+    return out
+
+
 def door(data: Path, seconds: float, rate: int = 1500) -> dict:
     """CPU per call of the bare transport, parsing and refusing, at `rate` calls/s."""
     out = {}
@@ -431,6 +539,8 @@ def main() -> None:
                 if rust:
                     emit({"section": "served", "mode": mode, "candidates": m,
                           "loadgen": "rust", **rust})  # fmt: skip
+            if mode == "single" and "xai" not in skip:
+                xai_cost(target, server, args.seconds)
             if mode == "single" and "overload" not in skip:
                 capacity = closed_loop(target, request_file(64), 64, args.seconds)
                 emit({"section": "overload", **overload(target, server, args.overload_seconds,
