@@ -17,6 +17,7 @@ from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
 from server.errors import InvalidArgument
 from server.rpc import ranking_pb2 as pb
+from server.wire import length_delimited, varint
 
 
 def decode_rank_request(data: bytes, config: PhoenixModelConfig, limits: Limits) -> RawRequest:
@@ -212,18 +213,9 @@ def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
     )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _string_field(number: int, text: str) -> bytes:
     data = text.encode()
-    return _varint(number << 3 | 2) + _varint(len(data)) + data if data else b""
+    return length_delimited(number, data) if data else b""
 
 
 def rank_response_bytes(
@@ -242,9 +234,9 @@ def rank_response_bytes(
     device computed beside the logits.
     """
     m, a = logits.shape
-    floats = _varint(2 << 3 | 2) + _varint(4 * a)  # header of packed field 2 (logits)
+    floats = varint(2 << 3 | 2) + varint(4 * a)  # header of packed field 2 (logits)
     inner = 9 + 2 * (len(floats) + 4 * a)  # post_id + logits + probabilities
-    prefix = _varint(1 << 3 | 2) + _varint(inner)  # RankResponse.scores entry header
+    prefix = varint(1 << 3 | 2) + varint(inner)  # RankResponse.scores entry header
     head = prefix + b"\x09"  # ... then CandidateScores.post_id's tag
     record = np.empty((m, len(head) + inner - 1), np.uint8)
     c = 0
@@ -253,7 +245,7 @@ def rank_response_bytes(
         (post_ids.astype("<u8").view(np.uint8).reshape(m, 8), 8),
         (np.frombuffer(floats, np.uint8), len(floats)),
         (logits.astype("<f4").view(np.uint8).reshape(m, 4 * a), 4 * a),
-        (np.frombuffer(_varint(3 << 3 | 2) + _varint(4 * a), np.uint8), len(floats)),
+        (np.frombuffer(varint(3 << 3 | 2) + varint(4 * a), np.uint8), len(floats)),
         (probabilities.astype("<f4").view(np.uint8).reshape(m, 4 * a), 4 * a),
     ):
         record[:, c : c + width] = part

@@ -34,6 +34,7 @@ from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
 from server.errors import InvalidArgument
 from server.rpc import recsys_pb2 as xpb
+from server.wire import length_delimited, varint
 
 # Our action -> xAI's ActionName: the 18 actions xAI's home-mixer reads, our first 18. Our 19th,
 # dwell_time, has no ActionName: it is returned as the continuous value DWELL_TIME.
@@ -415,7 +416,7 @@ def _keep_posts(post_ids, author_ids, actions, surfaces, vocab: int, surface_fie
 
 
 def _tweet_id_only(tweet_id: int) -> bytes:
-    return _varint(1 << 3 | 0) + _varint(tweet_id) if tweet_id else b""
+    return varint(1 << 3 | 0) + varint(tweet_id) if tweet_id else b""
 
 
 # -- encoding ------------------------------------------------------------------------------------
@@ -451,15 +452,15 @@ def encode_response(plan: ResponsePlan, scores: Sequence[np.ndarray], versions: 
         for i, echo in enumerate(echoes):
             head = heads.get(len(echo))
             if head is None:
-                candidate = _varint(1 << 3 | 2) + _varint(len(echo))
+                candidate = varint(1 << 3 | 2) + varint(len(echo))
                 size = len(candidate) + len(echo) + width
-                head = heads[len(echo)] = _varint(2 << 3 | 2) + _varint(size) + candidate
+                head = heads[len(echo)] = varint(2 << 3 | 2) + varint(size) + candidate
             parts += (head, echo, flat[i * width : (i + 1) * width])
         parts.append(_field_bytes(3, version.encode()))
-        out += _length_delimited(1, b"".join(parts))
+        out += length_delimited(1, b"".join(parts))
     for number, text in ((3, pod), (4, node)):
         if text is not None:  # `optional`: present even when empty
-            out += _varint(number << 3 | 2) + _varint(len(text.encode())) + text.encode()
+            out += varint(number << 3 | 2) + varint(len(text.encode())) + text.encode()
     return bytes(out)
 
 
@@ -471,8 +472,8 @@ def _score_fields(plan: ResponsePlan, scores: np.ndarray) -> np.ndarray:
         values = action_vectors(logits)[:, plan.requested].astype("<f4")  # [m, k]
         parts = []
         for k, column in zip(plan.requested, values.T, strict=True):
-            entry = b"\x08" + _varint(int(k)) + b"\x15"  # key, then the value's tag
-            parts += (_rows(_varint(5 << 3 | 2) + _varint(len(entry) + 4) + entry, m),
+            entry = b"\x08" + varint(int(k)) + b"\x15"  # key, then the value's tag
+            parts += (_rows(varint(5 << 3 | 2) + varint(len(entry) + 4) + entry, m),
                       column[:, None].view(np.uint8))  # fmt: skip
         return np.concatenate(parts, axis=1) if parts else np.zeros((m, 0), np.uint8)
     continuous = np.zeros((m, CONTINUOUS_LENGTH), "<f4")
@@ -480,9 +481,9 @@ def _score_fields(plan: ResponsePlan, scores: np.ndarray) -> np.ndarray:
     field = 3 if plan.mode == "logprob" else 2
     values = log_sigmoid(logits) if plan.mode == "logprob" else logits
     return np.concatenate([
-        _rows(_varint(field << 3 | 2) + _varint(4 * VECTOR_LENGTH), m),
+        _rows(varint(field << 3 | 2) + varint(4 * VECTOR_LENGTH), m),
         action_vectors(values).astype("<f4").view(np.uint8),
-        _rows(_varint(6 << 3 | 2) + _varint(4 * CONTINUOUS_LENGTH), m),
+        _rows(varint(6 << 3 | 2) + varint(4 * CONTINUOUS_LENGTH), m),
         continuous.view(np.uint8),
     ], axis=1)  # fmt: skip
 
@@ -492,22 +493,9 @@ def _rows(data: bytes, m: int) -> np.ndarray:
     return np.broadcast_to(np.frombuffer(data, np.uint8), (m, len(data)))
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value) if value else b""
+    return varint(number << 3) + varint(value) if value else b""
 
 
 def _field_bytes(number: int, data: bytes) -> bytes:
-    return _length_delimited(number, data) if data else b""
-
-
-def _length_delimited(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    return length_delimited(number, data) if data else b""

@@ -78,6 +78,15 @@ impl Server {
         }
     }
 
+    /// A client of this server, with a deadline generous enough for this machine's cores.
+    async fn client(&self) -> PhoenixClient {
+        let config = ClientConfig {
+            request_timeout: Duration::from_secs(30),
+            ..ClientConfig::default()
+        };
+        PhoenixClient::connect(&self.target, config).await.unwrap()
+    }
+
     fn stop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -288,13 +297,7 @@ fn assert_refused(what: &str, result: Result<(), ClientError>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_against_a_live_server() {
     let server = Server::start();
-    let config = ClientConfig {
-        request_timeout: Duration::from_secs(30),
-        ..ClientConfig::default()
-    };
-    let client = PhoenixClient::connect(&server.target, config)
-        .await
-        .unwrap();
+    let client = server.client().await;
     let info = client.model_info().clone();
     assert_eq!(
         info.actions, ACTIONS,
@@ -428,13 +431,7 @@ async fn contract_against_a_live_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predict_next_actions_scores_as_rank() {
     let server = Server::start();
-    let config = ClientConfig {
-        request_timeout: Duration::from_secs(30),
-        ..ClientConfig::default()
-    };
-    let client = PhoenixClient::connect(&server.target, config)
-        .await
-        .unwrap();
+    let client = server.client().await;
     let surfaces = client.model_info().product_surface_vocab_size;
     // xAI's contract has one product surface per candidate set, and no history action for our
     // dwell_time: the request is made expressible in it first.
