@@ -79,7 +79,7 @@ NANO = {
     "rope_positions": "right_anchored", "history_attention": "causal",
 }  # fmt: skip
 NANO_TABLE_ROWS = {"user": 16411, "post": 65537, "author": 16411}
-CANDIDATE_BUCKETS = (16, 64, 256)  # the server's defaults (server.config.ShapeConfig)
+CANDIDATE_BUCKETS = ShapeConfig().candidate_buckets  # the server's defaults
 PREVIOUS_BUCKETS = (16, 64, 256, 1024)  # the one-pass engine's defaults before model.prefix
 
 
@@ -174,9 +174,10 @@ def nano_checkpoint(workdir: Path, smoke: bool) -> Path:
 # -- forward: the calls the server makes ------------------------------------------------------
 
 
-def runner_config(max_batch_size: int, cache_bytes: int) -> ServerConfig:
+def runner_config(max_batch_size: int, cache_bytes: int,
+                  buckets: tuple[int, ...] = CANDIDATE_BUCKETS) -> ServerConfig:  # fmt: skip
     """The server's settings for the runners below: the benchmark's buckets, a prefix cache."""
-    shapes = ShapeConfig(max_batch_size=max_batch_size, candidate_buckets=CANDIDATE_BUCKETS)
+    shapes = ShapeConfig(max_batch_size=max_batch_size, candidate_buckets=buckets)
     return ServerConfig(shapes=shapes, prefix_cache_bytes=cache_bytes)
 
 
@@ -273,8 +274,8 @@ def profile_section(ckpt, peak: float, rows: int, size: int, repeats: int) -> di
 class PrefixOnce:
     """This server's runner, batches composed by the batcher's policy."""
 
-    def __init__(self, ckpt, cache_bytes: int = 0):
-        self.runner = ModelRunner(ckpt, runner_config(32, cache_bytes))
+    def __init__(self, ckpt, cache_bytes: int = 0, buckets: tuple[int, ...] = CANDIDATE_BUCKETS):
+        self.runner = ModelRunner(ckpt, runner_config(32, cache_bytes, buckets))
         self.plan = self.runner.full_plan
         self.runner.engine._ready.update(self.plan.shapes())  # compiled on first use, below
         self.runner.engine.plan = self.plan

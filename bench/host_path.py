@@ -9,22 +9,32 @@ One run prints every figure the host-path targets are stated in (JSON lines, the
               ModelRunner: prefix and chunk calls, pack included, prefix cache off) gives F;
               the one-pass forward (one row per request) is kept for comparison with earlier
               runs. Candidates/s of each
-  empty       E: requests/s of a grpcio aio server whose Rank only parses the request
-              (bench/empty_server.py), same load generator, same request bytes
+  empty       E: requests/s of a grpcio server whose Rank only parses the request
+              (bench/empty_server.py; its asyncio and synchronous servers, E the faster),
+              same load generator, same request bytes
   served      the real server, closed loop, 32 clients (ghz, and the Rust loadgen), 32 and
               512 candidates: requests/s, candidates/s, p50/p99, and the ratios to L and to the
               bare forward, with L = 1 / (1/E + F) the composite ceiling of a 2-core machine
   overload    capacity C (closed loop, 64 candidates), then ghz open loop at 4 x C for
               `--overload-seconds` with 2 s deadlines: goodput / C, status codes, how fast
               refusals come back, the accepted p99, and recovery once the load stops
+  ordinary    status codes of closed-loop clients, 48 and 256 calls at once (48 candidates),
+              as the client saw them and as the server counted them (transport sheds
+              included): ordinary load must see no CANCELLED
+  mixed       small requests (32 candidates) open loop at 70% of their capacity, alone and
+              with one 2,800-candidate request a second mixed in: the small ones' p99 ratio
   door        what the transport alone spends per call: CPU of bench/empty_server.py parsing,
-              and refusing (RESOURCE_EXHAUSTED at once), at a fixed open-loop rate
+              and refusing (RESOURCE_EXHAUSTED at once, asyncio and synchronous servers), at a
+              fixed open-loop rate
+  buckets     served 32-candidate requests/s with the default candidate buckets against the
+              same without the 32-slot bucket (two chunks of 16 per request instead of one)
   heavy       small clients' p99 alone and beside one client sending the largest requests the
               limits allow, and beside one sending 4 MB requests (refused by the action cap)
   xai         server CPU per call of xAI's PredictNextActions (its history as Arrow and as
               aggregated protos) against Rank (columnar), same requests, 32 and 2,800
               candidates, closed loop
-  frontends   the served rows again with `--frontend-workers 2`
+  frontends   the served, overload, ordinary and mixed rows again with `--frontend-workers 2`
+              (the default, `auto`, runs none on 2 cores)
 
 Everything shares the machine's cores (server, XLA, load generators): compare within a run.
 ghz: `go install github.com/bojand/ghz/cmd/ghz@v0.93.0` (found on PATH or in ~/go/bin).
@@ -246,10 +256,12 @@ def bare_forward(shapes: list[tuple[int, int, int]]) -> dict[tuple, float]:
     return out
 
 
-def bare_engine(candidates: int, requests: int, repeats: int = 20) -> float:
+def bare_engine(candidates: int, requests: int, repeats: int = 20,
+                buckets: tuple[int, ...] | None = None) -> float:  # fmt: skip
     """Median seconds per request of the server's own ModelRunner (pack + run, prefix cache
     off, as for requests of distinct users) over `requests` requests of `candidates`
-    candidates (history 64) composed into batches by the batcher's policy."""
+    candidates (history 64) composed into batches by the batcher's policy; `buckets`: the
+    candidate buckets (default: the server's)."""
     import dataclasses
 
     from bench.engine import PrefixOnce, synthetic_request
@@ -260,7 +272,7 @@ def bare_engine(candidates: int, requests: int, repeats: int = 20) -> float:
     from server.composition import next_batch_size
 
     ckpt = load_checkpoint(default_checkpoint_path())
-    engine = PrefixOnce(ckpt)
+    engine = PrefixOnce(ckpt) if buckets is None else PrefixOnce(ckpt, buckets=buckets)
     plan, runner = engine.plan, engine.runner
     encoded = [encode(synthetic_request(i, 64, candidates), ckpt.config, ckpt.rows)
                for i in range(requests)]  # fmt: skip
@@ -399,24 +411,114 @@ def xai_cost(target: str, server: ServerProcess, seconds: float) -> list[dict]:
     return out
 
 
+class EmptyServer:
+    """bench/empty_server.py with `flags`, on an ephemeral port, for a `with` block."""
+
+    def __init__(self, *flags: str):
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"),
+                                      "--port", "0", *flags], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.target = f"127.0.0.1:{int(self.proc.stdout.readline().split()[1])}"
+
+    def __enter__(self) -> EmptyServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
 def door(data: Path, seconds: float, rate: int = 1500) -> dict:
     """CPU per call of the bare transport, parsing and refusing, at `rate` calls/s."""
     out = {}
-    for mode, flags in (("parse", ()), ("refuse", ("--refuse",))):
-        server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"),
-                                   "--port", "0", *flags], stdout=subprocess.PIPE, text=True)  # fmt: skip
-        port = int(server.stdout.readline().split()[1])
-        target = f"127.0.0.1:{port}"
-        ghz(target, data, "--async", "--rps", str(rate), "-z", "2s")  # warm-up
-        r = ghz(target, data, "--async", "--rps", str(rate), "-z", f"{seconds}s", "--timeout",
-                "2s", "--connections", "4", server_pid=server.pid)  # fmt: skip
-        server.terminate()
-        server.wait()
+    modes = (("parse", ()), ("refuse", ("--refuse",)), ("refuse_sync", ("--refuse", "--sync")))
+    for mode, flags in modes:
+        with EmptyServer(*flags) as server:
+            ghz(server.target, data, "--async", "--rps", str(rate), "-z", "2s")  # warm-up
+            r = ghz(server.target, data, "--async", "--rps", str(rate), "-z", f"{seconds}s",
+                    "--timeout", "2s", "--connections", "4", server_pid=server.proc.pid)  # fmt: skip
         out[mode] = {
             "calls": r["count"], "codes": r["statusCodeDistribution"],
             **{f"{k}_cpu_us_per_call": round(1e6 * v / r["count"], 1)
                for k, v in r["cpu_seconds"].items()},
         }  # fmt: skip
+    return out
+
+
+def ordinary(target: str, server: ServerProcess) -> dict:
+    """Codes of closed-loop clients (each sends its next call when the last is answered), 48
+    and 256 at once, a fixed number of calls each (so that no call is in flight when ghz
+    stops). ghz ignores retry hints: at 256 past the transport's capacity some calls are
+    refused RESOURCE_EXHAUSTED, which a client honouring the hint would space out."""
+    data = request_file(48)
+    out = {}
+    for clients, calls_each in ((48, 40), (256, 10)):
+        before = server.metrics()
+        r = ghz(target, data, "-c", str(clients), "-n", str(clients * calls_each),
+                "--timeout", "10s", "--connections", "4")  # fmt: skip
+        m = server.wait_for_metrics(lambda m: not m["phoenix_transport_calls_in_flight"],
+                                    "calls to finish", 30)  # fmt: skip
+        keys = {"transport_shed": "phoenix_transport_calls_shed_total",
+                **{code: f"phoenix_requests_total{{code={code},method=Rank}}"
+                   for code in ("OK", "RESOURCE_EXHAUSTED", "CANCELLED")}}  # fmt: skip
+        out[f"closed_{clients}"] = {
+            "codes": r["statusCodeDistribution"],
+            "requests_per_s": round(r["rps"], 1),
+            "p99_ms": latency_ms(r, 99),
+            "server_counted": {k: m.get(v, 0) - before.get(v, 0) for k, v in keys.items()},
+        }
+    return out
+
+
+def mixed(target: str, seconds: float, capacity: float) -> dict:
+    """Small requests' p99 at 70% of their capacity, alone and beside one 2,800-candidate
+    request a second (open loop both): what a large request costs the small ones."""
+    small, big = request_file(32), request_file(2800)
+    rate = int(0.7 * capacity)
+
+    def small_load() -> dict:
+        r = ghz(target, small, "--async", "--rps", str(rate), "-c", "64", "-z", f"{seconds}s",
+                "--timeout", "5s", "--connections", "4")  # fmt: skip
+        return {"p50_ms": latency_ms(r, 50), "p99_ms": latency_ms(r, 99),
+                "codes": r["statusCodeDistribution"]}  # fmt: skip
+
+    ghz(target, small, "--async", "--rps", str(rate), "-z", "2s")  # warm-up
+    alone = small_load()
+    background = subprocess.Popen(
+        [ghz_binary(), "--insecure", "--proto", str(PROTO), "--call", CALL, "--binary-file",
+         str(big), "--async", "--rps", "1", "-c", "4", "-z", f"{seconds + 2}s", "--timeout",
+         "10s", "-O", "json", "-o", str(OUT / "mixed-big.json"), target],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)  # the large requests' load is on when the measured window starts
+    beside = small_load()
+    background.wait()
+    bg = json.loads((OUT / "mixed-big.json").read_text())
+    return {
+        "small_rate_rps": rate,
+        "small_alone": alone,
+        "small_beside_large": beside,
+        "large": {"codes": bg["statusCodeDistribution"], "p50_ms": latency_ms(bg, 50)},
+        "p99_ratio": round(beside["p99_ms"] / alone["p99_ms"], 2),
+    }
+
+
+def bucket_gain(flags: tuple[str, ...], env: dict, seconds: float) -> dict:
+    """32-candidate requests with the default buckets and without the 32-slot one: the
+    engine's time per request (32 requests a batch) and the served requests/s."""
+    from server.config import ShapeConfig
+
+    default = ShapeConfig().candidate_buckets
+    variants = {"default": default, "without_32": tuple(b for b in default if b != 32)}
+    out = {}
+    for name, buckets in variants.items():
+        listed = ",".join(map(str, buckets))
+        engine_ms = 1e3 * bare_engine(32, 32, buckets=buckets)
+        with ServerProcess(*flags, "--candidate-buckets", listed, env=env) as server:
+            out[name] = {"buckets": listed, "engine_ms_per_request": round(engine_ms, 4),
+                         **closed_loop(server.target, request_file(32), 32, seconds)}  # fmt: skip
+    base, new = out["without_32"], out["default"]
+    out["engine_gain"] = round(base["engine_ms_per_request"] / new["engine_ms_per_request"], 3)
+    out["served_gain"] = round(new["requests_per_s"] / base["requests_per_s"], 3)
     return out
 
 
@@ -460,16 +562,14 @@ def heavy(target: str, seconds: float) -> dict:
 
 
 def measure_empty(small: Path, seconds: float, forward: dict) -> tuple[float, float]:
-    """E (requests/s of the empty server) and L = 1 / (1/E + F)."""
-    empty = subprocess.Popen([sys.executable, str(ROOT / "bench" / "empty_server.py"), "--port",
-                              "0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    port = int(empty.stdout.readline().split()[1])
-    e = closed_loop(f"127.0.0.1:{port}", small, 32, seconds)
-    empty.terminate()
-    empty.wait()
-    E = e["requests_per_s"]
+    """E (requests/s of the faster empty server) and L = 1 / (1/E + F)."""
+    rates = {}
+    for kind, flags in (("aio", ()), ("sync", ("--sync",))):
+        with EmptyServer(*flags) as server:
+            rates[kind] = closed_loop(server.target, small, 32, seconds)
+    E = max(r["requests_per_s"] for r in rates.values())
     L = 1 / (1 / E + forward[32]["F_ms_per_request"] / 1e3)
-    emit({"section": "empty", "E_rps": E, "L_rps": round(L, 1), **e})
+    emit({"section": "empty", "E_rps": E, "L_rps": round(L, 1), **rates})
     return E, L
 
 
@@ -485,8 +585,8 @@ def main() -> None:
           "python": platform.python_version()})  # fmt: skip
 
     # Shapes the server forms (default buckets, history 64): a 32-candidate request is one
-    # row of 64 candidate slots, a 512-candidate one two rows of 256; full batches.
-    shapes = {32: (32, 64, 64), 512: (16, 64, 256)}
+    # row of 32 candidate slots, a 512-candidate one two rows of 256; full batches.
+    shapes = {32: (32, 64, 32), 512: (16, 64, 256)}
     real_per_row = {32: 32, 512: 256}
     seconds = bare_forward(list(shapes.values()) if "forward" not in skip else [])
     seconds = {k: seconds.get(k, 1.0) for k in shapes.values()}
@@ -497,7 +597,7 @@ def main() -> None:
                       "F_ms_per_request": round(per_request * 1e3, 4),
                       "candidates_per_s": round(m / per_request)}  # fmt: skip
     # The server's engine at full batches: 32 requests of 32 candidates (a prefix call and
-    # chunk calls of 16), 16 of 512 (prefixes, then chunks of 256).
+    # chunk calls of 32), 16 of 512 (prefixes, then chunks of 256).
     engine_requests = {32: 32, 512: 16}
     for m in shapes:
         per_request = bare_engine(m, engine_requests[m]) if "forward" not in skip else 1.0
@@ -526,7 +626,14 @@ def main() -> None:
             target = server.target
             for m in () if "served" in skip else (32, 512):
                 served = closed_loop(target, request_file(m), m, args.seconds)
-                served |= {"over_L": round(served["requests_per_s"] / L, 3)} if m == 32 else {}
+                served |= (
+                    {
+                        "over_E": round(served["requests_per_s"] / E, 3),
+                        "over_L": round(served["requests_per_s"] / L, 3),
+                    }
+                    if m == 32
+                    else {}
+                )
                 served["over_bare_forward"] = round(
                     served["candidates_per_s"] / forward[m]["candidates_per_s"], 3
                 )
@@ -541,10 +648,16 @@ def main() -> None:
                           "loadgen": "rust", **rust})  # fmt: skip
             if mode == "single" and "xai" not in skip:
                 xai_cost(target, server, args.seconds)
-            if mode == "single" and "overload" not in skip:
+            if "overload" not in skip:
                 capacity = closed_loop(target, request_file(64), 64, args.seconds)
-                emit({"section": "overload", **overload(target, server, args.overload_seconds,
-                                                         capacity["requests_per_s"])})  # fmt: skip
+                emit({"section": "overload", "mode": mode, **overload(
+                    target, server, args.overload_seconds, capacity["requests_per_s"])})  # fmt: skip
+            if "ordinary" not in skip:
+                emit({"section": "ordinary", "mode": mode, **ordinary(target, server)})
+            if "mixed" not in skip:
+                capacity = closed_loop(target, request_file(32), 32, args.seconds)
+                emit({"section": "mixed", "mode": mode,
+                      **mixed(target, args.seconds, capacity["requests_per_s"])})  # fmt: skip
             if mode == "single" and "door" not in skip:
                 emit({"section": "door", "rate_rps": 1500, **door(request_file(64), args.seconds)})
             if mode == "single" and "heavy" not in skip:
@@ -554,6 +667,8 @@ def main() -> None:
             emit({"section": "server", "mode": mode,
                   "mean_requests_per_batch": round(m["phoenix_batch_size_sum"] / batches, 2),
                   "compilations": m["phoenix_compilations_total"]})  # fmt: skip
+    if "buckets" not in skip:
+        emit({"section": "buckets", **bucket_gain(extra, cache, args.seconds)})
 
 
 if __name__ == "__main__":
