@@ -31,6 +31,7 @@ from server.batcher import Batcher
 from server.buckets import BatchShape
 from server.checkpoint_dir import ReloadState, VersionFile
 from server.config import Limits, ServerConfig
+from server.cores import available_cores
 from server.engine import WarmupAborted, enable_compilation_cache
 from server.errors import FailedPrecondition
 from server.frontend_hub import FrontendHub
@@ -170,10 +171,12 @@ class RankingServer:
         )
         self.info = facts.info
         admin = self if c.transport.admin_rpcs else None
-        if c.frontend_workers:
-            self.front = FrontendHub(c, facts, self.batcher, self.metrics, admin)
+        workers = c.frontend_worker_count(available_cores())
+        if workers:
+            self.front = FrontendHub(c, workers, facts, self.batcher, self.metrics, admin)
         else:
-            self.front = GrpcFront(facts, self.batcher, MetricsRecorder(self.metrics), c, admin)
+            self.front = GrpcFront(facts, self.batcher, MetricsRecorder(self.metrics), c,
+                                   asyncio.get_running_loop(), admin)  # fmt: skip
         await self.front.start()
         self.port = self.front.port
         self.metrics.watch_transport(self.front.transport_counts)

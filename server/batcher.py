@@ -1,9 +1,10 @@
 """Dynamic batching of concurrent ranking requests onto one device.
 
 Concurrency design, step by step (everything except step 4 runs on the asyncio event loop, so
-the batcher's own state needs no locks):
+the batcher's own state needs no locks; gRPC's handler threads only call `precheck` and
+`retry_hint_ms`, which read it, and reach `submit` through the loop):
 
-1. `submit` (called by a gRPC handler with an already validated, hashed request) splits the
+1. `submit` (called on the loop for a gRPC handler, with an already validated, hashed request) splits the
    request's candidates into windows (`plan.window_for`: the bucket that scores it in the fewest
    padded tokens), prices them in work units (`BatchShape.row_units`) and asks the admission policy
    (`server.admission.decide`) whether the queue can take that much more work before the
@@ -18,8 +19,15 @@ the batcher's own state needs no locks):
 3. It then takes as many live pieces, in FIFO order, as the pure policy
    `server.composition.next_batch_size` decides (they fit a planned shape, none is mostly
    padding, no whole rows of padding), dropping pieces of requests that were cancelled (their
-   future is done) or whose deadline has passed (their future fails with `DeadlineExceeded`,
-   before any compute), and pads them on the host (`runner.pack`).
+   call ended: the handler cancels the future) or whose deadline has passed (their future
+   fails with `DeadlineExceeded`), before any compute, counted in
+   `phoenix_queue_dropped_total`, and pads them on the host (`runner.pack`).
+   Large requests do not stall small ones: while other requests wait, a batch holds at most
+   `max_batch_ms` of estimated device time, and when it took only part of a request, that
+   request's other pieces move behind the requests queued meanwhile (`_yield_rest`). A
+   2,800-candidate request thus runs as slices of a few chunks, each followed by the small
+   requests that arrived during it; a small request waits for at most one slice, not for the
+   whole of it. Alone in the queue, a request runs in whole batches.
 4. The packed batch goes to a single device thread (`runner.run`), so the event loop never
    blocks on the device. At most `pipeline_depth` batches are in flight: while the device
    computes batch N, step 2-3 form and pad batch N+1 (and handlers validate and hash new
@@ -32,8 +40,8 @@ the batcher's own state needs no locks):
 
 Model versions (server.reload): a batch is packed for one version, `runner.model` when it is
 formed, and a request is pinned to the version of its first batch; its later windows only
-join batches of that version. Only the head request can be part-dispatched (pieces leave in
-FIFO order), so after a swap at most one batch finishes a request on the old version.
+join batches of that version, so after a swap the requests already started finish on the old
+version, in batches of their own.
 6. `close()` stops accepting; `drain(timeout)` waits until every accepted request has been
    resolved, so shutdown never loses or strands an accepted request.
 
@@ -50,6 +58,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +69,7 @@ import numpy as np
 from model.config import PhoenixModelConfig
 from request.encoding import EncodedRequest
 from request.layout import Piece, windows
-from server.admission import DeviceRate, decide
+from server.admission import DeviceRate, Refusal, decide
 from server.buckets import BucketPlan
 from server.composition import next_batch_size
 from server.config import BatcherConfig
@@ -68,6 +77,10 @@ from server.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDow
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Weight of the newest admitted request in the typical request's work (a mean over roughly
+# the last 1 / TYPICAL_WEIGHT requests).
+TYPICAL_WEIGHT = 0.05
 
 
 class Runner(Protocol):
@@ -112,6 +125,7 @@ class _Request:
     queued_units: int  # their work units (1 + S + C per piece, of its own bucket)
     counted: bool = True  # still counted in the queue totals
     started: bool = False
+    dropped: bool = False  # its pieces were dropped unrun (counted once)
     model: Any = None  # the version its first window was packed for; the rest follow it
 
     def expired(self, now: float) -> bool:
@@ -138,6 +152,7 @@ class Batcher:
         self._queued_candidates = 0
         self._queued_units = 0
         self._in_flight_units = 0  # work units of the batches on the device
+        self._typical_units = 0.0  # mean work of recent admitted requests (precheck prices by it)
         self._peak_work = 0.0
         self.rate = DeviceRate(runner.seconds_per_unit)
         metrics.queue_work_limit.set(config.max_queue_ms / 1000)
@@ -191,17 +206,30 @@ class Batcher:
     # -- submission ----------------------------------------------------------------------
 
     def precheck(self, deadline: float | None = None) -> None:
-        """Refuse at once, before any host work, a request that no queue state would admit
-        now: its deadline has passed, the work ahead of it outlasts its deadline, or the queue
-        is already at its bound. Raises like `submit`."""
-        self._admit(0, deadline, time.monotonic())
+        """Refuse at once, before the request is even received and decoded, what the queue
+        would refuse: a typical request (the recent requests' mean work, `TYPICAL_WEIGHT`)
+        would not fit before its deadline, or not within the queue's bound. Under overload
+        the queue stays just below its bound, so pricing the request at nothing would let
+        almost every call through to be decoded and only then refused. Raises like `submit`.
+        Any thread: it only reads the queue's totals (a read racing a change refuses or admits
+        a moment early; `submit`, on the loop, decides on the request's own work)."""
+        self._admit(round(self._typical_units), deadline, time.monotonic())
 
-    def _admit(self, units: int, deadline: float | None, now: float) -> None:
-        if self._broken is not None:
-            raise ShuttingDown(f"batcher stopped after an internal error: {self._broken!r}")
-        if not self._accepting:
-            raise ShuttingDown("server is shutting down; retry on another replica")
-        refusal = decide(
+    def retry_hint_ms(self) -> int:
+        """When a call refused for want of room might find some, in ms: the device time of the
+        work queued and running (any thread; what transport refusals tell clients)."""
+        seconds = self.rate.seconds(self._queued_units + self._in_flight_units)
+        return max(1, math.ceil(1000 * seconds))
+
+    def door(self) -> tuple[bool, int]:
+        """What a frontend worker's door needs to know of the queue (sent with each answer):
+        whether it would refuse a typical request for want of room now, and the retry hint in
+        ms. Not counted as a refusal."""
+        full = self._refusal(round(self._typical_units), None, time.monotonic()) is not None
+        return full, self.retry_hint_ms()
+
+    def _refusal(self, units: int, deadline: float | None, now: float) -> Refusal | None:
+        return decide(
             own_s=self.rate.seconds(units),
             queued_s=self.rate.seconds(self._queued_units),
             in_flight_s=self.rate.seconds(self._in_flight_units),
@@ -210,6 +238,13 @@ class Batcher:
             max_queue_s=self.config.max_queue_ms / 1000,
             max_queue=self.config.max_queue,
         )
+
+    def _admit(self, units: int, deadline: float | None, now: float) -> None:
+        if self._broken is not None:
+            raise ShuttingDown(f"batcher stopped after an internal error: {self._broken!r}")
+        if not self._accepting:
+            raise ShuttingDown("server is shutting down; retry on another replica")
+        refusal = self._refusal(units, deadline, now)
         if refusal is not None:
             self.metrics.refused.labels(refusal.reason).inc()
             if refusal.retry_after_ms is None:
@@ -224,6 +259,7 @@ class Batcher:
         spans = windows(m, plan.window_for(m, n))
         units = [plan.shape_for(1, n, stop - start).row_units for start, stop in spans]
         self._admit(sum(units), deadline, now)
+        self._typical_units += TYPICAL_WEIGHT * (sum(units) - self._typical_units)
         request = _Request(
             encoded=encoded,
             deadline=deadline,
@@ -324,16 +360,25 @@ class Batcher:
         """Drop dead pieces from the head of the queue; True if a live piece remains."""
         while self._pieces:
             request = self._pieces[0].request
-            if request.future.done():  # cancelled by the client, or already failed
+            if request.future.done():  # cancelled (the call ended), or already failed
                 self._pop()
+                if request.future.cancelled():
+                    self._dropped(request, "cancelled")
             elif request.expired(now):
                 self._pop()
+                self._dropped(request, "expired")
                 request.future.set_exception(
                     DeadlineExceeded("deadline expired while queued; not computed")
                 )
             else:
                 return True
         return False
+
+    def _dropped(self, request: _Request, reason: str) -> None:
+        """Count, once, a request whose pieces are dropped before they run."""
+        if not request.dropped:
+            request.dropped = True
+            self.metrics.dropped.labels(reason).inc()
 
     def _take_batch(self, taken: list[_QueuedPiece]) -> Any:
         """Pop live pieces into `taken`, in FIFO order, while they fit (step 3 above);
@@ -352,16 +397,34 @@ class Batcher:
                 break
             model = wants
             taken.append(self._pop())
+        if taken:
+            self._yield_rest(taken[-1].request)
         return model
 
     def _batch_size(self, now: float) -> int:
-        """How many of the live pieces at the head of the queue the next batch takes."""
+        """How many of the live pieces at the head of the queue the next batch takes: within
+        `max_batch_ms` of estimated device time while other requests wait (step 3)."""
         live = (
             (p.request.encoded.num_history, p.stop - p.start)
             for p in self._pieces
             if not (p.request.future.done() or p.request.expired(now))
         )
-        return next_batch_size(live, self.runner.plan)
+        max_units = None
+        if self._queued_requests > 1:
+            max_units = self.config.max_batch_ms / 1000 / self.rate.seconds_per_unit
+        return next_batch_size(live, self.runner.plan, max_units)
+
+    def _yield_rest(self, request: _Request) -> None:
+        """If a batch took only part of `request` and other requests wait, move its other
+        pieces behind them: a large request runs in slices, each followed by what arrived
+        meanwhile, so small requests never wait behind all of it (step 3)."""
+        rest = []
+        while self._pieces and self._pieces[0].request is request:
+            rest.append(self._pieces.popleft())
+        if self._pieces:
+            self._pieces.extend(rest)
+        else:
+            self._pieces.extendleft(reversed(rest))
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,9 @@ Rules, in order:
 3. If more than `MAX_PADDING_ROWS` of the chosen row bucket would be padding rows, cut back to
    the largest row bucket the pieces fill: the rest runs next, which costs a device call
    instead of whole rows of padding (3 pieces run as 2 + 1, not as 4 rows).
+4. With `max_units` given, the batch stops before its padded shape would hold more work units
+   than that (its first piece always joins): one batch's device time is bounded, so a large
+   request runs as several batches, and the batcher can put other requests between them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ MAX_JOIN_COST = 2.0
 MAX_PADDING_ROWS = 0.2
 
 
-def next_batch_size(pieces: Iterable[tuple[int, int]], plan: BucketPlan) -> int:
+def next_batch_size(
+    pieces: Iterable[tuple[int, int]], plan: BucketPlan, max_units: float | None = None
+) -> int:
     """How many of `pieces` ((n, m) each, FIFO order) the next batch takes; 0 if none.
 
     Consumes `pieces` lazily and stops at the first piece that does not join, so a caller
@@ -37,6 +42,8 @@ def next_batch_size(pieces: Iterable[tuple[int, int]], plan: BucketPlan) -> int:
         h, w = max(longest_history, history), max(longest_window, window)
         shape = plan.shape_for(count + 1, h, w)
         if shape is None:
+            break
+        if count and max_units is not None and shape.rows * shape.row_units > max_units:
             break
         if count:
             before = plan.shape_for(count, longest_history, longest_window)

@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from server.cores import DEVICE_PROCESS_CORES, MAX_AUTO_FRONTEND_WORKERS, auto_frontend_workers
+
 MiB = 2**20
 
 
@@ -50,8 +52,10 @@ class ShapeConfig:
     max_batch_size: int = setting(
         32, "most rows per call: chunks (a chunk is one request window) or prefixes"
     )
+    # 32 is the commonest request size in ranking traffic; without its bucket such a request
+    # runs as two chunks of 16 (bench/host_path.py's buckets section measures the difference).
     candidate_buckets: tuple[int, ...] = setting(
-        (16, 64, 256),
+        (16, 32, 64, 256),
         "compiled candidate slots per chunk; requests are split into the chunk size that "
         "costs the fewest padded tokens (the prefix is encoded once whatever the chunking)",
     )
@@ -77,6 +81,12 @@ class BatcherConfig:
         "ms",
     )
     max_queue: int = setting(1024, "most queued requests, whatever their work")
+    max_batch_ms: float = setting(
+        20.0,
+        "most estimated device time of one batch while other requests wait: a larger request "
+        "runs as several batches, with the requests that arrived meanwhile between them",
+        "ms",
+    )
     pipeline_depth: int = setting(2, "batches in flight: one computing, the rest ready")
 
 
@@ -84,26 +94,39 @@ class BatcherConfig:
 class Transport:
     """The gRPC transport: concurrency bounds, connection hygiene and TLS (see server.transport).
 
-    Every call's life is bounded: a Rank call that carries no deadline gets
-    `Limits.default_deadline_ms`; a connection lives at most `max_connection_age_s` + `max_connection_age_grace_s` (so a call
-    whose body never arrives is ended then), idle ones are closed after
-    `max_connection_idle_s`, and one that never completes its handshake after
-    `handshake_timeout_s`.
+    Every call's life is bounded: a scoring call that carries no deadline gets
+    `Limits.default_deadline_ms`; one whose request body has not arrived within
+    `receive_timeout_s` is ended; a connection lives at most `max_connection_age_s` +
+    `max_connection_age_grace_s`, idle ones are closed after `max_connection_idle_s`, and one
+    that never completes its handshake after `handshake_timeout_s`.
     """
 
+    # Each call holds a handler thread while it waits for its batch, and all of them share
+    # the interpreter lock with the polling thread that refuses calls: more threads, slower
+    # refusals. Measured at 4x overload on 2 cores (bench/host_path.py overload): at 24
+    # refusals p99 91 ms, at 48 134 ms, at 256 the process collapsed (goodput 0.42x). 64
+    # holds ordinary closed-loop loads (48 clients) without a refusal; raise it where a
+    # batch's latency times the served rate is larger (Little's law: GPU, large batches).
     max_concurrent_rpcs: int = setting(
-        1024, "calls a gRPC server (each frontend's) handles at once; gRPC refuses the rest"
+        64,
+        "calls a gRPC server (each frontend's) handles at once, each on a thread (with a "
+        "quarter more as headroom); past them gRPC refuses new calls RESOURCE_EXHAUSTED with "
+        "a retry hint, before reading them",
     )
-    # Under overload the backlog that grows is the transport's (calls not yet taken by the
-    # event loop), where no admission policy sees it. gRPC's default (1,000, up to 3,000)
-    # let calls age there for seconds; a short one makes the C core shed them in
-    # microseconds, keeping accepted latency bounded. The status of a call it sheds is
-    # CANCELLED (not ours to choose); it never reaches Python, and is counted from gRPC's own
-    # registry instead (phoenix_transport_calls_shed_total, server.transport_stats).
+    # The backlog of calls gRPC's core holds before the server's polling thread takes them.
+    # That thread takes ~20,000 calls/s a core (it refuses past max_concurrent_rpcs itself),
+    # so the backlog grows only in stalls; past it the core sheds calls with status
+    # CANCELLED, counted in phoenix_transport_calls_shed_total (server.transport_stats).
     max_pending_calls: int = setting(
-        32,
-        "calls the transport holds before the event loop takes them; past it gRPC sheds new "
-        "calls at random, past 4x it sheds all (status CANCELLED); 0: gRPC's default",
+        0,
+        "calls gRPC's core holds before the server takes them; past it the core sheds new "
+        "calls at random, past 4x all (status CANCELLED); 0: gRPC's default (1,000; 3,000)",
+    )
+    receive_timeout_s: float = setting(
+        5.0,
+        "a call whose request body has not arrived this long after its headers is ended "
+        "(DEADLINE_EXCEEDED), freeing its place",
+        "s",
     )
     max_streams_per_connection: int = setting(
         256, "concurrent calls one HTTP/2 connection may carry (clients queue the rest)"
@@ -197,12 +220,31 @@ class ServerConfig:
         choices=("debug", "info", "warning", "error"),
     )
     log_json: bool = setting(False, "JSON-lines logs instead of text")
-    frontend_workers: int = setting(
-        0,
+    frontend_workers: str = setting(
+        "auto",
         "processes that share the gRPC port and do each call's host work (decode, hash, "
-        "respond), handing encoded requests to this process; 0: one process does everything",
+        "respond), handing encoded requests to this process; 0: one process does everything; "
+        f"auto: one per core beyond the first {DEVICE_PROCESS_CORES}, up to "
+        f"{MAX_AUTO_FRONTEND_WORKERS} (cgroup CPU limits counted; on 2 cores: 0)",
     )
+
     transport: Transport = dataclasses.field(default_factory=Transport)
     limits: Limits = dataclasses.field(default_factory=Limits)
     shapes: ShapeConfig = dataclasses.field(default_factory=ShapeConfig)
     batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)
+
+    def frontend_worker_count(self, cores: int) -> int:
+        """The frontend workers to run with `cores` cores (`server.cores.available_cores`):
+        `frontend_workers` resolved; ValueError naming the flag for a value that is neither
+        auto nor a count."""
+        if self.frontend_workers.strip().lower() == "auto":
+            return auto_frontend_workers(cores)
+        try:
+            count = int(self.frontend_workers)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(
+                f"--frontend-workers: {self.frontend_workers!r} is neither auto nor a count"
+            )
+        return count

@@ -50,6 +50,7 @@ log = logging.getLogger("phoenix.server")
 STARTUP_TIMEOUT = 60.0  # seconds for every frontend to bind its port and say READY
 SUPERVISE_SECONDS = 1.0  # how often dead frontends are looked for
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -71,12 +72,13 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class FrontendHub:
-    """Spawns `config.frontend_workers` frontend processes and serves their Unix sockets."""
+    """Spawns `workers` frontend processes and serves their Unix sockets."""
 
-    def __init__(self, config: ServerConfig, facts: ModelFacts, batcher: Batcher,
+    def __init__(self, config: ServerConfig, workers: int, facts: ModelFacts, batcher: Batcher,
                  metrics: Metrics, admin: Admin | None = None):  # fmt: skip
         """`admin`: what answers the frontends' admin calls (only asked with --admin-rpcs)."""
         self.config = config
+        self.workers = workers
         self.facts = facts
         self.batcher = batcher
         self.admin = admin
@@ -106,7 +108,7 @@ class FrontendHub:
         holder = reserve_port(self.config.host, self.config.port)
         self.port = holder.getsockname()[1]
         try:
-            for index in range(self.config.frontend_workers):
+            for index in range(self.workers):
                 self._processes.append(self._spawn(index))
             async with asyncio.timeout(STARTUP_TIMEOUT):
                 while not self._all_ready.is_set():
@@ -205,12 +207,18 @@ class FrontendHub:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         key = id(writer)
+        calls: dict[int, asyncio.Future] = {}  # this frontend's requests on the queue, by call id
+        door_counted = 0  # of its door's refusals, those counted in the metrics
         self._writers.append(writer)
         try:
             while True:
                 kind, payload = await ipc.read_frame(reader)
                 if kind == ipc.SUBMIT:
-                    self._submit(payload, writer, key)
+                    self._submit(payload, writer, calls)
+                elif kind == ipc.CANCEL:
+                    future = calls.get(ipc.parse_cancel(payload))
+                    if future is not None:
+                        future.cancel()  # dropped before it runs; answered CANCELLED
                 elif kind == ipc.DONE:
                     record, in_flight = ipc.parse_done(payload)
                     self._set_in_flight(key, in_flight)
@@ -220,18 +228,22 @@ class FrontendHub:
                         self._reload(*ipc.parse_reload(payload), writer)
                     )
                 elif kind == ipc.TRANSPORT:
-                    self._transport[key] = self._transport.get(key, TransportCounts()).then(
-                        ipc.parse_transport(payload)
-                    )
+                    counts, door_refusals = ipc.parse_transport(payload)
+                    self._transport[key] = self._transport.get(key, TransportCounts()).then(counts)
+                    # A frontend's door refuses by the queue's verdict: the queue's refusals.
+                    self.metrics.refused.labels("queue_full").inc(door_refusals - door_counted)
+                    door_counted = door_refusals
                 elif kind == ipc.READY:
                     self._ready += 1
-                    if self._ready >= self.config.frontend_workers:
+                    if self._ready >= self.workers:
                         self._all_ready.set()
                     if self._state:  # a replacement joins a server already running
                         writer.write(ipc.state_frame(self._state))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            for future in calls.values():  # its calls are gone with it: drop their work
+                future.cancel()
             self._set_in_flight(key, 0)
             # The calls open at a gone frontend's last report (up to a second old) have ended
             # since, or were lost with it (its clients saw UNAVAILABLE): failed, not shed.
@@ -264,34 +276,37 @@ class FrontendHub:
         self._in_flight[key] = count
         self.metrics.in_flight.set(sum(self._in_flight.values()))
 
-    def _submit(self, payload: memoryview, writer: asyncio.StreamWriter, key: int) -> None:
+    def _submit(self, payload: memoryview, writer: asyncio.StreamWriter,
+                calls: dict[int, asyncio.Future]) -> None:  # fmt: skip
         call_id, deadline, in_flight, encoded = ipc.parse_submit(payload, self.layout)
-        self._set_in_flight(key, in_flight)
+        self._set_in_flight(id(writer), in_flight)
         try:
             future = self.batcher.submit(encoded, deadline)
         except ServiceError as e:
-            writer.write(_refusal_frame(call_id, e))
+            writer.write(_refusal_frame(call_id, e, ipc.Door(*self.batcher.door())))
             return
-        future.add_done_callback(lambda f: self._answer(f, call_id, writer))
+        calls[call_id] = future
+        future.add_done_callback(lambda f: (calls.pop(call_id, None),
+                                            self._answer(f, call_id, writer)))  # fmt: skip
 
     def _answer(self, future: asyncio.Future, call_id: int, writer: asyncio.StreamWriter) -> None:
         if writer.is_closing():
             return
+        door = ipc.Door(*self.batcher.door())
         if future.cancelled():
-            frame = ipc.result_frame(
-                call_id, grpc.StatusCode.CANCELLED.value[0], message="cancelled"
-            )
+            frame = ipc.result_frame(call_id, _CANCELLED, door, message="cancelled")
         elif isinstance(future.exception(), ServiceError):
-            frame = _refusal_frame(call_id, future.exception())
+            frame = _refusal_frame(call_id, future.exception(), door)
         elif future.exception() is not None:
             log.error("batch failed for a frontend call", exc_info=future.exception())
-            frame = ipc.result_frame(call_id, _INTERNAL, message="batch failed")
+            frame = ipc.result_frame(call_id, _INTERNAL, door, message="batch failed")
         else:
-            frame = ipc.result_frame(call_id, 0, scored=future.result())
+            frame = ipc.result_frame(call_id, 0, door, scored=future.result())
         writer.write(frame)
 
 
-def _refusal_frame(call_id: int, error: ServiceError) -> bytes:
+def _refusal_frame(call_id: int, error: ServiceError, door: ipc.Door) -> bytes:
     """The RESULT frame of a refused call: its status, message and retry hint."""
-    retry = error.retry_after_ms if isinstance(error, QueueFull) else 0
-    return ipc.result_frame(call_id, error.code.value[0], message=str(error), retry_ms=retry)
+    if isinstance(error, QueueFull):
+        door = ipc.Door(True, error.retry_after_ms)
+    return ipc.result_frame(call_id, error.code.value[0], door, message=str(error))

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import logging
 import signal
+import threading
 import time
 
 import grpc
@@ -36,6 +37,8 @@ from server.service import ModelFacts
 from server.transport import GrpcFront
 
 log = logging.getLogger("phoenix.frontend")
+
+DEFAULT_RETRY_MS = 100  # a frontend's retry hint before the device process has sent one
 
 
 class DeviceFailed(RuntimeError):
@@ -72,13 +75,19 @@ class WorkerArgs:
 
 class DeviceLink:
     """The device process, seen from a frontend: the service's queue, its recorder and (with
-    --admin-rpcs) its admin."""
+    --admin-rpcs) its admin. It lives on the frontend's event loop; what handler threads call
+    (`precheck`, `retry_hint_ms`, `started`, `finished`) only reads, or hops to the loop."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  layout: Layout, width: int):  # fmt: skip
         self.reader, self.writer = reader, writer
         self.layout, self.width = layout, width
+        self.loop = asyncio.get_running_loop()
         self.in_flight = 0
+        self.last_retry_ms = DEFAULT_RETRY_MS  # the device's latest retry hint
+        self.full_until = 0.0  # the device's queue is full until then (its latest answer)
+        self.door_refusals = 0  # calls precheck refused for a full queue (reported)
+        self._door_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}  # submitted, not yet answered by the device
         self._answered = asyncio.Event()  # set whenever _pending is empty
@@ -91,20 +100,40 @@ class DeviceLink:
     # -- Queue ---------------------------------------------------------------------------
 
     def precheck(self, deadline: float | None) -> None:
+        """Any thread. Refuses what the device process would: a deadline already passed, or
+        (RESOURCE_EXHAUSTED) a queue its latest answer said was full, until that answer's
+        retry hint has passed. So under overload the refusals are this process's, at the
+        door, before a request is received, decoded and sent to be refused there."""
         if self.broken:
             raise ShuttingDown("the device process is gone; retry on another replica")
-        if deadline is not None and deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline had already passed when the request arrived")
+        if now < self.full_until:
+            with self._door_lock:
+                self.door_refusals += 1
+            raise QueueFull("the queue is full; retry later", self.last_retry_ms)
+
+    def retry_hint_ms(self) -> int:
+        """Any thread: the device's latest retry hint (what its own refusals said)."""
+        return self.last_retry_ms
 
     def submit(self, encoded: EncodedRequest, deadline: float | None) -> asyncio.Future:
+        """On the loop. Cancelling the future (its call ended) tells the device process to
+        drop the request if it has not run yet."""
         if self.broken:
             raise ShuttingDown("the device process is gone; retry on another replica")
         call_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         self._pending[call_id] = future
         self._answered.clear()
         self.writer.write(ipc.submit_frame(call_id, deadline, self.in_flight, encoded, self.layout))
+        future.add_done_callback(lambda f: self._cancel(call_id) if f.cancelled() else None)
         return future
+
+    def _cancel(self, call_id: int) -> None:
+        if call_id in self._pending and not self.broken:  # not answered yet
+            self.writer.write(ipc.cancel_frame(call_id))
 
     async def idle(self, timeout: float) -> bool:
         """Wait until the device has answered every submitted call (even those whose caller
@@ -119,9 +148,15 @@ class DeviceLink:
     # -- Recorder ------------------------------------------------------------------------
 
     def started(self) -> None:
-        self.in_flight += 1
+        self.loop.call_soon_threadsafe(self._started)
 
     def finished(self, record: CallRecord) -> None:
+        self.loop.call_soon_threadsafe(self._finished, record)
+
+    def _started(self) -> None:
+        self.in_flight += 1
+
+    def _finished(self, record: CallRecord) -> None:
         if record.scoring:
             self.in_flight -= 1
         if not self.broken:
@@ -144,7 +179,7 @@ class DeviceLink:
         read runs on a thread: it costs ~0.3 ms per connection (server.transport_stats)."""
         counts = await asyncio.to_thread(transport_stats.read)
         if counts is not None and not self.broken:
-            self.writer.write(ipc.transport_frame(counts))
+            self.writer.write(ipc.transport_frame(counts, self.door_refusals))
 
     # -- frames from the device ----------------------------------------------------------
 
@@ -181,7 +216,11 @@ class DeviceLink:
         else:
             future.set_exception(_status_error(code, body))
 
-    def _resolve(self, call_id: int, code: int, retry_ms: int, body) -> None:
+    def _resolve(self, call_id: int, code: int, door: ipc.Door, body) -> None:
+        if door.retry_ms:
+            self.last_retry_ms = door.retry_ms
+        # The queue's verdict holds until its retry hint has passed (or a later answer).
+        self.full_until = time.monotonic() + door.retry_ms / 1000 if door.full else 0.0
         future = self._pending.pop(call_id, None)
         if not self._pending:
             self._answered.set()
@@ -190,7 +229,7 @@ class DeviceLink:
         if code == 0:
             future.set_result(body)
         elif code in _ERRORS:
-            future.set_exception(_ERRORS[code](body, retry_ms))
+            future.set_exception(_ERRORS[code](body, door.retry_ms))
         else:
             future.set_exception(DeviceFailed(body))
 
@@ -210,7 +249,8 @@ async def _run(args: WorkerArgs) -> int:
         model_config, TableRows(*args.rows), pb.ModelInfo.FromString(args.model_info)
     )
     admin = link if config.transport.admin_rpcs else None
-    front = GrpcFront(facts, link, link, config, admin, reuse_port=True, port=args.port)
+    front = GrpcFront(facts, link, link, config, asyncio.get_running_loop(), admin,
+                      reuse_port=True, port=args.port)  # fmt: skip
     link.on_info = front.publish
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())

@@ -8,20 +8,22 @@ pickle, no per-element work):
                                 the processes of one machine; NaN = none), the frontend's calls
                                 in flight, n, m, then the EncodedRequest's arrays in the
                                 order and dtypes of `request.columns` (its `Layout`)
-    RESULT  device -> frontend  call id, status code, retry hint (ms), then (OK) the UTF-8
-                                model version that scored it and float32 [m, W] scores, or
-                                a UTF-8 message
+    RESULT  device -> frontend  call id, status code, the queue's `Door` (retry hint in ms,
+                                whether full), then (OK) the UTF-8 model version that scored
+                                it and float32 [m, W] scores, or a UTF-8 message
     INFO    device -> frontend  a serialized ModelInfo (after a new version is swapped in)
     DONE    frontend -> device  one finished call for the metrics (`server.metrics.CallRecord`)
                                 and the frontend's calls in flight
+    CANCEL  frontend -> device  call id: its call ended; drop the request if it has not run
     RELOAD  frontend -> device  a ReloadModel call: call id, whether to check now
     RELOADED device -> frontend call id, status code, then (OK) in progress, the serving
                                 checkpoint's timestamp and its version, or a UTF-8 message
     STATE   device -> frontend  SERVING or DRAINING
     READY   frontend -> device  the frontend's gRPC port is bound
     TRANSPORT frontend -> device  what the frontend's gRPC transport counted (calls started,
-                                succeeded, failed, open: `server.transport_stats`), every
-                                `TRANSPORT_REPORT_SECONDS` and once more when it stops
+                                succeeded, failed, open: `server.transport_stats`) and the
+                                calls its door refused for a full queue (since it started),
+                                every `TRANSPORT_REPORT_SECONDS` and once more when it stops
 
 Shapes: n history events, m candidates, U / I / Au hashes per user / post / author id,
 A actions, W scores per candidate.
@@ -30,6 +32,7 @@ A actions, W scores per candidate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import struct
 
@@ -42,21 +45,24 @@ from server.checkpoint_dir import ReloadState
 from server.metrics import CallRecord
 from server.transport_stats import TransportCounts
 
-SUBMIT, RESULT, DONE, STATE, READY, INFO, TRANSPORT, RELOAD, RELOADED = range(1, 10)
+SUBMIT, RESULT, DONE, STATE, READY, INFO, TRANSPORT, RELOAD, RELOADED, CANCEL = range(1, 11)
 SERVING, DRAINING = 1, 2
 METHODS = ("Rank", "GetModelInfo", "PredictNextActions", "ReloadModel")
 
 _FRAME = struct.Struct("<IB")
 _SUBMIT = struct.Struct("<QdIII")  # call id, deadline, in flight, n, m
-_RESULT = struct.Struct("<QBIH")  # call id, status code, retry hint ms, version bytes
+# call id, status code, the queue's retry hint ms, whether the queue is full (`Door`),
+# version bytes
+_RESULT = struct.Struct("<QBIBH")
 # method, status code, seconds, candidates, in flight, scoring, network delay (NaN: none); then
 # the client's name (UTF-8)
 _DONE = struct.Struct("<BBdIIBd")
 _RELOAD = struct.Struct("<QB")  # call id, check now
+_CANCEL = struct.Struct("<Q")  # call id
 _RELOADED = struct.Struct("<QBBd")  # call id, status code, in progress, checkpoint timestamp
 _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
-_TRANSPORT = struct.Struct("<QQQQ")  # calls started, succeeded, failed, open
+_TRANSPORT = struct.Struct("<QQQQQ")  # calls started, succeeded, failed, open; door refusals
 TRANSPORT_REPORT_SECONDS = 1.0
 MAX_FRAME_BYTES = 64 * 2**20
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -104,25 +110,36 @@ def parse_submit(
     return call_id, None if math.isnan(deadline) else deadline, in_flight, layout.request(arrays)
 
 
-def result_frame(
-    call_id: int, code: int, scored: Scored | None = None, message: str = "", retry_ms: int = 0
-) -> bytes:
+@dataclasses.dataclass(frozen=True)
+class Door:
+    """The device queue's state as a frontend's door sees it, sent with every answer: whether
+    it would refuse a typical request for want of room, and its retry hint (ms)."""
+
+    full: bool = False
+    retry_ms: int = 0
+
+
+def result_frame(call_id: int, code: int, door: Door, scored: Scored | None = None,
+                 message: str = "") -> bytes:  # fmt: skip
+    head = (call_id, code, door.retry_ms, door.full)
     if scored is None:
-        return frame(RESULT, _RESULT.pack(call_id, code, retry_ms, 0), message.encode())
+        return frame(RESULT, _RESULT.pack(*head, 0), message.encode())
     version = scored.model_version.encode()
     body = scored.scores.astype("<f4", copy=False).tobytes()
-    return frame(RESULT, _RESULT.pack(call_id, code, retry_ms, len(version)), version, body)
+    return frame(RESULT, _RESULT.pack(*head, len(version)), version, body)
 
 
-def parse_result(payload: memoryview, width: int) -> tuple[int, int, int, Scored | str]:
-    """(call id, status code, retry ms, Scored (float32 [m, W]) if OK else the message)."""
-    call_id, code, retry_ms, version_bytes = _RESULT.unpack_from(payload)
+def parse_result(payload: memoryview, width: int) -> tuple[int, int, Door, Scored | str]:
+    """(call id, status code, the queue's Door, Scored (float32 [m, W]) if OK else the
+    message)."""
+    call_id, code, retry_ms, full, version_bytes = _RESULT.unpack_from(payload)
+    door = Door(bool(full), retry_ms)
     body = payload[_RESULT.size :]
     if code == 0:
         version = bytes(body[:version_bytes]).decode()
         scores = np.frombuffer(body[version_bytes:], "<f4").reshape(-1, width)
-        return call_id, code, retry_ms, Scored(scores, version)
-    return call_id, code, retry_ms, bytes(body).decode(errors="replace")
+        return call_id, code, door, Scored(scores, version)
+    return call_id, code, door, bytes(body).decode(errors="replace")
 
 
 def info_frame(info: bytes) -> bytes:
@@ -145,6 +162,14 @@ def parse_done(payload: memoryview) -> tuple[CallRecord, int]:
     record = CallRecord(METHODS[method], _CODES[code], seconds, candidates, bool(scoring), client,
                         None if math.isnan(delay) else delay)  # fmt: skip
     return record, in_flight
+
+
+def cancel_frame(call_id: int) -> bytes:
+    return frame(CANCEL, _CANCEL.pack(call_id))
+
+
+def parse_cancel(payload: memoryview) -> int:
+    return _CANCEL.unpack_from(payload)[0]
 
 
 def reload_frame(call_id: int, check_now: bool) -> bytes:
@@ -185,10 +210,14 @@ def ready_frame(index: int) -> bytes:
     return frame(READY, _READY.pack(index))
 
 
-def transport_frame(counts: TransportCounts) -> bytes:
+def transport_frame(counts: TransportCounts, door_refusals: int) -> bytes:
     c = counts
-    return frame(TRANSPORT, _TRANSPORT.pack(c.started, c.succeeded, c.failed, c.open))
+    return frame(
+        TRANSPORT, _TRANSPORT.pack(c.started, c.succeeded, c.failed, c.open, door_refusals)
+    )
 
 
-def parse_transport(payload: memoryview) -> TransportCounts:
-    return TransportCounts(*_TRANSPORT.unpack(payload))
+def parse_transport(payload: memoryview) -> tuple[TransportCounts, int]:
+    """(the transport's counts, the door's refusals so far)."""
+    *counts, door_refusals = _TRANSPORT.unpack(payload)
+    return TransportCounts(*counts), door_refusals

@@ -13,14 +13,15 @@ LAME_DUCK  new calls are parked (held unanswered) until the transport stops, the
 STOPPED    the transport has stopped; parked calls are released
 
 Phases only advance (a skipped phase is allowed: a server stopped while warming goes to
-DRAINING). Everything here runs on the process's event loop.
+DRAINING). Thread-safe: handlers run on gRPC's threads, the transport advances the phases
+from the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
+import threading
 import time
 from collections.abc import Iterator
 
@@ -47,16 +48,17 @@ class Lifecycle:
     def __init__(self) -> None:
         self.phase = Phase.STARTING
         self.last_arrival = time.monotonic()  # when the latest call arrived (lame duck)
+        self._lock = threading.Lock()
         self._entering = 0  # calls past the door and not yet handed to the queue
-        self._settled = asyncio.Event()  # set whenever _entering is 0
-        self._settled.set()
-        self._stopped = asyncio.Event()
+        self._settled = threading.Condition(self._lock)  # notified when _entering drops to 0
+        self._stopped = threading.Event()
 
     def advance(self, phase: Phase) -> None:
         """Move forward to `phase` (ValueError for a step back)."""
-        if phase < self.phase:
-            raise ValueError(f"lifecycle cannot go back from {self.phase.name} to {phase.name}")
-        self.phase = phase
+        with self._lock:
+            if phase < self.phase:
+                raise ValueError(f"lifecycle cannot go back from {self.phase.name} to {phase.name}")
+            self.phase = phase
         if phase is Phase.STOPPED:
             self._stopped.set()
 
@@ -64,32 +66,35 @@ class Lifecycle:
     def serving(self) -> bool:
         return self.phase is Phase.SERVING
 
-    async def admit(self) -> None:
-        """At a call's door: return if the call may go on, else raise ShuttingDown (after
-        parking it until the transport stops, in the lame-duck phase)."""
+    def admit(self) -> None:
+        """At a call's door (its thread): return if the call may go on, else raise
+        ShuttingDown (after parking the call until the transport stops, when lame duck)."""
         self.last_arrival = time.monotonic()
-        if self.phase is Phase.SERVING:
+        phase = self.phase
+        if phase is Phase.SERVING:
             return
-        if self.phase is Phase.LAME_DUCK:
-            await self._stopped.wait()
-        raise ShuttingDown(_REFUSALS.get(self.phase, _SHUTTING_DOWN))
+        if phase is Phase.LAME_DUCK:
+            self._stopped.wait()
+        raise ShuttingDown(_REFUSALS.get(phase, _SHUTTING_DOWN))
 
     @contextlib.contextmanager
     def entering(self) -> Iterator[None]:
         """Around a call's host work between the door and the queue: a drain waits for these
-        (`settled`), so a call admitted before the drain began is queued, not refused."""
-        self._entering += 1
-        self._settled.clear()
+        (`wait_settled`), so a call admitted before the drain began is queued, not refused."""
+        with self._lock:
+            self._entering += 1
         try:
             yield
         finally:
-            self._entering -= 1
-            if not self._entering:
-                self._settled.set()
+            with self._lock:
+                self._entering -= 1
+                if not self._entering:
+                    self._settled.notify_all()
 
-    async def settled(self) -> None:
-        """Wait until no call is between the door and the queue."""
-        await self._settled.wait()
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait (a thread) until no call is between the door and the queue; False on timeout."""
+        with self._lock:
+            return self._settled.wait_for(lambda: self._entering == 0, timeout)
 
     def quiet_since(self, since: float) -> float:
         """When the latest call arrived, or `since` if none arrived after it."""

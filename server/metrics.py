@@ -101,8 +101,17 @@ class Metrics:
         self.refused = Counter(
             "phoenix_admission_refusals",
             "Requests refused at admission, before any compute, by reason "
-            "(queue_full: RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED); no series until "
-            "the first refusal.",
+            "(queue_full: RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED); with frontend "
+            "workers, those a frontend refused at its door by the queue's last verdict are "
+            "reported with its transport counts, every second; no series until the first.",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "phoenix_queue_dropped",
+            "Accepted requests whose queued work was dropped unrun (all of it, or what was "
+            "left of a request split over batches), by reason (cancelled: the call ended, its "
+            "client gone; expired: its deadline passed while queued, answered "
+            "DEADLINE_EXCEEDED); no series until the first.",
             ["reason"], registry=registry,
         )  # fmt: skip
         self.batch_size = Histogram(

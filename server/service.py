@@ -6,20 +6,29 @@ about a call, including bytes that do not parse, is answered and counted here:
   phoenix.ranking.v1.RankingService   Rank, GetModelInfo
   xai.recsys.v1.RecsysPredictor       PredictNextActions, ReloadModel (an admin call)
 
+Threads. Handlers run on gRPC's own handler threads (the transport, `server.transport`, is
+gRPC's synchronous server: it refuses calls past its limit before any handler runs). A
+handler thread does only what belongs to its call: the refusal at the door, receiving the
+body, the final status. The rest (decoding, queueing, writing the response) runs on the
+asyncio event loop the queue lives on, reached with one thread-safe hop; bodies and responses
+past a size run on a host thread beside it. Python runs one thread at a time, so spreading
+that work over the handler threads would not run it in parallel; it would add thread switches
+that delay the loop and gRPC's polling thread (which refuses calls).
+
 A scoring call (Rank, PredictNextActions) is a `server.codecs.Codec` on one path,
 `RankingService._score`:
 
 1. Refuse before spending anything (`server.lifecycle`, then the queue): starting, warming up
    or shutting down (UNAVAILABLE), a deadline that has passed, or a queue already holding
-   more work than it may (`Batcher.precheck`).
-2. Decode, validate and hash (host work). Requests up to `INLINE_BYTES` are handled on the
-   event loop, where a thread hop would cost more than the work; larger ones on the host
-   thread, so that one large request holds the loop for no longer than Python's switch
-   interval at a time, not for the milliseconds its decoding takes.
-3. Hand each encoded ranking request to the queue, which admits it by work and deadline or
-   refuses it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and
-   await them all (one failing cancels the others).
-4. Write the response bytes (numpy), off the loop beyond `INLINE_CANDIDATES`.
+   more work than it may (`precheck`: RESOURCE_EXHAUSTED with a retry hint).
+2. Receive the request body (`server.call_limits.ReceiveWatchdog`: a body late by
+   `--receive-timeout-s` ends the call DEADLINE_EXCEEDED); on the loop, decode, validate and
+   hash.
+3. Hand each ranking request to the queue, which admits it by work and deadline or refuses
+   it (RESOURCE_EXHAUSTED with a computed retry hint, or DEADLINE_EXCEEDED), and wait for
+   them all. The call's end (its client cancelling, its deadline passing) cancels its
+   requests on the queue: work nobody waits for is dropped before it reaches the device.
+4. Write the response bytes (numpy).
 
 Call metadata: `x-request-id` (else `request-id`) names the call in logs and errors, else the
 request's own id, else one is made up; `x-client-name` labels `phoenix_client_requests_total`;
@@ -39,14 +48,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
 
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest
-from server.batcher import Scored
+from server.call_limits import CallEnded
 from server.checkpoint_dir import ReloadState
 from server.codecs import Codec, Decoded, PredictCodec, RankCodec
 from server.config import Limits
@@ -61,15 +70,14 @@ log = logging.getLogger("phoenix.requests")
 # Bad requests are the caller's doing and can come by the thousand: one line a second at most.
 _invalid_requests = RateLimited(log)
 
-try:  # what abort raises when the call is already over (gRPC's Cython layer)
-    from grpc._cython.cygrpc import ExecuteBatchError as _CALL_GONE
-except ImportError:  # pragma: no cover - another grpcio layout: let the error surface
-    _CALL_GONE = ()
-
+# The longest an admin call waits for the serving process's answer.
+ADMIN_SECONDS = 10.0
 # Requests up to this many bytes are decoded on the event loop: ~50 us of work, less than a
 # hop to the host thread and back. A 32-candidate request in the row form is ~2.4 KB, a
 # 2,800-candidate one in the columnar form ~56 KB.
 INLINE_BYTES = 16 * 1024
+# grpcio reports a call without a deadline as this much time remaining at least (~9.2e18 s).
+NO_DEADLINE_S = 1e12
 # Responses for up to this many candidates are serialized on the event loop (~90 us at 512).
 INLINE_CANDIDATES = 512
 # A caller's name (x-client-name) as a metric label: these characters, this long at most.
@@ -81,16 +89,18 @@ class Queue(Protocol):
     """Where the service hands encoded requests: the Batcher, or (in a frontend worker) the
     link to the process that owns the device. Both refuse by raising a ServiceError."""
 
-    def precheck(self, deadline: float | None) -> None: ...
+    def precheck(self, deadline: float | None) -> None:
+        """Any thread: refuse at once what no queue state would admit now."""
 
     def submit(self, encoded: EncodedRequest, deadline: float | None) -> asyncio.Future:
-        """Scores float32 [m, 2A] (logits, then probabilities) and the version that
-        computed them."""
+        """On the queue's loop: scores float32 [m, 2A] (logits, then probabilities) and the
+        version that computed them; cancelling the future drops the request."""
         ...
 
 
 class Recorder(Protocol):
-    """Where the service reports each call (Prometheus here, or the device process)."""
+    """Where the service reports each call (Prometheus here, or the device process). Called
+    from handler threads."""
 
     def started(self) -> None:
         """A scoring call began; its `finished` (a record with `scoring`) follows."""
@@ -145,9 +155,19 @@ class CallMetadata:
 RANK = RankCodec()
 
 
-def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
-    """Register both services like their generated `add_*Servicer_to_server`, except that every
-    method takes and returns bytes (the codecs write responses themselves)."""
+@dataclasses.dataclass(eq=False)
+class _Work:
+    """What a scoring call's handler thread learns from the loop's part, for its record."""
+
+    request_id: str  # the call's (metadata), else the request's, else made up
+    prepared: float  # when decoding, validation and hashing were done (perf_counter s)
+    decoded: Decoded | None = None
+
+
+def add_to_server(service: RankingService, server: grpc.Server) -> None:
+    """Register both services. Every method takes its request as a stream of bytes (so that
+    its handler starts on the call's headers, and a late body can be timed out) and returns
+    bytes (the codecs write responses themselves); clients see ordinary unary calls."""
     services = {
         pb.DESCRIPTOR.services_by_name["RankingService"].full_name: {
             "Rank": service.Rank, "GetModelInfo": service.GetModelInfo,
@@ -157,163 +177,201 @@ def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
         },
     }  # fmt: skip
     for name, methods in services.items():
-        handlers = {m: grpc.unary_unary_rpc_method_handler(fn) for m, fn in methods.items()}
+        handlers = {m: grpc.stream_unary_rpc_method_handler(fn) for m, fn in methods.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
         server.add_registered_method_handlers(name, handlers)
 
 
-async def _abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
-) -> grpc.StatusCode:
-    """End the call with `code`: raises gRPC's AbortError once the status is on its way.
-    Returns CANCELLED only if the client had already gone (cancelled, or its deadline passed
-    while we worked), when nothing can be sent; the caller then ends the handler quietly."""
-    try:
-        await context.abort(code, details)
-    except _CALL_GONE:
-        return grpc.StatusCode.CANCELLED
-    raise AssertionError("context.abort returned")
+def _end(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """End the call with `code`: raises the exception gRPC expects from `abort`."""
+    context.abort(code, details)
+    raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-async def _gather(futures: Sequence[asyncio.Future]) -> list[Scored]:
-    """Every request's scores; if one fails (or the call is cancelled), the others are
-    cancelled too, so no work is left queued for an answer nobody reads."""
-    try:
-        return list(await asyncio.gather(*futures))
-    except BaseException:
-        for f in futures:
-            f.cancel()
-        raise
+def _unlink(error: BaseException) -> None:
+    """Drop a handled error's traceback. An error from the loop is the object its future
+    keeps; raised again in the handler, its traceback holds the handler's frame, hence the
+    call's context, whose callbacks hold the future: a cycle that keeps the call, and its
+    HTTP/2 stream, open until the garbage collector's next full pass (seen as calls in flight
+    long after they were answered)."""
+    error.__traceback__ = None
+
+
+def _seen(context: grpc.ServicerContext, code: grpc.StatusCode) -> grpc.StatusCode:
+    """The code a call ending now with `code` has for its client: its own if the call is
+    still open, else how it ended (its deadline passed, or its client cancelled)."""
+    if context.is_active():
+        return code
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 class RankingService:
     """The RPCs of both services, on raw bytes: a scoring call is decode -> admit -> wait ->
-    encode. `admin`: the admin calls' side; None turns them off (UNIMPLEMENTED)."""
+    encode. `loop`: the event loop the queue (and the admin side) live on. `receive`: a
+    call's request message (`server.call_limits.ReceiveWatchdog.receive`). `admin`: the admin
+    calls' side; None turns them off (UNIMPLEMENTED)."""
 
     def __init__(self, model: ModelFacts, queue: Queue, limits: Limits, recorder: Recorder,
-                 lifecycle: Lifecycle, admin: Admin | None = None):  # fmt: skip
+                 lifecycle: Lifecycle, loop: asyncio.AbstractEventLoop,
+                 receive: Callable[[Iterator[bytes], grpc.ServicerContext], bytes],
+                 admin: Admin | None = None):  # fmt: skip
         self.model = model
         self.queue = queue
         self.limits = limits
         self.recorder = recorder
         self.lifecycle = lifecycle
+        self.loop = loop
+        self.receive = receive
         self.admin = admin
         self.info = model.info
         self.predict = PredictCodec.from_environment()
         self._host = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host")
+
+    def Rank(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        return self._score(RANK, requests, context)
+
+    def PredictNextActions(self, requests: Iterator[bytes], context: grpc.ServicerContext
+                           ) -> bytes:  # fmt: skip
+        return self._score(self.predict, requests, context)
+
+    async def _handled(self, codec: Codec, data: bytes, deadline: float,
+                       work: _Work) -> bytes:  # fmt: skip
+        """On the loop: decode, queue (or be refused), wait for the scores, encode. Host work
+        of small calls runs here, of large ones on the host thread (one large decode would
+        otherwise hold the loop for milliseconds). One request failing, or this being
+        cancelled (the call ended), cancels the call's other requests."""
+        with self.lifecycle.entering():
+            work.decoded = decoded = await self._off_loop_if(
+                len(data) > INLINE_BYTES, codec.decode, data, self.model, self.limits
+            )
+            work.request_id = work.request_id or decoded.request_id
+            work.prepared = time.perf_counter()
+            futures = []
+            try:
+                for request in decoded.encoded:
+                    futures.append(self.queue.submit(request, deadline))
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        try:
+            scored = list(await asyncio.gather(*futures))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        work.request_id = work.request_id or uuid.uuid4().hex
+        return await self._off_loop_if(decoded.candidates > INLINE_CANDIDATES, codec.encode,
+                                       decoded, scored, work.request_id)  # fmt: skip
 
     async def _off_loop_if(self, large: bool, fn, *args):
         if not large:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._host, fn, *args)
 
-    async def Rank(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await self._score(RANK, data, context)
-
-    async def PredictNextActions(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await self._score(self.predict, data, context)
-
-    async def _score(self, codec: Codec, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """One scoring call: refused at the door if the lifecycle, its deadline or the queue
-        already settle it; else decoded, admitted and queued, awaited, and encoded."""
+    def _score(self, codec: Codec, requests: Iterator[bytes], context: grpc.ServicerContext
+               ) -> bytes:  # fmt: skip
+        """One scoring call (see the module docstring), on its handler thread: what only the
+        call's thread can do (its refusal at the door, its body, its status) is done here, the
+        rest on the loop (`_handled`)."""
         start = time.perf_counter()
         meta = CallMetadata.of(context.invocation_metadata(), time.time())
-        request_id = meta.request_id
+        work = _Work(meta.request_id, start)
         code = grpc.StatusCode.OK
-        prepared = start  # when decoding, validation and hashing were done
-        decoded: Decoded | None = None
+        size = 0
         self.recorder.started()
         try:
-            await self.lifecycle.admit()
+            self.lifecycle.admit()
             remaining = context.time_remaining()
-            if remaining is None:
+            if remaining is None or remaining > NO_DEADLINE_S:
                 remaining = self.limits.default_deadline_ms / 1000
             deadline = time.monotonic() + remaining
             self.queue.precheck(deadline)
-            with self.lifecycle.entering():
-                decoded = await self._off_loop_if(
-                    len(data) > INLINE_BYTES, codec.decode, data, self.model, self.limits
+            with self.lifecycle.entering():  # until the loop has the call (it enters too)
+                data = self.receive(requests, context)
+                size = len(data)
+                pending = asyncio.run_coroutine_threadsafe(
+                    self._handled(codec, data, deadline, work), self.loop
                 )
-                request_id = request_id or decoded.request_id or uuid.uuid4().hex
-                prepared = time.perf_counter()
-                futures = []
-                try:
-                    for encoded in decoded.encoded:
-                        futures.append(self.queue.submit(encoded, deadline))
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-            scored = await _gather(futures)
-            return await self._off_loop_if(
-                decoded.candidates > INLINE_CANDIDATES, codec.encode, decoded, scored, request_id
-            )
+            if not context.add_callback(pending.cancel):  # the call ended already
+                pending.cancel()
+            try:
+                return pending.result()
+            except concurrent.futures.CancelledError:
+                raise CallEnded(_seen(context, grpc.StatusCode.CANCELLED)) from None
         except ServiceError as e:
-            code = e.code  # what is counted: _refuse raises once the status is on its way
-            code = await self._refuse(codec.method, e, request_id, context)
-            raise asyncio.CancelledError() from None
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            request_id = request_id or uuid.uuid4().hex
+            code = _seen(context, e.code)
+            _unlink(e)
+            self._refuse(codec.method, e, work.request_id, context)
+        except CallEnded as e:
+            code = e.code
+            _end(context, e.code, "the call ended")  # nothing reaches the client
+        except Exception as e:
+            request_id = work.request_id = work.request_id or uuid.uuid4().hex
             log.exception(f"{codec.method} failed", extra={"fields": {"request_id": request_id}})
-            code = await _abort(context, code, f"internal error (request_id={request_id})")
-            raise asyncio.CancelledError() from None
+            code = _seen(context, grpc.StatusCode.INTERNAL)
+            _unlink(e)
+            _end(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
         finally:
             elapsed = time.perf_counter() - start
+            decoded = work.decoded
             candidates = 0 if decoded is None else decoded.candidates
             self.recorder.finished(CallRecord(codec.method, code, elapsed, candidates, True,
                                               meta.client, meta.network_delay_s))  # fmt: skip
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(codec.method, extra={"fields": {
-                    "request_id": request_id, "code": code.name, "bytes": len(data),
+                    "request_id": work.request_id, "code": code.name, "bytes": size,
                     "requests": None if decoded is None else len(decoded.raws),
                     "candidates": None if decoded is None else candidates,
                     "client": meta.client or None,
-                    "prepare_ms": round((prepared - start) * 1000, 3),
+                    "prepare_ms": round((work.prepared - start) * 1000, 3),
                     "latency_ms": round(elapsed * 1000, 3),
                 }})  # fmt: skip
 
-    async def _refuse(self, method: str, error: ServiceError, request_id: str,
-                      context: grpc.aio.ServicerContext) -> grpc.StatusCode:  # fmt: skip
-        """Answer a ServiceError with its code (and retry hint): raises gRPC's AbortError once
-        the status is on its way, or returns CANCELLED if the client had gone (see `_abort`)."""
+    def _refuse(self, method: str, error: ServiceError, request_id: str,
+                context: grpc.ServicerContext) -> None:  # fmt: skip
+        """End the call with a ServiceError's code (and retry hint), logging an invalid
+        request (one line a second at most). Raises, as `context.abort` does."""
         if isinstance(error, InvalidArgument):
             _invalid_requests.warning("invalid %s request: %s", method, error,
                                       fields={"request_id": request_id})  # fmt: skip
         if isinstance(error, QueueFull):
             context.set_trailing_metadata((("grpc-retry-pushback-ms", str(error.retry_after_ms)),))
-        return await _abort(context, error.code, str(error))
+        _end(context, error.code, str(error))
 
-    async def _answer(self, method: str, data: bytes, context: grpc.aio.ServicerContext,
-                      answer: Callable[[bytes], Awaitable[bytes]]) -> bytes:  # fmt: skip
-        """A call that scores nothing (GetModelInfo, ReloadModel): `answer(data)`, its
+    def _answer(self, method: str, requests: Iterator[bytes], context: grpc.ServicerContext,
+                answer: Callable[[bytes], bytes]) -> bytes:  # fmt: skip
+        """A call that scores nothing (GetModelInfo, ReloadModel): `answer(its request)`, its
         ServiceErrors as their codes, counted."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         meta = CallMetadata.of(context.invocation_metadata(), time.time())
         try:
-            return await answer(data)
+            return answer(self.receive(requests, context))
         except ServiceError as e:
+            code = _seen(context, e.code)
+            _unlink(e)
+            self._refuse(method, e, meta.request_id, context)
+        except CallEnded as e:
             code = e.code
-            code = await self._refuse(method, e, meta.request_id, context)
-            raise asyncio.CancelledError() from None
+            _end(context, e.code, "the call ended")
         finally:
             self.recorder.finished(CallRecord(method, code, time.perf_counter() - start,
                                               client=meta.client,
                                               network_delay_s=meta.network_delay_s))  # fmt: skip
 
-    async def GetModelInfo(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        async def answer(data: bytes) -> bytes:
+    def GetModelInfo(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        def answer(data: bytes) -> bytes:
             _parse(pb.GetModelInfoRequest, data)  # no fields, but bytes must parse
             return self._info_bytes
 
-        return await self._answer("GetModelInfo", data, context, answer)
+        return self._answer("GetModelInfo", requests, context, answer)
 
-    async def ReloadModel(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        async def answer(data: bytes) -> bytes:
+    def ReloadModel(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        def answer(data: bytes) -> bytes:
             if self.admin is None:
                 raise Unimplemented(
                     "ReloadModel is an admin call, off on this server (--admin-rpcs)"
@@ -324,14 +382,17 @@ class RankingService:
                     "copy_urls: this server loads versions from files in --checkpoint-dir, "
                     "not from URLs; copy <N>.safetensors there instead"
                 )
-            state = await self.admin.reload(request.do_reload)
+            pending = asyncio.run_coroutine_threadsafe(
+                self.admin.reload(request.do_reload), self.loop
+            )
+            state = pending.result(timeout=ADMIN_SECONDS)
             return xpb.ReloadModelResponse(
                 reload_in_progress=state.in_progress,
                 current_checkpoint_timestamp=state.checkpoint_timestamp,
                 serving_prefix=state.serving_version, peer_ready=False,
             ).SerializeToString()  # fmt: skip
 
-        return await self._answer("ReloadModel", data, context, answer)
+        return self._answer("ReloadModel", requests, context, answer)
 
     @property
     def info(self) -> pb.ModelInfo:
@@ -340,8 +401,7 @@ class RankingService:
     @info.setter
     def info(self, info: pb.ModelInfo) -> None:
         """The model's description (GetModelInfo); replaced when a new version serves."""
-        self._info = info
-        self._info_bytes = info.SerializeToString()
+        self._info, self._info_bytes = info, info.SerializeToString()
 
 
 def _parse(message_type, data: bytes):

@@ -1,5 +1,14 @@
-"""The gRPC transport: one aio server with the ranking service, health and reflection, its
-options and its drain; and `Front`, the one interface of the two ways to serve the port.
+"""The gRPC transport: one gRPC server with the ranking services, health and reflection, its
+options, its limits and its drain; and `Front`, the one interface of the two ways to serve the
+port.
+
+The server is grpcio's synchronous one, whose handlers run on a pool of threads
+(`call_capacity` of them) and whose limit on calls at once refuses the next calls on its
+polling thread, before a handler or the request body is touched: RESOURCE_EXHAUSTED with a
+retry hint (`server.call_limits`), about 50 us of CPU a call. Its asyncio server can only
+refuse at about four times that cost, or let gRPC's core shed calls past a backlog with
+status CANCELLED (the previous design; bench/host_path.py measures both). The handlers hand
+their requests to the queue on the process's event loop (`server.service`).
 
 Two fronts serve the gRPC port, both driven the same way by `server.app`:
   `GrpcFront`                       one gRPC server in this process (also what each frontend
@@ -30,18 +39,20 @@ re-send then fails to connect: UNAVAILABLE again, at the client). A caller waits
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import transport_stats
+from server.call_limits import ReceiveWatchdog, install_retry_hint
 from server.config import ServerConfig, Transport
 from server.lifecycle import Lifecycle, Phase
 from server.rpc import ranking_pb2 as pb
@@ -54,6 +65,10 @@ log = logging.getLogger("phoenix.server")
 LAME_DUCK_QUIET_SECONDS = 0.05  # no arrival for this long: every caller is parked
 LAME_DUCK_MAX_SECONDS = 0.5  # the longest a call is parked
 STOP_RESERVE_SECONDS = 0.5  # of the grace period, kept for writing the last responses and exit
+# Python's thread switch interval in a serving process (the default is 5 ms). gRPC's polling
+# thread, which takes and refuses calls, must get the interpreter promptly while handler
+# threads decode and the loop batches: at 5 ms, refusals at 4x overload took up to 70 ms.
+SWITCH_INTERVAL_S = 0.0005
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 XAI_SERVICE_NAME = xpb.DESCRIPTOR.services_by_name["RecsysPredictor"].full_name
 SERVICE_NAMES = (SERVICE_NAME, XAI_SERVICE_NAME)  # health reports each, reflection lists them
@@ -79,6 +94,10 @@ def channel_options(transport: Transport, max_request_bytes: int) -> list[tuple[
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", _ms(t.min_client_ping_interval_s)),
         ("grpc.http2.max_ping_strikes", 2),
+        # With a stream limit set, gRPC's overload protection refuses (REFUSED_STREAM, which a
+        # client sees as UNAVAILABLE) streams of clients that respect the limit, around 1% at
+        # it, because finished streams stay allocated briefly: off.
+        ("grpc.http.overload_protection", 0),
     ]
     if t.max_connection_age_s > 0:
         options += [
@@ -115,23 +134,32 @@ def server_credentials(transport: Transport) -> grpc.ServerCredentials | None:
     )
 
 
+def call_capacity(transport: Transport) -> int:
+    """Calls the server takes at once, each on a handler thread: `--max-concurrent-rpcs`, and
+    a quarter more. The headroom is for closed-loop clients: a call's place is freed just after
+    its response is sent, and the client's next call can arrive first, so a server that took
+    exactly N would refuse some calls of N such clients (measured: 39 of 4,181)."""
+    n = transport.max_concurrent_rpcs
+    return n + max(8, n // 4)
+
+
 def create_grpc_server(
     address: str, transport: Transport, max_request_bytes: int, reuse_port: bool = False
-) -> tuple[grpc.aio.Server, int]:
-    """An aio server bound to `address` ("host:0" picks a port): (server, bound port).
+) -> tuple[grpc.Server, int]:
+    """A server bound to `address` ("host:0" picks a port): (server, bound port).
 
-    `max_concurrent_rpcs`: calls beyond it are refused by gRPC itself (RESOURCE_EXHAUSTED)
-    before any Python runs. `reuse_port`: several processes may bind the same port
-    (SO_REUSEPORT); the kernel spreads connections across them. `max_pending_calls`: the
-    transport's backlog of calls not yet taken by the event loop; past it gRPC's C core sheds
-    new calls at random, and past 4x it sheds them all (see server.config).
+    It takes `call_capacity` calls at once, each on a thread of its own; gRPC refuses the
+    next ones (RESOURCE_EXHAUSTED) before any handler runs. `reuse_port`: several processes
+    may bind the same port (SO_REUSEPORT); the kernel spreads connections across them.
     """
-    server = grpc.aio.server(
+    capacity = call_capacity(transport)
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(capacity, thread_name_prefix="grpc"),
         options=[
             *channel_options(transport, max_request_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
         ],
-        maximum_concurrent_rpcs=transport.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=capacity,
     )
     credentials = server_credentials(transport)
     try:
@@ -172,16 +200,21 @@ class Front(Protocol):
 
 
 class GrpcFront:
-    """A bound gRPC server for one RankingService, with health and its drain."""
+    """A bound gRPC server for one RankingService, with health, its limits and its drain.
+    `loop`: the event loop the queue lives on (and `stop` runs on)."""
 
     def __init__(self, facts: ModelFacts, queue: Queue, recorder: Recorder, config: ServerConfig,
-                 admin: Admin | None = None, reuse_port: bool = False,
-                 port: int | None = None):  # fmt: skip
+                 loop: asyncio.AbstractEventLoop, admin: Admin | None = None,
+                 reuse_port: bool = False, port: int | None = None):  # fmt: skip
         """`admin`: the admin calls' side (None: they are off); `port`: the port to bind
         (default `config.port`)."""
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.lifecycle = Lifecycle()
-        self.service = RankingService(facts, queue, config.limits, recorder, self.lifecycle, admin)
-        self.health = health_aio.HealthServicer()
+        self.watchdog = ReceiveWatchdog(config.transport.receive_timeout_s)
+        install_retry_hint(queue.retry_hint_ms)
+        self.service = RankingService(facts, queue, config.limits, recorder, self.lifecycle,
+                                      loop, self.watchdog.receive, admin)  # fmt: skip
+        self.health = health.HealthServicer()
         address = f"{config.host}:{config.port if port is None else port}"
         self.server, self.port = create_grpc_server(
             address, config.transport, config.limits.max_request_bytes, reuse_port
@@ -196,13 +229,13 @@ class GrpcFront:
             )  # fmt: skip
 
     async def start(self) -> None:
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.start()
         self.lifecycle.advance(Phase.WARMING)
 
     async def serve(self) -> None:
         self.lifecycle.advance(Phase.SERVING)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def publish(self, info: pb.ModelInfo) -> None:
         self.service.info = info
@@ -210,31 +243,30 @@ class GrpcFront:
     def transport_counts(self) -> TransportCounts | None:
         return transport_stats.read()
 
-    async def _set_health(self, status) -> None:
+    def _set_health(self, status) -> None:
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
+            self.health.set(name, status)
 
     async def stop(self, deadline: float, drain_queue: DrainQueue) -> bool:
         """Drain (see the module docstring) and stop by `deadline`."""
         lifecycle = self.lifecycle
         work_deadline = deadline - min(STOP_RESERVE_SECONDS, (deadline - time.monotonic()) / 4)
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         lifecycle.advance(Phase.DRAINING)
-        try:  # calls that arrived before the drain and are still being decoded join the queue
-            async with asyncio.timeout(max(0.0, work_deadline - time.monotonic())):
-                await lifecycle.settled()
-        except TimeoutError:
-            pass
+        # Calls that arrived before the drain and are still being decoded join the queue.
+        await asyncio.to_thread(lifecycle.wait_settled, max(0.0, work_deadline - time.monotonic()))
         drained = await drain_queue(max(0.0, work_deadline - time.monotonic()))
         if not drained:
             log.warning("grace period ran out with requests still queued")
         lifecycle.advance(Phase.LAME_DUCK)
         now = time.monotonic()
         await self._lame_duck(min(work_deadline, now + LAME_DUCK_MAX_SECONDS), quiet_since=now)
-        stopping = asyncio.ensure_future(self.server.stop(max(0.0, deadline - time.monotonic())))
-        await asyncio.sleep(0)  # the stop has begun: no new connection, GOAWAY on the old ones
-        lifecycle.advance(Phase.STOPPED)  # the parked calls are answered UNAVAILABLE
-        await stopping
+        # The stop begins at once (no new connection, GOAWAY on the old ones); then the parked
+        # calls are answered UNAVAILABLE, within what is left of the grace period.
+        stopped = self.server.stop(max(0.0, deadline - time.monotonic()))
+        lifecycle.advance(Phase.STOPPED)
+        await asyncio.to_thread(stopped.wait)
+        self.watchdog.stop()
         return drained
 
     async def _lame_duck(self, until: float, quiet_since: float) -> None:

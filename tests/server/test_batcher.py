@@ -99,6 +99,9 @@ def expected(user: int, m: int) -> np.ndarray:
 
 
 def make(runner, **config) -> Batcher:
+    """A started batcher; no cap on a batch's device time unless the test sets one (the fake
+    device prices a row at 9 ms, which the default cap would split)."""
+    config.setdefault("max_batch_ms", 1e9)
     batcher = Batcher(runner, BatcherConfig(**config), Metrics(CollectorRegistry()))
     batcher.start()
     return batcher
@@ -180,6 +183,9 @@ def test_expired_and_cancelled_requests_are_not_computed():
             await expired
         np.testing.assert_allclose((await alive).scores, expected(4, 1))
         assert sorted(sum(runner.batches, [])) == [1, 4]
+        dropped = batcher.metrics.dropped
+        assert dropped.labels("expired")._value.get() == 1
+        assert dropped.labels("cancelled")._value.get() == 1
         await batcher.stop()
 
     asyncio.run(main())
@@ -265,6 +271,28 @@ def test_a_small_window_does_not_ride_in_a_row_padded_for_a_big_one():
         await asyncio.gather(first, big, small, small2)
         # [2] alone (one row of 64); [3, 4] together (rows of 4): not [2, 3, 4] in rows of 64.
         assert runner.batches == [[1], [2], [3, 4]]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_large_request_runs_in_slices_with_small_ones_between():
+    """While others wait, a batch holds at most max_batch_ms of work; the rest of a large
+    request moves behind the requests queued meanwhile."""
+
+    async def main():
+        runner = FakeRunner(gated=True, plan=BucketPlan((1, 2, 4, 8), (4,), (4,), 64))
+        # A row is 9 units = 9 ms to the fake device: a cap of 20 ms is two rows a batch.
+        batcher, first = await busy(runner, pipeline_depth=1, max_batch_ms=20)
+        big = batcher.submit(request(2, 24))  # six windows of 4
+        small = [batcher.submit(request(u, 2)) for u in (3, 4)]
+        runner.gate.set()
+        await asyncio.gather(first, big, *small)
+        np.testing.assert_allclose((await big).scores, expected(2, 24))
+        order = runner.batches[1:]
+        assert order[0] == [2, 2]  # a slice of the large request first (it came first)
+        assert order[1] == [3, 4]  # then the small requests, not the rest of it
+        assert order[2:] == [[2, 2, 2, 2]]  # alone in the queue: the rest in one batch
         await batcher.stop()
 
     asyncio.run(main())
@@ -441,9 +469,9 @@ def test_a_request_no_batch_takes_fails_instead_of_freezing_the_loop(monkeypatch
 
     real = batcher_module.next_batch_size
 
-    def refuses_single_candidate_windows(pieces, plan):
+    def refuses_single_candidate_windows(pieces, plan, max_units=None):
         pieces = list(pieces)
-        return 0 if pieces and pieces[0][1] == 1 else real(pieces, plan)
+        return 0 if pieces and pieces[0][1] == 1 else real(pieces, plan, max_units)
 
     monkeypatch.setattr(batcher_module, "next_batch_size", refuses_single_candidate_windows)
     outcome = {}

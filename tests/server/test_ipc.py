@@ -14,6 +14,7 @@ from server import ipc
 from server.batcher import Scored
 from server.checkpoint_dir import ReloadState
 from server.metrics import CallRecord
+from server.transport_stats import TransportCounts
 from tests.helpers import random_request
 
 
@@ -41,17 +42,19 @@ def test_a_submitted_request_arrives_identical(parity_config, layout, n, m):
             assert getattr(got, name).dtype == want.dtype
 
 
-def test_results_carry_scores_or_a_refusal():
+def test_results_carry_scores_or_a_refusal_and_the_queues_door():
     scores = np.arange(3 * 38, dtype=np.float32).reshape(3, 38)
-    _, payload = asyncio.run(_read(ipc.result_frame(7, 0, scored=Scored(scores, "v7"))))
-    call_id, code, retry, body = ipc.parse_result(payload, 38)
-    assert (call_id, code, retry, body.model_version) == (7, 0, 0, "v7")
+    frame = ipc.result_frame(7, 0, ipc.Door(False, 12), scored=Scored(scores, "v7"))
+    _, payload = asyncio.run(_read(frame))
+    call_id, code, door, body = ipc.parse_result(payload, 38)
+    assert (call_id, code, door, body.model_version) == (7, 0, ipc.Door(False, 12), "v7")
     np.testing.assert_array_equal(body.scores, scores)
-    _, payload = asyncio.run(_read(ipc.result_frame(8, 8, message="overloaded ü", retry_ms=25)))
-    assert ipc.parse_result(payload, 38) == (8, 8, 25, "overloaded ü")
+    frame = ipc.result_frame(8, 8, ipc.Door(True, 25), message="overloaded ü")
+    _, payload = asyncio.run(_read(frame))
+    assert ipc.parse_result(payload, 38) == (8, 8, ipc.Door(True, 25), "overloaded ü")
 
 
-def test_done_reload_and_state_frames():
+def test_done_cancel_reload_and_state_frames():
     for record in (
         CallRecord("GetModelInfo", grpc.StatusCode.OK, 0.25),
         CallRecord("PredictNextActions", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.5, 2800, True,
@@ -66,6 +69,11 @@ def test_done_reload_and_state_frames():
     assert ipc.parse_reloaded(payload) == (4, 9, "no --checkpoint-dir")
     _, payload = asyncio.run(_read(ipc.reload_frame(5, True)))
     assert ipc.parse_reload(payload) == (5, True)
+    counts = TransportCounts(60, 9, 2, 1)
+    _, payload = asyncio.run(_read(ipc.transport_frame(counts, 17)))
+    assert ipc.parse_transport(payload) == (counts, 17)
+    kind, payload = asyncio.run(_read(ipc.cancel_frame(2**40 + 7)))
+    assert (kind, ipc.parse_cancel(payload)) == (ipc.CANCEL, 2**40 + 7)
     _, payload = asyncio.run(_read(ipc.state_frame(ipc.DRAINING)))
     assert ipc.parse_state(payload) == ipc.DRAINING
 
@@ -92,3 +100,23 @@ async def _read(data: bytes):
     reader.feed_data(data)
     reader.feed_eof()
     return await ipc.read_frame(reader)
+
+
+def test_a_frontend_refuses_at_its_door_while_the_devices_latest_answer_says_full():
+    from server.errors import QueueFull
+    from server.frontend_worker import DeviceLink
+
+    async def main():
+        link = DeviceLink(asyncio.StreamReader(), None, None, 38)
+        link.precheck(None)  # nothing heard yet: open
+        link._resolve(1, 8, ipc.Door(True, 40), "queue full")
+        with pytest.raises(QueueFull) as refused:
+            link.precheck(None)
+        assert refused.value.retry_after_ms == 40
+        link._resolve(2, 0, ipc.Door(False, 5), None)  # a later answer: room again
+        link.precheck(None)
+        link._resolve(3, 8, ipc.Door(True, 1), "queue full")
+        await asyncio.sleep(0.002)  # the verdict lasts its retry hint, no longer
+        link.precheck(None)
+
+    asyncio.run(main())

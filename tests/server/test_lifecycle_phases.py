@@ -1,8 +1,10 @@
-"""The lifecycle state machine alone (server.lifecycle): phases, refusals, parking, settling."""
+"""The lifecycle state machine alone (server.lifecycle): phases, refusals, parking, settling,
+from threads as gRPC's handlers call it."""
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
+import threading
 
 import pytest
 
@@ -28,41 +30,42 @@ def test_phases_only_advance():
     ],
 )
 def test_calls_are_refused_unavailable_unless_serving(phase, message):
-    async def main():
-        lifecycle = Lifecycle()
-        lifecycle.advance(phase)
-        with pytest.raises(ShuttingDown, match=message):
-            await lifecycle.admit()
-        lifecycle.advance(max(phase, Phase.SERVING))
-        if lifecycle.serving:
-            await lifecycle.admit()  # admitted: returns
-
-    asyncio.run(main())
+    lifecycle = Lifecycle()
+    lifecycle.advance(phase)
+    with pytest.raises(ShuttingDown, match=message):
+        lifecycle.admit()
+    if phase < Phase.SERVING:
+        lifecycle.advance(Phase.SERVING)
+        lifecycle.admit()  # admitted: returns
 
 
 def test_lame_duck_parks_calls_until_stopped():
-    async def main():
-        lifecycle = Lifecycle()
-        lifecycle.advance(Phase.LAME_DUCK)
-        parked = asyncio.ensure_future(lifecycle.admit())
-        await asyncio.sleep(0.01)
-        assert not parked.done()  # held unanswered
+    lifecycle = Lifecycle()
+    lifecycle.advance(Phase.LAME_DUCK)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        parked = pool.submit(lifecycle.admit)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            parked.result(timeout=0.05)  # held unanswered
         before = lifecycle.last_arrival
         lifecycle.advance(Phase.STOPPED)
         with pytest.raises(ShuttingDown):
-            await parked
-        assert lifecycle.quiet_since(before - 1) == before
-
-    asyncio.run(main())
+            parked.result(timeout=5)
+    assert lifecycle.quiet_since(before - 1) == before
 
 
 def test_settled_waits_for_calls_between_the_door_and_the_queue():
-    async def main():
-        lifecycle = Lifecycle()
-        with lifecycle.entering():
-            waiting = asyncio.ensure_future(lifecycle.settled())
-            await asyncio.sleep(0.01)
-            assert not waiting.done()
-        await asyncio.wait_for(waiting, 1)
+    lifecycle = Lifecycle()
+    inside, leave = threading.Event(), threading.Event()
 
-    asyncio.run(main())
+    def call() -> None:
+        with lifecycle.entering():
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    inside.wait(5)
+    assert not lifecycle.wait_settled(0.05)
+    leave.set()
+    assert lifecycle.wait_settled(5)
+    thread.join()

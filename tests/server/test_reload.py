@@ -93,7 +93,9 @@ def test_a_request_split_across_batches_is_scored_by_one_version():
         runner.gate.set()
         first, second = await split, await later
         assert (first.model_version, second.model_version) == ("1", "2")
-        assert runner.scored_by == [("1", [1]), ("1", [1]), ("1", [1]), ("2", [2])]
+        # Every batch of the split request on version 1, the later one's on version 2; the
+        # later request runs between the split one's batches (server.batcher, step 3).
+        assert runner.scored_by == [("1", [1]), ("1", [1]), ("2", [2]), ("1", [1])]
         await batcher.stop()
 
     asyncio.run(main())

@@ -12,14 +12,13 @@ from prometheus_client import CollectorRegistry
 from model import hash_rows, load_checkpoint
 from server.app import describe
 from server.batcher import Batcher
-from server.config import BatcherConfig, Limits, Transport
+from server.config import BatcherConfig, Limits, ServerConfig
 from server.convert import logits_from_pb, raw_request_to_pb
-from server.lifecycle import Lifecycle, Phase
 from server.metrics import Metrics, MetricsRecorder
 from server.rpc import ranking_pb2_grpc
 from server.runner import ModelRunner
-from server.service import ModelFacts, RankingService, add_to_server
-from server.transport import create_grpc_server
+from server.service import ModelFacts
+from server.transport import GrpcFront
 from tests.helpers import random_request, runner_config
 
 POISON_USER = 666
@@ -49,12 +48,12 @@ def test_unexpected_errors_are_internal_with_the_request_id(runner, caplog):
         batcher = Batcher(runner, BatcherConfig(), metrics)
         batcher.start()
         facts = ModelFacts(runner.config, runner.model.checkpoint.rows, describe(runner, Limits()))
-        lifecycle = Lifecycle()
-        lifecycle.advance(Phase.SERVING)
-        service = RankingService(facts, batcher, Limits(), MetricsRecorder(metrics), lifecycle)
-        server, port = create_grpc_server("127.0.0.1:0", Transport(), Limits().max_request_bytes)
-        add_to_server(service, server)
-        await server.start()
+        config = ServerConfig(host="127.0.0.1", port=0)
+        front = GrpcFront(facts, batcher, MetricsRecorder(metrics), config,
+                          asyncio.get_running_loop())  # fmt: skip
+        await front.start()
+        await front.serve()
+        port = front.port
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = ranking_pb2_grpc.RankingServiceStub(channel)
@@ -68,7 +67,7 @@ def test_unexpected_errors_are_internal_with_the_request_id(runner, caplog):
                 good = raw_request_to_pb(random_request(np.random.default_rng(2), 3, 5))
                 assert logits_from_pb(await stub.Rank(good)).shape == (5, 19)
         finally:
-            await server.stop(0)
+            front.server.stop(0).wait()
             await batcher.stop()
 
     asyncio.run(main())
