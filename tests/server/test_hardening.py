@@ -203,7 +203,11 @@ def test_a_call_whose_body_never_arrives_ends_with_its_connection(strict_server)
     connection.start_call(RANK)
     seconds, goaways = connection.wait_for_close()
     assert seconds < 2 + 1 + 3  # age + grace, and some slack
-    assert any(goaway_error(g)[1] == b"max_age" for g in goaways)
+    # Either bound may end it: with the synchronous transport, grpc core's idle timer (1 s
+    # here) fires for a connection whose one call has sent only its headers in about half
+    # the runs (measured: GOAWAY "connection idle" at 1.9-2.1 s, else "max_age" at 2 s).
+    reasons = {goaway_error(g)[1] for g in goaways}
+    assert reasons & {b"max_age", b"connection idle"}, reasons
 
 
 def test_a_ping_flood_is_sent_goaway(strict_server):
