@@ -192,3 +192,16 @@ class TableRows(NamedTuple):
     def from_params(cls, params) -> TableRows:
         tables = params["hash_embeddings"]
         return cls(*(int(tables[name].shape[0]) for name in cls._fields))
+
+
+# xAI's "nano" shape (emb 512, 4 layers, history 1,022), the benchmarks' large model, with the
+# table sizes `phoenix-ranker init --preset nano` writes unless told otherwise.
+NANO = {
+    "model": {"emb_size": 512, "key_size": 128, "num_q_heads": 4, "num_kv_heads": 2,
+              "num_layers": 4, "widening_factor": 2.0, "attn_output_multiplier": 0.08838834764},
+    "emb_size": 512, "num_actions": 19, "history_seq_len": 1022, "candidate_seq_len": 64,
+    "product_surface_vocab_size": 16,
+    "hash_config": {"num_user_hashes": 2, "num_item_hashes": 2, "num_author_hashes": 2},
+    "rope_positions": "right_anchored", "history_attention": "causal",
+}  # fmt: skip
+NANO_TABLE_ROWS = TableRows(user=16411, post=65537, author=16411)

@@ -17,6 +17,7 @@ from model.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from model.config import ConfigError, PhoenixModelConfig
 from model.errors import IncompatibleConfigError, NotACheckpointError
 from model.params import flatten, unflatten, validate
+from model.tables import dequantized
 
 
 def read_exchange(
@@ -57,8 +58,10 @@ def export_exchange(
     params_path: str | os.PathLike,
     config_path: str | os.PathLike,
 ) -> None:
-    """Checkpoint -> exchange `.npz` + config JSON, bit-exact."""
+    """Checkpoint -> exchange `.npz` + config JSON, bit-exact for float32 tables; bfloat16 or
+    int8 tables are written as the float32 values the model computes with (the exchange
+    format, the reference's, has float32 tables only)."""
     ckpt = load_checkpoint(checkpoint_path)
     with open(params_path, "wb") as f:  # a file object: np.savez must not append ".npz"
-        np.savez(f, **flatten(ckpt.state.params))
+        np.savez(f, **flatten(dequantized(ckpt.state.params)))
     Path(config_path).write_text(ckpt.config.to_json() + "\n")

@@ -24,6 +24,7 @@ from model.errors import (
     UnexpectedParameterError,
 )
 from model.network import make_forward
+from model.tables import TABLE_DTYPES, scale_name
 from request.layout import empty_batch
 
 TABLE_PREFIX = "hash_embeddings/"
@@ -76,11 +77,29 @@ def expected_shapes(config: PhoenixModelConfig, rows: TableRows) -> dict[str, tu
 def validate(flat: Mapping[str, np.ndarray], config: PhoenixModelConfig, where: str) -> TableRows:
     """Check names, shapes and dtypes against the config; return the tables' row counts.
 
-    Raises MissingParameterError, UnexpectedParameterError, ParameterShapeError or
+    Tables may be float32, bfloat16 or int8; an int8 table needs its float32 scales [N]
+    beside it (`model.tables`); every other parameter is float32. Raises
+    MissingParameterError, UnexpectedParameterError, ParameterShapeError or
     ParameterDtypeError, each naming the parameter and `where` (a file name).
     """
     rows = table_rows(flat, where)
     expected = expected_shapes(config, rows)
+    storage = {}  # name -> the dtype it may have, where not float32
+    for table, n in zip(TableRows._fields, rows, strict=True):
+        name = TABLE_PREFIX + table
+        dtype = flat[name].dtype
+        if dtype.name not in TABLE_DTYPES:
+            raise ParameterDtypeError(
+                f"{where}: {name} is {dtype}; a table is one of {', '.join(TABLE_DTYPES)}"
+            )
+        storage[name] = dtype
+        if dtype == np.int8:
+            scale = TABLE_PREFIX + scale_name(table)
+            if scale not in flat:
+                raise MissingParameterError(
+                    f"{where}: {name} is int8 but its per-row scales {scale!r} are missing"
+                )
+            expected[scale] = (n,)
     missing = sorted(set(expected) - set(flat))
     if missing:
         raise MissingParameterError(f"{where}: missing parameter(s) {missing}")
@@ -93,6 +112,6 @@ def validate(flat: Mapping[str, np.ndarray], config: PhoenixModelConfig, where: 
             raise ParameterShapeError(
                 f"{where}: {name} has shape {list(value.shape)}, the config needs {list(shape)}"
             )
-        if value.dtype != np.float32:
+        if value.dtype != storage.get(name, np.float32):
             raise ParameterDtypeError(f"{where}: {name} is {value.dtype}, expected float32")
     return rows

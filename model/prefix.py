@@ -37,6 +37,7 @@ from model.embeddings import action_embeddings, candidate_tokens, history_tokens
 from model.layers import rms_norm
 from model.mask import prefix_attn_mask
 from model.rope import apply_rope, sequence_positions
+from model.tables import lookup
 from request.columns import CandidateInputs, PrefixInputs
 
 
@@ -140,7 +141,8 @@ def _param(params, name: str) -> jax.Array:
 
 
 def _table(params, table: str, rows: jax.Array) -> jax.Array:
-    return jnp.take(params["hash_embeddings"][table], rows, axis=0)
+    """float32 rows of a table in any storage dtype (`model.tables`)."""
+    return lookup(params["hash_embeddings"], table, rows)
 
 
 def encode_prefixes(
