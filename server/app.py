@@ -26,7 +26,9 @@ import time
 from prometheus_client import CollectorRegistry
 
 from model.actions import ACTIONS
-from model.checkpoint import default_checkpoint_path, load_checkpoint
+from model.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, verify_file
+from model.errors import CheckpointError
+from model.tables import describe_tables
 from server.batcher import Batcher
 from server.buckets import BatchShape
 from server.checkpoint_dir import ReloadState, VersionFile
@@ -39,7 +41,7 @@ from server.metrics import Metrics, MetricsRecorder
 from server.metrics_http import MetricsHTTPServer, start_metrics_http, tls_context
 from server.reload import VersionWatcher, load_best
 from server.rpc import ranking_pb2 as pb
-from server.runner import ModelRunner
+from server.runner import ModelRunner, placement_for
 from server.service import ModelFacts
 from server.transport import Front, GrpcFront
 from server.versions import ServedModel
@@ -47,10 +49,13 @@ from server.versions import ServedModel
 log = logging.getLogger("phoenix.server")
 
 
-def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
-    """GetModelInfo's answer: the serving model version and the serving limits."""
+def describe(runner: ModelRunner, limits: Limits, checkpoint_sha256: str | None = None
+             ) -> pb.ModelInfo:  # fmt: skip
+    """GetModelInfo's answer: the serving model version and the serving limits.
+    `checkpoint_sha256`: the file's, once known (default: as loaded; "" until verified)."""
     c, m, h = runner.config, runner.config.model, runner.config.hash_config
-    info, rows = runner.model.checkpoint.info, runner.model.checkpoint.rows
+    ckpt = runner.model.checkpoint
+    info, rows = ckpt.info, ckpt.rows
     engine = runner.engine
     return pb.ModelInfo(
         model_version=runner.model.version,
@@ -59,7 +64,7 @@ def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
         candidate_seq_len=c.candidate_seq_len,
         max_candidates_per_request=limits.max_candidates_per_request,
         max_history_events=limits.max_history_events,
-        checkpoint_sha256=info.file_sha256,
+        checkpoint_sha256=info.file_sha256 if checkpoint_sha256 is None else checkpoint_sha256,
         checkpoint_created_at=info.created_at,
         emb_size=c.emb_size,
         num_layers=m.num_layers,
@@ -80,6 +85,10 @@ def describe(runner: ModelRunner, limits: Limits) -> pb.ModelInfo:
         num_parameters=runner.model.checkpoint.num_parameters,
         compute_dtype=engine.dtype.name,
         backend=engine.backend,
+        table_dtype=ckpt.table_dtype,
+        table_placement=runner.placement,
+        table_bytes=ckpt.table_bytes,
+        table_sharding=engine.sharding,
     )
 
 
@@ -96,15 +105,28 @@ class RankingServer:
         self.refused: set[VersionFile] = set()
         self.version_file: VersionFile | None = None
         version = None
+        # Tables placed on the device are read whole anyway, so they are checked against their
+        # checksums now; host-placed ones after SERVING, in the background (`verify_tables`).
+        on_device = lambda c: placement_for(c, config) == "device"  # noqa: E731
         if config.checkpoint_dir is not None:
             if config.checkpoint is not None:
                 raise ValueError("--checkpoint and --checkpoint-dir exclude each other")
             self.version_file, checkpoint = load_best(
-                config.checkpoint_dir, self.refused, self.metrics
+                config.checkpoint_dir, self.refused, self.metrics, on_device
             )
             version = str(self.version_file.number)
         else:
-            checkpoint = load_checkpoint(config.checkpoint or default_checkpoint_path())
+            path = config.checkpoint or default_checkpoint_path()
+            checkpoint = load_checkpoint(path, verify_tables=False)
+            if on_device(checkpoint):
+                checkpoint = load_checkpoint(path)
+        self.verified: dict[str, str] = {}  # checkpoint path -> file sha256, checked later
+        self.metrics.table_verification.set(1 if checkpoint.info.file_sha256 else 0)
+        log.info("%s, placed on the %s", describe_tables(checkpoint.rows, checkpoint.config.emb_size,
+                                                         checkpoint.table_dtype),
+                 placement_for(checkpoint, config),
+                 extra={"fields": {"event": "tables", "table_bytes": checkpoint.table_bytes,
+                                   "table_dtype": checkpoint.table_dtype}})  # fmt: skip
         self.runner = ModelRunner(checkpoint, config, self._compiled, version)
         self.plan = self.runner.full_plan
         self.metrics.watch_prefix_cache(self.runner.prefix_cache_stats,
@@ -123,17 +145,62 @@ class RankingServer:
         """phoenix_model_info: one series, the serving version's."""
         model, c, engine = self.runner.model, self.runner.config, self.runner.engine
         self.metrics.model_info.clear()
+        ckpt = model.checkpoint
         self.metrics.model_info.labels(
-            model.version, model.checkpoint.info.file_sha256, engine.backend,
+            model.version, self.checkpoint_sha256(ckpt), engine.backend,
             engine.dtype.name, str(c.history_seq_len), str(c.emb_size),
-            str(c.model.num_layers),
+            str(c.model.num_layers), ckpt.table_dtype, self.runner.placement,
+            str(ckpt.table_bytes),
         ).set(1)  # fmt: skip
+
+    def checkpoint_sha256(self, checkpoint: Checkpoint) -> str:
+        """The file's sha256: known at load, or once `verify_tables` has read it ("" before)."""
+        return checkpoint.info.file_sha256 or self.verified.get(checkpoint.info.path, "")
 
     def _swapped(self, model: ServedModel) -> None:
         """A new version serves: GetModelInfo and phoenix_model_info follow it."""
-        self.info = describe(self.runner, self.config.limits)
+        if model.checkpoint.info.file_sha256:
+            self.metrics.table_verification.set(1)
+        self.info = describe(self.runner, self.config.limits,
+                             self.checkpoint_sha256(model.checkpoint))  # fmt: skip
         self._label_model()
         self.front.publish(self.info)
+
+    def verify_tables(self) -> threading.Thread | None:
+        """Host-placed tables not yet checked: read the serving version's file once, on a
+        thread of its own, against its recorded checksums (`model.checkpoint.verify_file`);
+        then GetModelInfo and phoenix_model_info carry its sha256. A mismatch is logged as
+        an error naming the tensor and sets phoenix_table_verification to -1."""
+        checkpoint = self.runner.model.checkpoint
+        if self.checkpoint_sha256(checkpoint):
+            return None
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                sha = verify_file(checkpoint.info.path)
+            except (CheckpointError, OSError) as e:
+                log.error("the serving tables failed verification: %s", e,
+                          extra={"fields": {"event": "tables_corrupt"}})  # fmt: skip
+                self.metrics.table_verification.set(-1)
+                return
+            log.info("tables verified in %.1fs (sha256 %s)", time.monotonic() - started, sha,
+                     extra={"fields": {"event": "tables_verified"}})  # fmt: skip
+            try:
+                loop.call_soon_threadsafe(self._verified, checkpoint, sha)
+            except RuntimeError:  # the server stopped meanwhile
+                pass
+
+        thread = threading.Thread(target=run, name="verify-tables", daemon=True)
+        thread.start()
+        return thread
+
+    def _verified(self, checkpoint: Checkpoint, sha: str) -> None:
+        self.verified[checkpoint.info.path] = sha
+        self.metrics.table_verification.set(1)
+        if self.runner.model.checkpoint is checkpoint:
+            self._swapped(self.runner.model)
 
     def _compiled(self, shape, seconds: float) -> None:
         self.metrics.compilations.inc()
@@ -166,9 +233,11 @@ class RankingServer:
         c = self.config
         self.batcher = Batcher(self.runner, c.batcher, self.metrics)
         self.batcher.start()
+        ckpt = self.runner.model.checkpoint
         facts = ModelFacts(
-            self.runner.config, self.runner.model.checkpoint.rows, describe(self.runner, c.limits)
-        )
+            self.runner.config, ckpt.rows,
+            describe(self.runner, c.limits, self.checkpoint_sha256(ckpt)),
+        )  # fmt: skip
         self.info = facts.info
         admin = self if c.transport.admin_rpcs else None
         workers = c.frontend_worker_count(available_cores())
@@ -200,6 +269,7 @@ class RankingServer:
                                           self._swapped)  # fmt: skip
             self.watcher.start()
         await self.front.serve()
+        self.verify_tables()
         return seconds
 
     def compile_rest(self, abort: threading.Event | None) -> None:

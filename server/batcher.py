@@ -100,6 +100,9 @@ class Runner(Protocol):
     def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
         ...
 
+    # Optional (host-placed tables): `gathers` True, and `gather(packed)` -> the packed batch
+    # with its table rows gathered (.gathered_rows, .gather_seconds), run before `run`.
+
 
 class BatchFailed(RuntimeError):
     """The batch holding this request failed (the cause is chained); other batches go on."""
@@ -160,6 +163,9 @@ class Batcher:
         self._in_flight = 0  # batches handed to the device thread and not finished
         self._slots = asyncio.Semaphore(config.pipeline_depth)
         self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
+        self._gather = None  # host-placed tables: the thread gathering each batch's rows
+        if getattr(runner, "gathers", False):
+            self._gather = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gather")
         self._accepting = True
         self._broken: BaseException | None = None  # why the batching task died, if it did
         self._outstanding = 0  # accepted requests not yet resolved
@@ -193,6 +199,8 @@ class Batcher:
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=1.0)
+        if self._gather is not None:
+            self._gather.shutdown(wait=wait_for_device, cancel_futures=True)
         self._device.shutdown(wait=wait_for_device, cancel_futures=True)
 
     @property
@@ -444,7 +452,10 @@ class Batcher:
                     for p in taken:
                         p.request.model = p.request.model or model
                     self._observe_dispatch(taken, packed)
-                    result = loop.run_in_executor(self._device, self._run_timed, packed)
+                    if self._gather is None:
+                        result = loop.run_in_executor(self._device, self._run_timed, packed)
+                    else:
+                        result = loop.create_task(self._gather_and_run(packed))
                     self._in_flight += 1
                     units = packed.work_units
                     self._in_flight_units += units
@@ -509,6 +520,16 @@ class Batcher:
         self.metrics.batch_size.observe(len(requests))
         self.metrics.batch_rows.observe(len(taken))
         self.metrics.batch_padding_ratio.observe(1.0 - real / (shape.rows * shape.candidates))
+
+    async def _gather_and_run(self, packed) -> tuple[np.ndarray, float]:
+        """Host-placed tables: gather the batch's rows on the gather thread (while the device
+        runs the batch before), then run it. Both threads take batches in order, so the
+        device still runs them in packing order."""
+        loop = asyncio.get_running_loop()
+        packed = await loop.run_in_executor(self._gather, self.runner.gather, packed)
+        self.metrics.table_gather.observe(packed.gather_seconds)
+        self.metrics.table_rows_gathered.observe(packed.gathered_rows)
+        return await loop.run_in_executor(self._device, self._run_timed, packed)
 
     def _run_timed(self, packed) -> tuple[np.ndarray, float]:
         """On the device thread: the batch's scores and its own device seconds (excluding

@@ -171,6 +171,28 @@ class Transport:
 
 
 @dataclasses.dataclass(frozen=True)
+class TableConfig:
+    """Where the hash tables live (see `server.placement`)."""
+
+    table_placement: str = setting(
+        "auto",
+        "device: tables copied to the devices; host: tables memory-mapped from the checkpoint "
+        "and each batch's rows gathered on the host; auto: host when the tables exceed "
+        "--table-device-share of one device's memory",
+        choices=("auto", "device", "host"),
+    )
+    table_device_share: float = setting(
+        0.5, "auto placement: the share of one device's memory the tables may take"
+    )
+    table_sharding: str = setting(
+        "replicated",
+        "device placement with several devices: replicated (a copy on each) or rows (each "
+        "device holds a slice of every table's rows)",
+        choices=("replicated", "rows"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything `phoenix-ranker serve` can be told."""
 
@@ -232,6 +254,7 @@ class ServerConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     shapes: ShapeConfig = dataclasses.field(default_factory=ShapeConfig)
     batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)
+    tables: TableConfig = dataclasses.field(default_factory=TableConfig)
 
     def frontend_worker_count(self, cores: int) -> int:
         """The frontend workers to run with `cores` cores (`server.cores.available_cores`):

@@ -23,9 +23,17 @@ not pay XLA's one-time costs. `plan` offers only compiled shapes, so no batch ev
 a compilation; a shape outside the plan would be compiled on first use and reported through
 `on_compile`, which is how that guarantee is measured.
 
-Devices: parameters and slabs are replicated on every local device; a call's rows are split
-across the devices when they divide evenly (each scores its share against its own copy of the
-slab, with no traffic between devices), otherwise every device runs the whole call.
+Devices: dense parameters and slabs are replicated on every local device; a call's rows are
+split across the devices when they divide evenly (each scores its share against its own copy
+of the slab, with no traffic between devices), otherwise every device runs the whole call.
+
+Tables (`server.placement`): with device placement they are replicated like the rest, or,
+with `sharding="rows"`, split by rows over the devices (padded with zero rows no id hashes
+to, up to a multiple of the device count); XLA partitions the lookup of a row-sharded table
+as a masked local gather on each device and an all-reduce of the [.., D] results, so only
+embeddings cross devices, never a table. With host placement the parameters on the device
+are the dense ones; every call takes its gathered tables (`tables=`), of a fixed shape per
+call shape (`gathered`).
 """
 
 from __future__ import annotations
@@ -44,11 +52,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.config import PhoenixModelConfig
+from model.params import TABLE_PREFIX
 from model.prefix import PrefixSlab, empty_slab, encode_prefixes, score_chunks, write_prefixes
 from request.columns import SCHEMA
 from server.buckets import BatchShape, BucketPlan
 
 log = logging.getLogger("phoenix.server")
+
+TABLE_MODULE = TABLE_PREFIX.rstrip("/")  # "hash_embeddings": the tables' subtree
 
 # Compiled shapes whose estimated run is at most this long are run once before being offered.
 FIRST_RUN_SECONDS = 0.05
@@ -83,10 +94,15 @@ class Engine:
         slab_slots: Mapping[int, int],
         params,
         on_compile: Callable[[BatchShape, float], None] | None = None,
+        sharding: str = "replicated",
+        gathered: Callable[[BatchShape], Mapping[str, tuple]] | None = None,
     ):
         """`slab_slots`: slots of the slab of each history bucket of `plan`. `params`: a
         parameter tree (host or device) of the shapes and dtypes every executable is compiled
-        for; every version served must match it (`server.versions`)."""
+        for; every version served must match it (`server.versions`). `sharding`: "rows"
+        splits the tables by rows over the devices. `gathered`: host placement: the shape
+        and dtype of each gathered table of a call shape ({table: ((G, D), dtype)}); `params`
+        then has no tables."""
         self.config = config
         self.full_plan = plan  # every shape to compile
         self._ready: set[BatchShape] = set()
@@ -97,9 +113,9 @@ class Engine:
         self._mesh = Mesh(np.array(self.devices), ("rows",))
         self._replicated = NamedSharding(self._mesh, PartitionSpec())
         self._layout = SCHEMA.layout(config)
-        self._params_spec = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self._replicated), params
-        )
+        self.sharding = sharding if len(self.devices) > 1 else "replicated"
+        self._gathered = gathered
+        self._params_spec = jax.tree.map(_spec, self.put(params, abstract=True))
         self._slab_slots = dict(slab_slots)
         self._slabs = {s: self._empty_slab(s) for s in plan.history_buckets}
         self._executables: dict[BatchShape, Callable] = {}
@@ -119,9 +135,48 @@ class Engine:
 
     # -- placement -----------------------------------------------------------------------
 
-    def put(self, params) -> dict:
-        """A parameter tree on every device (replicated)."""
-        return jax.device_put(params, self._replicated)
+    def put(self, params, abstract: bool = False) -> dict:
+        """A parameter tree on the devices: replicated, its tables split by rows when
+        sharding is "rows". abstract: only the shapes, dtypes and shardings it would have."""
+        out = {}
+        for module, leaves in params.items():
+            out[module] = {}
+            for name, value in leaves.items():
+                if module == TABLE_MODULE and self.sharding == "rows":
+                    out[module][name] = self._put_rows(value, abstract)
+                elif abstract:
+                    out[module][name] = jax.ShapeDtypeStruct(value.shape, value.dtype,
+                                                             sharding=self._replicated)  # fmt: skip
+                else:
+                    out[module][name] = jax.device_put(value, self._replicated)
+        return out
+
+    def _put_rows(self, value: np.ndarray, abstract: bool):
+        """A table (or its scales) split by rows over the devices, padded with zero rows."""
+        n, per = len(self.devices), -(-value.shape[0] // len(self.devices))
+        shape = (per * n, *value.shape[1:])
+        sharding = NamedSharding(self._mesh, PartitionSpec("rows", *[None] * (value.ndim - 1)))
+        if abstract:
+            return jax.ShapeDtypeStruct(shape, value.dtype, sharding=sharding)
+
+        def rows(index):  # one device's share of the rows, from the (mapped) host table
+            start, stop = index[0].start or 0, index[0].stop or shape[0]
+            part = np.zeros((stop - start, *value.shape[1:]), value.dtype)
+            real = value[start : min(stop, value.shape[0])]
+            part[: len(real)] = real
+            return part
+
+        return jax.make_array_from_callback(shape, sharding, rows)
+
+    def with_tables(self, shape: BatchShape, params, tables=None) -> dict:
+        """The parameters a call of `shape` takes: `params` as they are with device
+        placement; with host placement, `params` with the call's gathered tables (zeros,
+        all padding, when `tables` is None)."""
+        if self._gathered is None:
+            return params
+        if tables is None:
+            tables = {t: np.zeros(s, d) for t, (s, d) in self._gathered(shape).items()}
+        return {**params, TABLE_MODULE: tables}
 
     def _empty_slab(self, history: int) -> PrefixSlab:
         slab = empty_slab(self.config, self._slab_slots[history], history, self.dtype)
@@ -166,6 +221,7 @@ class Engine:
     def _first_run(self, shape: BatchShape, executable, params, scratch: dict) -> None:
         """Run a compiled shape once, on the scratch slab of its history (made on first use)."""
         slab = scratch.get(shape.history) or self._empty_slab(shape.history)
+        params = self.with_tables(shape, params)
         if shape.is_prefix:
             inputs = SCHEMA.empty_prefix(self._layout, shape.rows, shape.history)
             slots = np.full(shape.rows, slab.slots, np.int32)  # written nowhere
@@ -183,14 +239,19 @@ class Engine:
             slab = jax.tree.map(_spec, self._slabs[shape.history])
             rep, rows = self._replicated, self._rows(shape.rows)
             params = self._params_spec
+            if self._gathered is not None:
+                params = {**params, TABLE_MODULE: {
+                    t: jax.ShapeDtypeStruct(s, d, sharding=rep)
+                    for t, (s, d) in self._gathered(shape).items()}}  # fmt: skip
+            rep_params = jax.tree.map(lambda a: a.sharding, params)
             if shape.is_prefix:  # the slab is updated in place (donated)
                 inputs = SCHEMA.empty_prefix(self._layout, shape.rows, shape.history)
-                fn = jax.jit(self._encode_fn, in_shardings=(rep, rep, rows, rows),
+                fn = jax.jit(self._encode_fn, in_shardings=(rep_params, rep, rows, rows),
                              out_shardings=rep, donate_argnums=1)  # fmt: skip
                 lowered = fn.lower(params, slab, inputs, _int32(shape.rows))
             else:
                 chunks = SCHEMA.empty_candidates(self._layout, shape.rows, shape.candidates)
-                fn = jax.jit(self._scores_fn, in_shardings=(rep, rep, rows, rows),
+                fn = jax.jit(self._scores_fn, in_shardings=(rep_params, rep, rows, rows),
                              out_shardings=rows)  # fmt: skip
                 lowered = fn.lower(params, slab, chunks, _int32(shape.rows))
             executable = lowered.compile()
@@ -201,16 +262,17 @@ class Engine:
 
     # -- running -------------------------------------------------------------------------
 
-    def encode(self, shape: BatchShape, params, inputs, slots: np.ndarray) -> None:
+    def encode(self, shape: BatchShape, params, inputs, slots: np.ndarray, tables=None) -> None:
         """Run a prefix call: `inputs` (PrefixInputs [R, S]) into slab slots int32 [R] (a slot
-        of N or more drops its row: padding)."""
-        s = shape.history
+        of N or more drops its row: padding). `tables`: its gathered tables (host placement)."""
+        s, params = shape.history, self.with_tables(shape, params, tables)
         self._slabs[s] = self.executable(shape)(params, self._slabs[s], inputs, slots)
 
-    def score(self, shape: BatchShape, params, chunks, chunk_slots: np.ndarray) -> np.ndarray:
+    def score(self, shape: BatchShape, params, chunks, chunk_slots: np.ndarray,
+              tables=None) -> np.ndarray:  # fmt: skip
         """Run a chunk call: float32 [B, C, 2A] scores of `chunks` (CandidateInputs [B, C])
         against the slab slots int32 [B] of their prefixes. Blocks until the device is done."""
-        s = shape.history
+        s, params = shape.history, self.with_tables(shape, params, tables)
         return np.asarray(self.executable(shape)(params, self._slabs[s], chunks, chunk_slots))
 
     def reset_slab(self, history: int) -> None:
@@ -228,12 +290,14 @@ class Engine:
             return None
         prefix, chunk = min(pairs, key=lambda pc: (pc[0].history, pc[1].tokens))
         slab = self.executable(prefix)(
-            params, self._empty_slab(prefix.history),
+            self.with_tables(prefix, params), self._empty_slab(prefix.history),
             SCHEMA.empty_prefix(self._layout, 1, prefix.history), np.zeros(1, np.int32),
         )  # fmt: skip
         chunks = SCHEMA.empty_candidates(self._layout, chunk.rows, chunk.candidates)
         slots = np.zeros(chunk.rows, np.int32)
-        return np.asarray(self.executable(chunk)(params, slab, chunks, slots))
+        return np.asarray(
+            self.executable(chunk)(self.with_tables(chunk, params), slab, chunks, slots)
+        )
 
 
 def _spec(a: jax.Array) -> jax.ShapeDtypeStruct:

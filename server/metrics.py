@@ -35,6 +35,7 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 CANDIDATE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2800, 4096)
+ROWS_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 # Distinct x-client-name values that get a label of their own; later ones count as "other".
 MAX_CLIENTS = 32
 
@@ -131,6 +132,25 @@ class Metrics:
             "phoenix_inference_seconds", "Device time of one batch (forward pass and transfer).",
             buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.table_gather = Histogram(
+            "phoenix_table_gather_seconds",
+            "Host-placed tables: time to gather one batch's table rows on the host (on its own "
+            "thread, while the device runs the batch before); no samples with device placement.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.table_rows_gathered = Histogram(
+            "phoenix_table_rows_gathered",
+            "Host-placed tables: distinct table rows gathered for one batch, over all its calls "
+            "and tables (what crosses to the device: rows x width x 4 bytes, 2 if bfloat16).",
+            buckets=ROWS_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.table_verification = Gauge(
+            "phoenix_table_verification",
+            "Host-placed tables are checked against their recorded checksums after start, in "
+            "the background: 0 while pending, 1 verified, -1 corrupt (the log says which "
+            "tensor); 1 once loaded when the tables were checked at load.",
+            registry=registry,
+        )
         self.candidates_scored = Counter(
             "phoenix_candidates_scored", "Candidates whose logits were returned.", registry=registry
         )
@@ -170,7 +190,7 @@ class Metrics:
         self.model_info = Gauge(
             "phoenix_model_info", "The serving version (value 1; one series).",
             ["version", "checkpoint_sha256", "backend", "dtype", "history_seq_len", "emb_size",
-             "num_layers"],
+             "num_layers", "table_dtype", "table_placement", "table_bytes"],
             registry=registry,
         )  # fmt: skip
 

@@ -35,6 +35,7 @@ class PrefixCall:
     inputs: PrefixInputs  # numpy [R, S]
     slots: np.ndarray  # int32 [R]; padding rows hold N (the write drops them)
     entries: tuple[Entry, ...]  # the entries it encodes
+    tables: dict | None = None  # host placement: its gathered tables (ids in `inputs` index them)
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +47,9 @@ class PackedBatch:
     hits: tuple[tuple[Entry, EncodedRequest], ...]  # prefixes it reads that were there
     pieces: tuple[Piece, ...]  # chunk r holds pieces[r]; rows past len(pieces) are padding
     model: Any  # the version that scores this batch (`server.versions.ServedModel`)
+    tables: dict | None = None  # host placement: the chunk call's gathered tables
+    gathered_rows: int = 0  # host placement: rows gathered for it, over all its calls
+    gather_seconds: float = 0.0  # host placement: the time gathering them took
 
     @property
     def acquired(self) -> list[Entry]:

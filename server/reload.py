@@ -56,17 +56,22 @@ def refuse(refused: set[checkpoint_dir.VersionFile], metrics: Metrics, version: 
               extra={"fields": {"event": "reload_refused", "version": version.number}})  # fmt: skip
 
 
-def load_best(directory: Path, refused: set[checkpoint_dir.VersionFile], metrics: Metrics
+def load_best(directory: Path, refused: set[checkpoint_dir.VersionFile], metrics: Metrics,
+              verify_tables: Callable[[Checkpoint], bool] = lambda c: True,
               ) -> tuple[checkpoint_dir.VersionFile, Checkpoint]:  # fmt: skip
     """Load the best version of `directory` that loads (at start-up); NoServableVersion if
-    none does. Versions that fail are refused (`refuse`)."""
+    none does. Versions that fail are refused (`refuse`). `verify_tables(checkpoint)`: whether
+    to check its tables now (else the caller checks them later: host-placed tables)."""
     try:
         available = checkpoint_dir.scan(directory)
     except OSError as e:
         raise NoServableVersion(f"{directory}: {e.strerror or e}") from None
     for version in checkpoint_dir.candidates(available, refused):
         try:
-            return version, load_checkpoint(version.path)
+            checkpoint = load_checkpoint(version.path, verify_tables=False)
+            if verify_tables(checkpoint):
+                checkpoint = load_checkpoint(version.path)
+            return version, checkpoint
         except CheckpointError as e:
             refuse(refused, metrics, version, e)
     raise NoServableVersion(

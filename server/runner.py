@@ -16,6 +16,7 @@ can begin; `compile_rest` compiles the others while serving.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,12 +30,13 @@ from request.columns import SCHEMA
 from request.layout import Piece
 from server.buckets import BatchShape, BucketPlan, make_plan
 from server.config import ServerConfig
-from server.engine import Engine, Progress
+from server.engine import TABLE_MODULE, Engine, Progress
 from server.packing import PackedBatch, Packer
+from server.placement import HostTables, choose, device_memory_bytes, hashes_per_table
 from server.prefix_cache import CacheStats, PrefixCache
 from server.versions import ServedModel, Versions
 
-__all__ = ["ModelRunner", "UnservableModelError", "plan_for"]
+__all__ = ["ModelRunner", "UnservableModelError", "placement_for", "plan_for"]
 
 
 class UnservableModelError(ValueError):
@@ -46,6 +48,13 @@ def plan_for(checkpoint: Checkpoint, config: ServerConfig) -> BucketPlan:
     s = config.shapes
     return make_plan(checkpoint.config.history_seq_len, s.max_batch_size, s.candidate_buckets,
                      s.history_buckets, s.max_batch_candidates)  # fmt: skip
+
+
+def placement_for(checkpoint: Checkpoint, config: ServerConfig) -> str:
+    """ "device" or "host": where `checkpoint`'s tables live under `config.tables`."""
+    t = config.tables
+    return choose(t.table_placement, checkpoint.table_bytes, device_memory_bytes(),
+                  t.table_device_share)  # fmt: skip
 
 
 class ModelRunner:
@@ -70,6 +79,11 @@ class ModelRunner:
             )
         plan = plan_for(checkpoint, config)
         dtype = jnp.dtype(config.dtype or default_compute_dtype())
+        t = config.tables
+        self.placement = placement_for(checkpoint, config)
+        if self.placement == "host" and t.table_sharding == "rows":
+            raise ValueError("--table-sharding rows splits tables on the devices; it needs "
+                             "--table-placement device")  # fmt: skip
         pinned = config.batcher.pipeline_depth * plan.max_rows
         share = config.prefix_cache_bytes // len(plan.history_buckets)
         self.caches = {}
@@ -77,11 +91,17 @@ class ModelRunner:
             slot_bytes = slab_slot_bytes(model_config, s, dtype)
             self.caches[s] = PrefixCache(pinned + share // slot_bytes, slot_bytes)
         self.config = model_config
+        host = self.placement == "host"
+        params, gathered = checkpoint.state.params, None
+        if host:
+            params = {m: leaves for m, leaves in params.items() if m != TABLE_MODULE}
+            gathered = HostTables(checkpoint.tables, hashes_per_table(model_config)).spec
         self.engine = Engine(model_config, plan, dtype, {s: c.slots for s, c in self.caches.items()},
-                             checkpoint.state.params, on_compile)  # fmt: skip
+                             params, on_compile, t.table_sharding, gathered)  # fmt: skip
         self.packer = Packer(model_config, lambda: self.engine.plan, self.caches,
                              reuse_prefixes=config.prefix_cache_bytes > 0)  # fmt: skip
-        self.versions = Versions(self.engine, checkpoint, version or checkpoint.info.model_version)
+        self.versions = Versions(self.engine, checkpoint, version or checkpoint.info.model_version,
+                                 host)  # fmt: skip
         self.score_width = 2 * model_config.num_actions  # logits, then probabilities
 
     # -- what the batcher reads (server.batcher.Runner) ----------------------------------
@@ -104,17 +124,41 @@ class ModelRunner:
     def seconds_per_unit(self) -> float:
         return self.engine.seconds_per_unit
 
+    @property
+    def gathers(self) -> bool:
+        """Whether packed batches have a host gather step (`gather`): host placement."""
+        return self.placement == "host"
+
     def pack(self, pieces: Sequence[Piece], model: ServedModel | None = None) -> PackedBatch:
         """Pad the pieces for `model` (default: the serving version); host only."""
         return self.packer.pack(pieces, model or self.model)
+
+    def gather(self, packed: PackedBatch) -> PackedBatch:
+        """Host placement: the batch with each call's table rows gathered from host memory
+        (`server.placement`); any thread. Device placement: the batch as it is."""
+        tables = packed.model.host_tables
+        if tables is None or packed.tables is not None:
+            return packed
+        began = time.perf_counter()
+        calls, rows = [], 0
+        for call in packed.prefix_calls:
+            g = tables.gather(call.shape, call.inputs)
+            calls.append(dataclasses.replace(call, inputs=g.inputs, tables=g.tables))
+            rows += g.rows
+        g = tables.gather(packed.shape, packed.chunks)
+        return dataclasses.replace(
+            packed, prefix_calls=tuple(calls), chunks=g.inputs, tables=g.tables,
+            gathered_rows=rows + g.rows, gather_seconds=time.perf_counter() - began,
+        )  # fmt: skip
 
     def run(self, packed: PackedBatch):
         """Scores float32 [B, C, 2A] of a packed batch: the A logits of each candidate, then
         their sigmoids. Encodes the batch's missing prefixes first. Blocks until the device
         is done; releases the batch's prefixes whatever happens."""
         history = packed.shape.history
-        cache, params = self.caches[history], packed.model.params
+        cache, model = self.caches[history], packed.model
         try:
+            packed = self.gather(packed)
             calls = list(packed.prefix_calls)
             # A prefix another batch was to encode, and did not (it failed): encode it here.
             own = {e for call in calls for e in call.entries}
@@ -123,9 +167,14 @@ class ModelRunner:
                 todo = {e: r for e, r in packed.hits if e in lost}
                 calls += self.packer.prefix_calls(history, list(todo.items()))
             for call in calls:
-                self.engine.encode(call.shape, params, call.inputs, call.slots)
+                inputs, tables = call.inputs, call.tables
+                if model.host_tables is not None and tables is None:  # one of the lost
+                    g = model.host_tables.gather(call.shape, inputs)
+                    inputs, tables = g.inputs, g.tables
+                self.engine.encode(call.shape, model.params, inputs, call.slots, tables)
                 cache.written(call.entries)
-            return self.engine.score(packed.shape, params, packed.chunks, packed.chunk_slots)
+            return self.engine.score(packed.shape, model.params, packed.chunks,
+                                     packed.chunk_slots, packed.tables)  # fmt: skip
         except BaseException:
             # The slab may be gone (a call that took it failed) or hold what nobody wrote:
             # start it afresh, and let every batch that reads a prefix encode it again.

@@ -1,7 +1,9 @@
 """Model versions on the device: the serving one, a new one prepared beside it, the swap.
 
-A version is a checkpoint's parameters placed on every device (`ServedModel`). `Versions`
-holds the serving one and:
+A version is a checkpoint's parameters placed on every device (`ServedModel`); with host
+placement (`server.placement`) its dense parameters, and its tables mapped from its file
+(a new version maps its own file: nothing is copied, so a reload does not double memory).
+`Versions` holds the serving one and:
 
   prepare(checkpoint, version)  puts a new version on the device beside the serving one
       (any thread), after checking it can be served by the executables already compiled: the
@@ -24,8 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.checkpoint import Checkpoint
-from model.params import flatten
-from server.engine import Engine
+from model.params import TABLE_PREFIX, flatten
+from model.tables import TABLES
+from server.engine import TABLE_MODULE, Engine
+from server.placement import HostTables, hashes_per_table
+
+_TABLE_NAMES = {TABLE_PREFIX + t for t in TABLES}
 
 
 class IncompatibleVersionError(ValueError):
@@ -39,14 +45,26 @@ class ServedModel:
 
     version: str  # what responses' model_version say
     checkpoint: Checkpoint
-    params: dict  # the parameter tree on the device
+    params: dict  # the parameter tree on the device (host placement: without the tables)
+    host_tables: HostTables | None = None  # host placement: the mapped tables
 
 
 class Versions:
-    def __init__(self, engine: Engine, checkpoint: Checkpoint, version: str):
+    def __init__(self, engine: Engine, checkpoint: Checkpoint, version: str, host: bool = False):
+        """host: the tables stay in host memory (`server.placement`)."""
         self.engine = engine
-        self.serving = ServedModel(version, checkpoint, engine.put(checkpoint.state.params))
+        self.host = host
+        self.serving = self._place(checkpoint, version)
         self._resident = weakref.WeakSet([self.serving])
+
+    def _place(self, checkpoint: Checkpoint, version: str) -> ServedModel:
+        params = checkpoint.state.params
+        if not self.host:
+            return ServedModel(version, checkpoint, self.engine.put(params))
+        dense = {m: leaves for m, leaves in params.items() if m != TABLE_MODULE}
+        hashes = hashes_per_table(checkpoint.config)
+        return ServedModel(version, checkpoint, self.engine.put(dense),
+                           HostTables(checkpoint.tables, hashes))  # fmt: skip
 
     @property
     def resident(self) -> int:
@@ -57,15 +75,21 @@ class Versions:
         thread). Raises IncompatibleVersionError or ValueError if it cannot serve (see the
         module docstring)."""
         serving = self.serving.checkpoint
-        if checkpoint.config != serving.config or checkpoint.rows != serving.rows:
+        if (checkpoint.config, checkpoint.rows, checkpoint.table_dtype) != (
+            serving.config,
+            serving.rows,
+            serving.table_dtype,
+        ):
             raise IncompatibleVersionError(
                 f"version {version} changes {config_changes(serving, checkpoint)}; a config "
                 "change needs a restart"
             )
         for name, value in flatten(checkpoint.state.params).items():
-            if not np.isfinite(value).all():
+            if value.dtype == np.int8 or (self.host and name in _TABLE_NAMES):
+                continue  # int8 is finite; a mapped table is not read whole here
+            if not np.isfinite(value.astype(np.float32)).all():
                 raise ValueError(f"version {version}: {name} has non-finite values")
-        model = ServedModel(version, checkpoint, self.engine.put(checkpoint.state.params))
+        model = self._place(checkpoint, version)
         self._resident.add(model)
         # The executables take the parameters as an argument, and these have the serving
         # version's shapes and dtypes: every compiled shape serves them as it is.
@@ -84,6 +108,8 @@ def config_changes(old: Checkpoint, new: Checkpoint) -> str:
     """What differs between two versions' configs and tables, for the refusal message."""
     fields = [f"{k} {a} -> {b}" for k, a, b in zip(old.rows._fields, old.rows, new.rows, strict=True)
               if a != b]  # fmt: skip
+    if old.table_dtype != new.table_dtype:
+        fields.append(f"table dtype {old.table_dtype} -> {new.table_dtype}")
     a, b = old.config.to_dict(), new.config.to_dict()
     fields += [
         f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)

@@ -135,7 +135,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "actions", "history_seq_len", "candidate_seq_len", "max_candidates_per_request", "checkpoint_sha256", "emb_size", "num_layers", "num_q_heads", "num_kv_heads", "key_size", "widening_factor", "attn_output_multiplier", "product_surface_vocab_size", "num_user_hashes", "num_item_hashes", "num_author_hashes", "rope_positions", "history_attention", "user_table_rows", "post_table_rows", "author_table_rows", "num_parameters", "compute_dtype", "backend", "checkpoint_created_at", "max_history_events")
+    __slots__ = ("model_version", "actions", "history_seq_len", "candidate_seq_len", "max_candidates_per_request", "checkpoint_sha256", "emb_size", "num_layers", "num_q_heads", "num_kv_heads", "key_size", "widening_factor", "attn_output_multiplier", "product_surface_vocab_size", "num_user_hashes", "num_item_hashes", "num_author_hashes", "rope_positions", "history_attention", "user_table_rows", "post_table_rows", "author_table_rows", "num_parameters", "compute_dtype", "backend", "checkpoint_created_at", "max_history_events", "table_dtype", "table_placement", "table_bytes", "table_sharding")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,10 @@ class ModelInfo(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_HISTORY_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TABLE_PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    TABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TABLE_SHARDING_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     actions: _containers.RepeatedScalarFieldContainer[str]
     history_seq_len: int
@@ -190,4 +194,8 @@ class ModelInfo(_message.Message):
     backend: str
     checkpoint_created_at: str
     max_history_events: int
-    def __init__(self, model_version: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., history_seq_len: _Optional[int] = ..., candidate_seq_len: _Optional[int] = ..., max_candidates_per_request: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., emb_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_q_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., key_size: _Optional[int] = ..., widening_factor: _Optional[float] = ..., attn_output_multiplier: _Optional[float] = ..., product_surface_vocab_size: _Optional[int] = ..., num_user_hashes: _Optional[int] = ..., num_item_hashes: _Optional[int] = ..., num_author_hashes: _Optional[int] = ..., rope_positions: _Optional[str] = ..., history_attention: _Optional[str] = ..., user_table_rows: _Optional[int] = ..., post_table_rows: _Optional[int] = ..., author_table_rows: _Optional[int] = ..., num_parameters: _Optional[int] = ..., compute_dtype: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint_created_at: _Optional[str] = ..., max_history_events: _Optional[int] = ...) -> None: ...
+    table_dtype: str
+    table_placement: str
+    table_bytes: int
+    table_sharding: str
+    def __init__(self, model_version: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., history_seq_len: _Optional[int] = ..., candidate_seq_len: _Optional[int] = ..., max_candidates_per_request: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., emb_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_q_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., key_size: _Optional[int] = ..., widening_factor: _Optional[float] = ..., attn_output_multiplier: _Optional[float] = ..., product_surface_vocab_size: _Optional[int] = ..., num_user_hashes: _Optional[int] = ..., num_item_hashes: _Optional[int] = ..., num_author_hashes: _Optional[int] = ..., rope_positions: _Optional[str] = ..., history_attention: _Optional[str] = ..., user_table_rows: _Optional[int] = ..., post_table_rows: _Optional[int] = ..., author_table_rows: _Optional[int] = ..., num_parameters: _Optional[int] = ..., compute_dtype: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint_created_at: _Optional[str] = ..., max_history_events: _Optional[int] = ..., table_dtype: _Optional[str] = ..., table_placement: _Optional[str] = ..., table_bytes: _Optional[int] = ..., table_sharding: _Optional[str] = ...) -> None: ...

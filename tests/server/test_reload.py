@@ -204,9 +204,10 @@ class Load:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("frontends", ["0", "2"], ids=["one-process", "frontend-workers"])
-def test_versions_swap_under_load_with_no_failed_call(frontends, tmp_path, parity_checkpoint,
-                                                      compilation_cache):  # fmt: skip
+@pytest.mark.parametrize(("frontends", "tables"), [("0", "device"), ("2", "device"), ("0", "host")],
+                         ids=["one-process", "frontend-workers", "host-tables"])  # fmt: skip
+def test_versions_swap_under_load_with_no_failed_call(frontends, tables, tmp_path,
+                                                      parity_checkpoint, compilation_cache):  # fmt: skip
     versions_dir = tmp_path / "versions"
     versions_dir.mkdir()
     drop_in(versions_dir, default_checkpoint_path(), 1)
@@ -220,7 +221,9 @@ def test_versions_swap_under_load_with_no_failed_call(frontends, tmp_path, parit
     expected = {v: [r.logits(raw) for raw in raws] for v, r in rankers.items()}
     requests = [raw_request_to_pb(raw) for raw in raws]
     with ServerProcess(*SMALL_PLAN, "--checkpoint-dir", str(versions_dir), "--poll-seconds", "0.5",
-                       "--frontend-workers", frontends, env=compilation_cache) as server:  # fmt: skip
+                       "--frontend-workers", frontends, "--table-placement", tables,
+                       env=compilation_cache) as server:  # fmt: skip
+        assert server.client.model_info().table_placement == tables
         compilations = server.metrics()["phoenix_compilations_total"]
         with Load(server.target, requests) as load:
             wait_until(lambda: sum(map(len, load.results)) >= 30, 60, "load to start")
