@@ -176,11 +176,12 @@ def test_scales_of_the_wrong_shape_are_refused(tmp_path, default_int8):
         load_checkpoint(bad)
 
 
-def test_truncated_int8_file_is_refused(tmp_path, default_int8):
-    data = default_int8.read_bytes()
+def test_truncated_int8_file_is_refused_naming_the_cut_tensor(tmp_path, default_int8):
+    header, start, data = _header(default_int8)
+    begin, end = header["hash_embeddings/post"]["data_offsets"]
     bad = tmp_path / "cut.safetensors"
-    bad.write_bytes(data[: len(data) - 100])
-    with pytest.raises(TruncatedCheckpointError):
+    bad.write_bytes(data[: start + (begin + end) // 2])  # the file ends inside the post table
+    with pytest.raises(TruncatedCheckpointError, match="'hash_embeddings/post'"):
         load_checkpoint(bad, verify_tables=False)
 
 

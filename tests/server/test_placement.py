@@ -273,11 +273,14 @@ def test_int8_tables_score_the_same_on_the_host_as_on_the_device(int8_checkpoint
 
 
 def test_tables_split_by_rows_over_two_devices_score_as_one_device(int8_checkpoint):
-    # Both dtypes in one process per dtype: float32 (the default model) and int8 with scales.
+    # Both dtypes in one process per dtype: float32 (the default model) and int8 with scales;
+    # host placement too, its gathered tables copied to both devices.
+    combos = [["device", "replicated"], ["device", "rows"], ["host", "replicated"]]
     for checkpoint in (default_checkpoint_path(), int8_checkpoint):
-        result = _runner_parity(checkpoint, [["device", "replicated"], ["device", "rows"]],
-                                TWO_DEVICES)  # fmt: skip
+        result = _runner_parity(checkpoint, combos, TWO_DEVICES)
         rows, replicated = result["device/rows"], result["device/replicated"]
+        for a, b in zip(result["host/replicated"]["scores"], replicated["scores"], strict=True):
+            np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5, rtol=1e-5)
         assert rows["devices"] == 2 and rows["sharding"] == "rows"
         specs = {"P('rows', None)", "P('rows',)"}  # tables [N, D], int8 scales [N]
         assert set(rows["table_specs"]) <= specs and "P('rows', None)" in rows["table_specs"]
