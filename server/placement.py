@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.checkpoint import release_pages
-from model.tables import TABLES, host_lookup, numpy_dtype, scale_name
+from model.tables import TABLES, host_lookup, numpy_dtype, scale_name, table_dtype
 from request.columns import SCHEMA
 from server.buckets import BatchShape
 
@@ -77,8 +77,9 @@ def device_memory_bytes() -> int | None:
 
 
 def gathered_dtype(table_dtype: str) -> np.dtype:
-    """The dtype of gathered rows: int8 tables are dequantized to float32 on the host."""
-    return np.dtype(np.float32) if table_dtype == "int8" else numpy_dtype(table_dtype)
+    """The dtype of gathered rows for a checkpoint's `table_dtype`: bfloat16 stays bfloat16;
+    int8 is dequantized to float32 on the host, and tables of mixed dtypes gather as float32."""
+    return numpy_dtype("bfloat16" if table_dtype == "bfloat16" else "float32")
 
 
 def gathered_rows(shape: BatchShape, hashes: Mapping[str, int]) -> dict[str, int]:
@@ -107,6 +108,13 @@ def resident_file_bytes() -> int | None:
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
+def gathered_spec(shape: BatchShape, hashes: Mapping[str, int], width: int,
+                  dtype: np.dtype) -> dict[str, tuple[tuple[int, int], np.dtype]]:  # fmt: skip
+    """{table: ((G, D), dtype)} of the gathered tables of a call of `shape`."""
+    rows = gathered_rows(shape, hashes)
+    return {t: ((rows[t], width), np.dtype(dtype)) for t in TABLES}
+
+
 @dataclass(frozen=True)
 class Gathered:
     """A call's inputs with their ids rewritten, and the rows they now index."""
@@ -122,15 +130,14 @@ class HostTables:
     def __init__(self, tables: Mapping[str, np.ndarray], hashes: Mapping[str, int]):
         self.tables = dict(tables)
         self.hashes = dict(hashes)
-        self.dtype = gathered_dtype(np.dtype(self.tables[TABLES[0]].dtype).name)
+        self.dtype = gathered_dtype(table_dtype(self.tables))
         self.width = int(self.tables[TABLES[0]].shape[1])
         self._baseline = resident_file_bytes() or 0  # just after the last release
         self._lock = threading.Lock()
 
     def spec(self, shape: BatchShape) -> dict[str, tuple[tuple[int, int], np.dtype]]:
-        """The gathered tables' shapes and dtype for a call of `shape`."""
-        rows = gathered_rows(shape, self.hashes)
-        return {t: ((rows[t], self.width), self.dtype) for t in TABLES}
+        """The gathered tables' shapes and dtype for a call of `shape` (`gathered_spec`)."""
+        return gathered_spec(shape, self.hashes, self.width, self.dtype)
 
     def gather(self, shape: BatchShape, inputs) -> Gathered:
         """The unique rows `inputs` (PrefixInputs or CandidateInputs of `shape`) name, per

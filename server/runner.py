@@ -17,6 +17,7 @@ can begin; `compile_rest` compiles the others while serving.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,13 @@ from server.buckets import BatchShape, BucketPlan, make_plan
 from server.config import ServerConfig
 from server.engine import TABLE_MODULE, Engine, Progress
 from server.packing import PackedBatch, Packer
-from server.placement import HostTables, choose, device_memory_bytes, hashes_per_table
+from server.placement import (
+    choose,
+    device_memory_bytes,
+    gathered_dtype,
+    gathered_spec,
+    hashes_per_table,
+)
 from server.prefix_cache import CacheStats, PrefixCache
 from server.versions import ServedModel, Versions
 
@@ -95,7 +102,12 @@ class ModelRunner:
         params, gathered = checkpoint.state.params, None
         if host:
             params = {m: leaves for m, leaves in params.items() if m != TABLE_MODULE}
-            gathered = HostTables(checkpoint.tables, hashes_per_table(model_config)).spec
+            # The shapes every version's gathered tables have (not a version's own tables:
+            # an old version's mapping must not outlive it).
+            gathered = functools.partial(
+                gathered_spec, hashes=hashes_per_table(model_config),
+                width=model_config.emb_size, dtype=gathered_dtype(checkpoint.table_dtype),
+            )  # fmt: skip
         self.engine = Engine(model_config, plan, dtype, {s: c.slots for s, c in self.caches.items()},
                              params, on_compile, t.table_sharding, gathered)  # fmt: skip
         self.packer = Packer(model_config, lambda: self.engine.plan, self.caches,
