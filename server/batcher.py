@@ -526,9 +526,13 @@ class Batcher:
         runs the batch before), then run it. Both threads take batches in order, so the
         device still runs them in packing order."""
         loop = asyncio.get_running_loop()
-        packed = await loop.run_in_executor(self._gather, self.runner.gather, packed)
-        self.metrics.table_gather.observe(packed.gather_seconds)
-        self.metrics.table_rows_gathered.observe(packed.gathered_rows)
+        try:
+            packed = await loop.run_in_executor(self._gather, self.runner.gather, packed)
+        except Exception:  # left to `run`, which gathers again and, failing, fails the batch
+            pass  # and releases the prefixes it holds, as for any failure on the device
+        else:
+            self.metrics.table_gather.observe(packed.gather_seconds)
+            self.metrics.table_rows_gathered.observe(packed.gathered_rows)
         return await loop.run_in_executor(self._device, self._run_timed, packed)
 
     def _run_timed(self, packed) -> tuple[np.ndarray, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from model import HashConfig, PhoenixModelConfig, TransformerConfig
 from request.encoding import EncodedRequest
-from server.batcher import Batcher
+from server.batcher import Batcher, BatchFailed
 from server.buckets import BucketPlan
 from server.config import BatcherConfig
 from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
@@ -38,6 +38,9 @@ class FakePacked:
     shape: tuple
     pieces: tuple
     model: object = None
+    gathered: bool = False  # GatheringRunner's: its rows gathered, how many, in how long
+    gathered_rows: int = 0
+    gather_seconds: float = 0.0
 
     @property
     def work_units(self) -> int:
@@ -198,6 +201,49 @@ def test_a_failing_batch_fails_only_its_requests():
         with pytest.raises(RuntimeError, match="poisoned"):
             await batcher.submit(request(13, 2))
         np.testing.assert_allclose((await batcher.submit(request(14, 2))).scores, expected(14, 2))
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+class GatheringRunner(FakeRunner):
+    """A runner with host-placed tables: `gather` runs on the batcher's gather thread, then
+    `run` on the device thread; the gather of a batch holding user `broken` fails."""
+
+    gathers = True
+
+    def __init__(self, broken: int):
+        super().__init__()
+        self.broken = broken
+        self.gathered: list[tuple[list[int], str]] = []  # users of each gather, its thread
+
+    def gather(self, packed):
+        users = [int(p.request.user_rows[0]) for p in packed.pieces]
+        self.gathered.append((users, threading.current_thread().name))
+        if self.broken in users:
+            raise OSError("the table could not be read")
+        return replace(packed, gathered=True, gathered_rows=5, gather_seconds=0.001)
+
+    def run(self, packed):
+        if not packed.gathered:  # as the real runner: gather here, where a failure fails
+            self.gather(packed)
+        return super().run(packed)
+
+
+def test_a_failed_gather_fails_its_batch_in_run_and_the_rest_are_gathered_first():
+    async def main():
+        runner = GatheringRunner(broken=13)
+        batcher = make(runner)
+        with pytest.raises(BatchFailed, match="could not be read"):
+            await batcher.submit(request(13, 2))
+        # The failed batch reached `run` (where the real runner releases what it holds).
+        assert runner.batches == [] and runner.gathered[-1][0] == [13]
+        np.testing.assert_allclose((await batcher.submit(request(14, 2))).scores, expected(14, 2))
+        assert runner.batches == [[14]]
+        assert [t.startswith("gather") for _, t in runner.gathered] == [True, False, True]
+        samples = {s.name: s.value for m in batcher.metrics.registry.collect() for s in m.samples}
+        assert samples["phoenix_table_rows_gathered_count"] == 1  # the good batch's
+        assert samples["phoenix_table_rows_gathered_sum"] == 5
         await batcher.stop()
 
     asyncio.run(main())
