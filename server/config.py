@@ -170,6 +170,10 @@ class Transport:
     )
 
 
+TABLE_PLACEMENTS = ("auto", "device", "host")  # see server.placement
+TABLE_SHARDINGS = ("replicated", "rows")  # see server.engine
+
+
 @dataclasses.dataclass(frozen=True)
 class TableConfig:
     """Where the hash tables live (see `server.placement`)."""
@@ -179,7 +183,7 @@ class TableConfig:
         "device: tables copied to the devices; host: tables memory-mapped from the checkpoint "
         "and each batch's rows gathered on the host; auto: host when the tables exceed "
         "--table-device-share of one device's memory",
-        choices=("auto", "device", "host"),
+        choices=TABLE_PLACEMENTS,
     )
     table_device_share: float = setting(
         0.5, "auto placement: the share of one device's memory the tables may take"
@@ -188,7 +192,7 @@ class TableConfig:
         "replicated",
         "device placement with several devices: replicated (a copy on each) or rows (each "
         "device holds a slice of every table's rows)",
-        choices=("replicated", "rows"),
+        choices=TABLE_SHARDINGS,
     )
 
 

@@ -42,8 +42,6 @@ from model.tables import TABLES, host_lookup, numpy_dtype, scale_name, table_dty
 from request.columns import SCHEMA
 from server.buckets import BatchShape
 
-PLACEMENTS = ("auto", "device", "host")
-SHARDINGS = ("replicated", "rows")
 RELEASE_BYTES = 256 * 2**20  # growth of mapped file memory that triggers a release
 
 
