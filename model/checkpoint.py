@@ -48,7 +48,7 @@ from model.errors import (
     TruncatedCheckpointError,
 )
 from model.params import TABLE_PREFIX, TrainingState, flatten, unflatten, validate
-from model.tables import table_bytes, table_dtype
+from model.tables import TABLE_MODULE, table_bytes, table_dtype
 
 FORMAT = "phoenix-ranking-checkpoint"
 FORMAT_VERSION = "1"
@@ -93,7 +93,7 @@ class Checkpoint:
     @property
     def tables(self) -> dict[str, np.ndarray]:
         """The `hash_embeddings` subtree: the tables (and int8 scales), views of the file."""
-        return self.state.params["hash_embeddings"]
+        return self.state.params[TABLE_MODULE]
 
     @property
     def table_dtype(self) -> str:

@@ -24,10 +24,10 @@ from model.errors import (
     UnexpectedParameterError,
 )
 from model.network import make_forward
-from model.tables import TABLE_DTYPES, scale_name
+from model.tables import TABLE_DTYPES, TABLE_MODULE, scale_name
 from request.layout import empty_batch
 
-TABLE_PREFIX = "hash_embeddings/"
+TABLE_PREFIX = TABLE_MODULE + "/"
 
 
 class TrainingState(NamedTuple):

@@ -37,7 +37,7 @@ from model.embeddings import action_embeddings, candidate_tokens, history_tokens
 from model.layers import rms_norm
 from model.mask import prefix_attn_mask
 from model.rope import apply_rope, sequence_positions
-from model.tables import lookup
+from model.tables import TABLE_MODULE, lookup
 from request.columns import CandidateInputs, PrefixInputs
 
 
@@ -142,7 +142,7 @@ def _param(params, name: str) -> jax.Array:
 
 def _table(params, table: str, rows: jax.Array) -> jax.Array:
     """float32 rows of a table in any storage dtype (`model.tables`)."""
-    return lookup(params["hash_embeddings"], table, rows)
+    return lookup(params[TABLE_MODULE], table, rows)
 
 
 def encode_prefixes(

@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 TABLES = ("user", "post", "author")  # the order of `model.config.TableRows`
+TABLE_MODULE = "hash_embeddings"  # the parameter subtree holding the tables (and scales)
 TABLE_DTYPES = ("float32", "bfloat16", "int8")
 SCALE_SUFFIX = "_scale"
 INT8_MAX = 127
@@ -101,12 +102,17 @@ def dequantized(params: Mapping) -> dict:
     """A parameter tree whose tables are float32 (int8 rows times their scales, bfloat16
     widened) and hold no scales; every other subtree as it is. It holds the tables in memory:
     for offline use (the `Ranker`, evaluation, export), not serving."""
-    tables = params["hash_embeddings"]
+    tables = params[TABLE_MODULE]
     out = dict(params)
-    out["hash_embeddings"] = {
+    out[TABLE_MODULE] = {
         t: dequantize(np.asarray(tables[t]), tables.get(scale_name(t))) for t in TABLES
     }
     return out
+
+
+def dense(params: Mapping) -> dict:
+    """A parameter tree without its tables: what host placement puts on the devices."""
+    return {module: leaves for module, leaves in params.items() if module != TABLE_MODULE}
 
 
 def describe_tables(rows, width: int, dtype: str) -> str:

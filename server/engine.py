@@ -52,14 +52,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.config import PhoenixModelConfig
-from model.params import TABLE_PREFIX
 from model.prefix import PrefixSlab, empty_slab, encode_prefixes, score_chunks, write_prefixes
+from model.tables import TABLE_MODULE
 from request.columns import SCHEMA
 from server.buckets import BatchShape, BucketPlan
 
 log = logging.getLogger("phoenix.server")
 
-TABLE_MODULE = TABLE_PREFIX.rstrip("/")  # "hash_embeddings": the tables' subtree
 
 # Compiled shapes whose estimated run is at most this long are run once before being offered.
 FIRST_RUN_SECONDS = 0.05

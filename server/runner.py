@@ -27,13 +27,15 @@ import jax.numpy as jnp
 from model.checkpoint import Checkpoint
 from model.network import default_compute_dtype
 from model.prefix import slab_slot_bytes
+from model.tables import dense
 from request.columns import SCHEMA
 from request.layout import Piece
 from server.buckets import BatchShape, BucketPlan, make_plan
 from server.config import ServerConfig
-from server.engine import TABLE_MODULE, Engine, Progress
-from server.packing import PackedBatch, Packer
+from server.engine import Engine, Progress
+from server.packing import PackedBatch, Packer, PrefixCall
 from server.placement import (
+    HostTables,
     choose,
     device_memory_bytes,
     gathered_dtype,
@@ -62,6 +64,12 @@ def placement_for(checkpoint: Checkpoint, config: ServerConfig) -> str:
     t = config.tables
     return choose(t.table_placement, checkpoint.table_bytes, device_memory_bytes(),
                   t.table_device_share)  # fmt: skip
+
+
+def _gathered(tables: HostTables, call: PrefixCall) -> tuple[PrefixCall, int]:
+    """A prefix call with its rows gathered from host-placed `tables`, and how many."""
+    g = tables.gather(call.shape, call.inputs)
+    return dataclasses.replace(call, inputs=g.inputs, tables=g.tables), g.rows
 
 
 class ModelRunner:
@@ -101,7 +109,7 @@ class ModelRunner:
         host = self.placement == "host"
         params, gathered = checkpoint.state.params, None
         if host:
-            params = {m: leaves for m, leaves in params.items() if m != TABLE_MODULE}
+            params = dense(params)
             # The shapes every version's gathered tables have (not a version's own tables:
             # an old version's mapping must not outlive it).
             gathered = functools.partial(
@@ -152,15 +160,12 @@ class ModelRunner:
         if tables is None or packed.tables is not None:
             return packed
         began = time.perf_counter()
-        calls, rows = [], 0
-        for call in packed.prefix_calls:
-            g = tables.gather(call.shape, call.inputs)
-            calls.append(dataclasses.replace(call, inputs=g.inputs, tables=g.tables))
-            rows += g.rows
+        calls = [_gathered(tables, call) for call in packed.prefix_calls]
         g = tables.gather(packed.shape, packed.chunks)
         return dataclasses.replace(
-            packed, prefix_calls=tuple(calls), chunks=g.inputs, tables=g.tables,
-            gathered_rows=rows + g.rows, gather_seconds=time.perf_counter() - began,
+            packed, prefix_calls=tuple(call for call, _ in calls), chunks=g.inputs,
+            tables=g.tables, gathered_rows=sum(rows for _, rows in calls) + g.rows,
+            gather_seconds=time.perf_counter() - began,
         )  # fmt: skip
 
     def run(self, packed: PackedBatch):
@@ -179,11 +184,9 @@ class ModelRunner:
                 todo = {e: r for e, r in packed.hits if e in lost}
                 calls += self.packer.prefix_calls(history, list(todo.items()))
             for call in calls:
-                inputs, tables = call.inputs, call.tables
-                if model.host_tables is not None and tables is None:  # one of the lost
-                    g = model.host_tables.gather(call.shape, inputs)
-                    inputs, tables = g.inputs, g.tables
-                self.engine.encode(call.shape, model.params, inputs, call.slots, tables)
+                if model.host_tables is not None and call.tables is None:  # one of the lost
+                    call, _ = _gathered(model.host_tables, call)
+                self.engine.encode(call.shape, model.params, call.inputs, call.slots, call.tables)
                 cache.written(call.entries)
             return self.engine.score(packed.shape, model.params, packed.chunks,
                                      packed.chunk_slots, packed.tables)  # fmt: skip

@@ -27,8 +27,8 @@ import numpy as np
 
 from model.checkpoint import Checkpoint
 from model.params import TABLE_PREFIX, flatten
-from model.tables import TABLES
-from server.engine import TABLE_MODULE, Engine
+from model.tables import TABLES, dense
+from server.engine import Engine
 from server.placement import HostTables, hashes_per_table
 
 _TABLE_NAMES = {TABLE_PREFIX + t for t in TABLES}
@@ -61,9 +61,8 @@ class Versions:
         params = checkpoint.state.params
         if not self.host:
             return ServedModel(version, checkpoint, self.engine.put(params))
-        dense = {m: leaves for m, leaves in params.items() if m != TABLE_MODULE}
         hashes = hashes_per_table(checkpoint.config)
-        return ServedModel(version, checkpoint, self.engine.put(dense),
+        return ServedModel(version, checkpoint, self.engine.put(dense(params)),
                            HostTables(checkpoint.tables, hashes))  # fmt: skip
 
     @property
@@ -87,7 +86,7 @@ class Versions:
         for name, value in flatten(checkpoint.state.params).items():
             if value.dtype == np.int8 or (self.host and name in _TABLE_NAMES):
                 continue  # int8 is finite; a mapped table is not read whole here
-            if not np.isfinite(value.astype(np.float32)).all():
+            if not np.isfinite(value.astype(np.float32, copy=False)).all():
                 raise ValueError(f"version {version}: {name} has non-finite values")
         model = self._place(checkpoint, version)
         self._resident.add(model)
