@@ -15,6 +15,12 @@ or an Arrow IPC stream (`columnar_sequences`). Every set is then scored through 
 as a Rank call, and the response says, per candidate, log(sigmoid(logit)) of each action at the
 index of its ActionName value.
 
+Every inflating path (a zstd history, an Arrow stream's compressed buffers) draws from one
+budget per call (`server.inflate`: what the request could have been sent as uncompressed), an
+Arrow stream is checked message by message before pyarrow reads it (`server.arrow_stream`),
+and a history paired with several sets is decoded once. `decode_cost` estimates a request's
+work from its wire format alone.
+
 Decoding is numpy and protobuf only (pyarrow and zstandard are imported on first use), so a
 frontend worker runs it without JAX.
 """
@@ -31,6 +37,7 @@ from model.actions import ACTIONS, NUM_ACTIONS
 from model.config import PhoenixModelConfig
 from request.raw import RawRequest
 from request.schema import MAX_REQUEST_ID_BYTES
+from server import arrow_stream, inflate
 from server.config import Limits
 from server.errors import InvalidArgument
 from server.rpc import recsys_pb2 as xpb
@@ -73,8 +80,8 @@ CONTINUOUS_LENGTH = DWELL_TIME + 1
 # The value of vector entries the model has no head for: log(0), a probability of 0 (see
 # docs/xai-compat.md: a caller's weighted sum stays finite and unaffected).
 NOT_PREDICTED = -math.inf
-# A compressed sequence may expand to at most this many times the request's byte limit.
-MAX_EXPANSION = 8
+# The widest actionNameMultiHot read: ActionName values are below 100 (xAI's engine sends 64).
+MAX_MULTI_HOT = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +97,9 @@ class History:
     def empty(cls) -> History:
         z = np.zeros(0, np.uint64)
         return cls(z, z, np.zeros((0, NUM_ACTIONS), np.uint8), np.zeros(0, np.int64))
+
+
+EMPTY = History.empty()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +128,7 @@ def decode_request(
 ) -> tuple[str, list[RawRequest], ResponsePlan]:
     """A PredictNextActionsRequest's bytes -> (its `metadata` request id, one RawRequest per
     candidate set, what the response needs). InvalidArgument names the field of anything the
-    model cannot score."""
+    model cannot score, or that inflates past the call's budget (`inflate.Budget`)."""
     if len(data) > limits.max_request_bytes:
         raise InvalidArgument(
             "request", f"{len(data)} bytes exceeds the server's limit of {limits.max_request_bytes}"
@@ -140,17 +150,13 @@ def decode_request(
     columnar = pair_columnar(request)
     raws, user_ids, echoes = [], [], []
     vocab = config.product_surface_vocab_size
-    bounds = Bounds(limits, vocab)
+    bounds = Bounds(limits, vocab, inflate.Budget.for_request(len(data), limits))
+    histories: dict[str, History] = {}  # by the field it came from: each decoded once
     for i, (candidate_set, sequence, arrow) in enumerate(
         zip(sets, sequences, columnar, strict=True)
     ):
         where = f"candidateSets[{i}]"
-        if arrow is not None:
-            history = history_from_arrow(arrow[1], f"columnar_sequences[{arrow[0]}]", bounds)
-        elif sequence is not None:
-            history = history_of(sequence[1], f"sequences[{sequence[0]}]", bounds)
-        else:
-            history = History.empty()
+        history = _history_once(histories, sequence, arrow, bounds)
         m = len(candidate_set.candidates)
         if not m:
             raise InvalidArgument(f"{where}.candidates", "no candidates")
@@ -182,6 +188,121 @@ def decode_request(
     mode = "logmap" if request.returnLogMap else "logprob" if request.returnLogprob else "logits"
     requested = np.array([i for i in request.requestedActionIndices if i < VECTOR_LENGTH], np.int64)
     return request.metadata, raws, ResponsePlan(mode, requested, tuple(user_ids), tuple(echoes))
+
+
+def _history_once(histories: dict[str, History], sequence, arrow, bounds: Bounds) -> History:
+    """A set's history: its Arrow entry's, else its sequence's, else none. Decoded once per
+    call however many sets pair with it: `histories` keeps each by the field it came from."""
+    if arrow is not None:
+        field = f"columnar_sequences[{arrow[0]}]"
+        if field not in histories:
+            histories[field] = history_from_arrow(arrow[1], field, bounds)
+    elif sequence is not None:
+        field = f"sequences[{sequence[0]}]"
+        if field not in histories:
+            histories[field] = history_of(sequence[1], field, bounds)
+    else:
+        return EMPTY
+    return histories[field]
+
+
+# decode_cost's unit is the service's: bytes of work, ~3 ns each (INLINE_BYTES, 16 KiB, is ~50
+# us). Each candidate set past the first adds ~50 us (~8 us decoding, ~44 us hashing: measured
+# on 2 cores with 300 events of history shared), so it counts as 16 KiB.
+SET_COST = 16 * 1024
+# decode_cost reads at most this many fields (tags and lengths, ~0.5 us each: ~0.1 ms at most)
+# and beyond them takes the request to cost the most a request may. A request's own fields are
+# its sequences, candidate sets and options; a sequence's are two or three, but in the
+# `userActions` form, where the scan stops at the first action.
+MAX_SCANNED_FIELDS = 128
+
+
+def decode_cost(data: bytes, limits: Limits) -> int:
+    """The bytes of work decoding `data` (a PredictNextActionsRequest) may cost, from its wire
+    format's tags and lengths alone, never a parse: its length, plus the inflation budget
+    (`limits.max_request_bytes`) when it holds a compressed history or an Arrow stream, plus
+    SET_COST per candidate set past the first. Bytes that do not scan, or need more than
+    MAX_SCANNED_FIELDS fields read, cost the most a request may."""
+    if len(data) > limits.max_request_bytes:
+        return len(data)  # refused before it is parsed
+    most = len(data) + limits.max_request_bytes + (limits.max_candidate_sets - 1) * SET_COST
+    try:
+        sets, inflates = _scan(data)
+    except _Unscannable:
+        return most
+    sets = min(sets, limits.max_candidate_sets)  # more are refused at once
+    return len(data) + (limits.max_request_bytes if inflates else 0) + max(sets - 1, 0) * SET_COST
+
+
+def _scan(data: bytes) -> tuple[int, bool]:
+    """(candidate sets, whether a history inflates) of a PredictNextActionsRequest's bytes:
+    `candidateSets` (2) counted, a non-empty `columnar_sequences` (13), or a `sequences` (1)
+    -> `userActionsData` (4) -> `compressedUserActions` (1), looked for. A sequence with
+    `userActions` (2) holds no other form (`history_of` refuses both): its scan stops there."""
+    fields = _Fields(data)
+    sets, inflates = 0, False
+    for number, start, end in fields.within(0, len(data)):
+        if number == 2:
+            sets += 1
+        elif number == 13 and end > start:
+            inflates = True
+        elif number == 1 and not inflates:
+            for inner, s, e in fields.within(start, end):
+                if inner == 2:
+                    break
+                if inner == 4 and any(n == 1 for n, _, _ in fields.within(s, e)):
+                    inflates = True
+    return sets, inflates
+
+
+class _Unscannable(Exception):
+    """Bytes that are not protobuf's wire format, or need more fields read than allowed."""
+
+
+class _Fields:
+    """Protobuf's wire format read by tags and lengths alone, MAX_SCANNED_FIELDS fields at
+    most in all."""
+
+    def __init__(self, data: bytes):
+        self.data, self.left = data, MAX_SCANNED_FIELDS
+
+    def within(self, at: int, end: int):
+        """(number, start, end) of each length-delimited field of the message in
+        data[at:end], the other fields skipped (each read counts); _Unscannable otherwise."""
+        data = self.data
+        while at < end:
+            self.left -= 1
+            if self.left < 0:
+                raise _Unscannable
+            key, at = _varint(data, at, end)
+            wire = key & 7
+            if wire == 0:
+                at = _varint(data, at, end)[1]
+            elif wire == 1 or wire == 5:
+                at += 8 if wire == 1 else 4
+            elif wire == 2:
+                size, at = _varint(data, at, end)
+                if size > end - at:
+                    raise _Unscannable
+                yield key >> 3, at, at + size
+                at += size
+            else:  # groups (3, 4) are not in this contract
+                raise _Unscannable
+        if at != end:
+            raise _Unscannable
+
+
+def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
+    """(value, where the next byte is) of the varint at `at`; _Unscannable when none ends
+    within 10 bytes and data[:end]."""
+    value = shift = 0
+    for i in range(at, min(end, at + 10)):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise _Unscannable
 
 
 def pair_sequences(request) -> list[tuple[int, object] | None]:
@@ -233,10 +354,12 @@ def pair_columnar(request) -> list[tuple[int, bytes] | None]:
 
 @dataclasses.dataclass(frozen=True)
 class Bounds:
-    """What a history is checked against: the request limits and the surface vocabulary."""
+    """What a history is checked against: the request limits, the surface vocabulary and
+    what is left of the call's inflation budget."""
 
     limits: Limits
     vocab: int  # product surfaces are in [0, vocab)
+    budget: inflate.Budget  # shared by every history of one call
 
 
 def history_of(sequence, where: str, bounds: Bounds, compressed_ok: bool = True) -> History:
@@ -256,21 +379,15 @@ def history_of(sequence, where: str, bounds: Bounds, compressed_ok: bool = True)
                                 f"{here}.aggregatedUserActions", bounds)  # fmt: skip
     if not compressed_ok:
         raise InvalidArgument(here, "a compressed sequence may not hold another")
-    inner = _decompress(container.compressedUserActions, here, bounds.limits)
+    inner = _decompress(container.compressedUserActions, here, bounds.budget)
     return history_of(inner, f"{here}.data", bounds, compressed_ok=False)
 
 
-def _decompress(compressed, where: str, limits: Limits):
-    import zstandard
-
+def _decompress(compressed, where: str, budget: inflate.Budget):
     if compressed.compression_type != xpb.ZSTD:
         raise InvalidArgument(f"{where}.compression_type",
                               f"{compressed.compression_type} is not ZSTD (1)")  # fmt: skip
-    limit = MAX_EXPANSION * limits.max_request_bytes
-    try:
-        data = zstandard.ZstdDecompressor().decompress(compressed.data, max_output_size=limit)
-    except zstandard.ZstdError as e:
-        raise InvalidArgument(f"{where}.data", f"not zstd within {limit} bytes ({e})") from None
+    data = inflate.zstd(compressed.data, budget, f"{where}.data")
     try:
         return xpb.UserActionSequence.FromString(data)
     except Exception as e:
@@ -288,6 +405,16 @@ def _check_events(where: str, count: int, actions: int, limits: Limits) -> None:
         )
 
 
+# Enum fields (ActionName, ProductSurface) are int32s and may be negative: they enter a uint64
+# array of ids as their 32 bits, and come out signed again.
+_U32 = 0xFFFFFFFF
+
+
+def _signed(values: np.ndarray) -> np.ndarray:
+    """int32 values held as their 32 bits in uint64 [...] -> int64 [...], signs restored."""
+    return values.astype(np.uint32).view(np.int32).astype(np.int64)
+
+
 def _from_user_actions(user_actions, where: str, bounds: Bounds) -> History:
     """One event per UserAction: its post, its one action, its surface."""
     n = len(user_actions)
@@ -295,14 +422,15 @@ def _from_user_actions(user_actions, where: str, bounds: Bounds) -> History:
     rows = []
     for a in user_actions:  # one pass, each message read once: ~1 us an event
         tweet, action = a.tweetInfo, a.actionInfo
-        rows.append((tweet.tweetId, tweet.authorId, action.actionName,
-                     action.userActionMeta.productSurface))  # fmt: skip
+        rows.append((tweet.tweetId, tweet.authorId, action.actionName & _U32,
+                     action.userActionMeta.productSurface & _U32))  # fmt: skip
     rows = np.array(rows, np.uint64).reshape(n, 4)
+    enums = _signed(rows[:, 2:])  # actionName, productSurface
     actions = np.zeros((n, NUM_ACTIONS), np.uint8)
-    ours = action_values_to_ours(rows[:, 2].astype(np.int64))
+    ours = action_values_to_ours(enums[:, 0])
     taken = ours >= 0
     actions[np.flatnonzero(taken), ours[taken]] = 1
-    return _keep_posts(rows[:, 0], rows[:, 1], actions, rows[:, 3].astype(np.int64), bounds.vocab,
+    return _keep_posts(rows[:, 0], rows[:, 1], actions, enums[:, 1], bounds.vocab,
                        f"{where}[{{}}].actionInfo.userActionMeta.productSurface")  # fmt: skip
 
 
@@ -315,7 +443,7 @@ def _from_aggregated(entries, where: str, bounds: Bounds) -> History:
     for e in entries:  # one pass, each message read once
         tweet, taken = e.tweetInfo, e.actions
         counts.append(len(taken))
-        surface = taken[0].userActionMeta.productSurface if taken else 0
+        surface = taken[0].userActionMeta.productSurface & _U32 if taken else 0
         rows.append((tweet.tweetId, tweet.authorId, surface))
         values.extend([a.actionName for a in taken])
     _check_events(where, n, len(values), bounds.limits)
@@ -325,68 +453,82 @@ def _from_aggregated(entries, where: str, bounds: Bounds) -> History:
     event = np.repeat(np.arange(n), np.array(counts, np.int64))
     taken = ours >= 0
     actions[event[taken], ours[taken]] = 1
-    return _keep_posts(rows[:, 0], rows[:, 1], actions, rows[:, 2].astype(np.int64), bounds.vocab,
+    return _keep_posts(rows[:, 0], rows[:, 1], actions, _signed(rows[:, 2]), bounds.vocab,
                        f"{where}[{{}}].actions[0].userActionMeta.productSurface")  # fmt: skip
 
 
 def history_from_arrow(data: bytes, where: str, bounds: Bounds) -> History:
     """An Arrow IPC stream's rows as events: columns tweetId and authorId (integers, required),
     productSurface (integer) and actionNameMultiHot (a fixed-size list of booleans indexed by
-    ActionName value), each optional. Every record batch is read and fully validated first."""
+    ActionName value, at most MAX_MULTI_HOT wide), each optional; other columns must be
+    fixed-width and are not read. Every message is checked before it is read, and every
+    record batch fully validated (`server.arrow_stream`)."""
     import pyarrow as pa
-    import pyarrow.ipc
 
-    batches, rows = [], 0
-    try:
-        reader = pa.ipc.open_stream(data)
-        for batch in reader:
-            batch.validate(full=True)  # untrusted bytes: offsets and lengths checked
-            rows += batch.num_rows
-            _check_events(where, rows, 0, bounds.limits)
-            batches.append(batch)
-        names = reader.schema.names
-        if len(batches) == 1:
-            (columns,) = batches
-        else:  # one array per column, whatever the batches
-            columns = pa.Table.from_batches(batches, schema=reader.schema).combine_chunks()
-        return _arrow_events(columns, names, rows, where, bounds)
-    except InvalidArgument:
-        raise
-    except (pa.ArrowException, ValueError, TypeError, OSError) as e:  # UnicodeDecodeError too
-        raise InvalidArgument(where, f"not a valid Arrow IPC stream ({e})") from None
+    schema, batches = arrow_stream.read_stream(
+        data, where, bounds.limits.max_history_events, bounds.budget, check_history_columns
+    )
+    rows = sum(b.num_rows for b in batches)
+    if len(batches) == 1:
+        (columns,) = batches
+    else:  # one array per column, whatever the batches
+        columns = pa.Table.from_batches(batches, schema=schema).combine_chunks()
+    return _arrow_events(columns, schema, rows, where, bounds)
 
 
-def _arrow_events(columns, names: list[str], rows: int, where: str, bounds: Bounds) -> History:
-    """A validated batch's (or table's) rows as events (see `history_from_arrow`)."""
+def check_history_columns(schema) -> None:
+    """The columns a history reads, each once and of the type it is read as
+    (`history_from_arrow`); arrow_stream.ColumnError naming the column otherwise."""
     import pyarrow as pa
+
+    names = schema.names
+    for name in ("tweetId", "authorId", "productSurface", "actionNameMultiHot"):
+        if names.count(name) > 1:
+            raise arrow_stream.ColumnError(name, "more than one column of that name")
+    for name in ("tweetId", "authorId"):
+        if name not in names:
+            raise arrow_stream.ColumnError(name, "missing column")
+    for name in ("tweetId", "authorId", "productSurface"):
+        if name in names and not pa.types.is_integer(kind := schema.field(name).type):
+            raise arrow_stream.ColumnError(name, f"is {kind}, not an integer column")
+    if "actionNameMultiHot" in names:
+        kind = schema.field("actionNameMultiHot").type
+        if not (pa.types.is_fixed_size_list(kind) and pa.types.is_boolean(kind.value_type)):
+            raise arrow_stream.ColumnError("actionNameMultiHot",
+                                           f"is {kind}, not a fixed-size list of booleans")  # fmt: skip
+        if kind.list_size > MAX_MULTI_HOT:
+            raise arrow_stream.ColumnError("actionNameMultiHot",
+                                           f"{kind.list_size} wide, over {MAX_MULTI_HOT}")  # fmt: skip
+
+
+def _arrow_events(columns, schema, rows: int, where: str, bounds: Bounds) -> History:
+    """A validated batch's (or table's) rows as events (see `history_from_arrow`), its
+    schema checked by `check_history_columns`."""
+    import pyarrow as pa
+
+    names = schema.names
 
     def array(name: str):
         column = columns.column(names.index(name))
         return column.chunk(0) if isinstance(column, pa.ChunkedArray) else column
 
-    def integers(name: str, required: bool) -> np.ndarray | None:
+    def integers(name: str) -> np.ndarray | None:
         if name not in names:
-            if required:
-                raise InvalidArgument(f"{where}.{name}", "missing column")
             return None
-        column = array(name) if rows else pa.array([], pa.int64())
-        if not pa.types.is_integer(column.type):
-            raise InvalidArgument(f"{where}.{name}", f"is {column.type}, not an integer column")
+        if not rows:
+            return np.zeros(0, np.int64)
+        column = array(name)
         if column.null_count:
             column = column.fill_null(0)
         return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
-    post_ids = integers("tweetId", True).view(np.uint64)
-    author_ids = integers("authorId", True).view(np.uint64)
-    surfaces = integers("productSurface", False)
+    post_ids = integers("tweetId").view(np.uint64)
+    author_ids = integers("authorId").view(np.uint64)
+    surfaces = integers("productSurface")
     surfaces = np.zeros(rows, np.int64) if surfaces is None else surfaces
     actions = np.zeros((rows, NUM_ACTIONS), np.uint8)
     if "actionNameMultiHot" in names:
-        kind = columns.schema.field(names.index("actionNameMultiHot")).type
-        if not (pa.types.is_fixed_size_list(kind) and pa.types.is_boolean(kind.value_type)):
-            raise InvalidArgument(f"{where}.actionNameMultiHot",
-                                  f"is {kind}, not a fixed-size list of booleans")  # fmt: skip
-        width = kind.list_size
+        width = schema.field("actionNameMultiHot").type.list_size
         if rows and width:
             lists = array("actionNameMultiHot")
             values = lists.values.slice(lists.offset * width, rows * width)

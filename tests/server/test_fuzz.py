@@ -16,7 +16,10 @@ every limit are cheap to build and to score). Strategies, mixed:
   duplicated slices, junk spliced in front or behind;
 * GetModelInfo with arbitrary bytes;
 * xAI's PredictNextActions: arbitrary bytes, mutations of valid requests in every history
-  form, and valid requests whose Arrow stream or zstd frame is arbitrary or mutated bytes.
+  form, and valid requests whose Arrow stream or zstd frame is arbitrary or mutated bytes;
+* the hostile corpus (tests/server/hostile.py: zstd and Arrow bombs, lying headers, shared
+  histories, protobuf garbage) built for this server's limits, each case answered with one of
+  its codes within seconds.
 
 Every Rank call is judged against an oracle written from the proto's comments and the
 server's limits (`expected_violations`, which uses the protobuf runtime only to parse):
@@ -66,11 +69,12 @@ from hypothesis import strategies as st
 
 from model.actions import NUM_ACTIONS
 from request.schema import MAX_REQUEST_ID_BYTES
+from server.config import Limits
 from server.convert import raw_request_to_columnar_pb
 from server.rpc import ranking_pb2 as pb
 from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request, varint
-from tests.server import xai_forms
+from tests.server import hostile, xai_forms
 from tests.server.harness import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -790,6 +794,21 @@ def test_predict_answers_by_the_contract(fuzzed, data):
         for dist in dist_set.candidateDistributions:
             top = np.array(dist.topLogProbs if request.returnLogprob else dist.logits)
             assert not np.isnan(top).any() and (not request.returnLogprob or (top <= 0).all())
+
+
+HOSTILE_LIMITS = Limits(max_candidates_per_request=MAX_CANDIDATES, max_history_events=MAX_HISTORY,
+                        max_history_actions=MAX_ACTIONS, max_request_bytes=MAX_BYTES)  # fmt: skip
+
+
+def test_the_hostile_corpus_is_answered_with_its_codes(fuzzed):
+    for case in hostile.cases(HOSTILE_LIMITS):
+        if len(case.data) > TRANSPORT_BYTES:
+            continue  # gRPC refuses it (RESOURCE_EXHAUSTED) before the service counts a call
+        call = fuzzed.call_predict if case.method == hostile.PREDICT else fuzzed.call_rank
+        start = time.monotonic()
+        code, body = call(case.data)
+        assert code.name in case.codes, (case.name, code, body)
+        assert time.monotonic() - start < 5, case.name  # an idle server: far less
 
 
 def test_the_server_survived_the_fuzz(fuzzed):

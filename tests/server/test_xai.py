@@ -4,9 +4,13 @@ sets and sequences, fields outside our subset, refusals naming the field, and th
 from __future__ import annotations
 
 import math
+import re
+import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model.actions import ACTIONS, NUM_ACTIONS
 from model.checkpoint import load_checkpoint
@@ -210,6 +214,103 @@ def test_limits_bound_every_history_form(config):
     )
     with pytest.raises(InvalidArgument, match="max_candidates_per_request"):
         decode(request, config, limits)
+
+
+def test_negative_enum_values_in_a_history_are_refused_or_dropped_not_internal(config):
+    """ActionName and ProductSurface are int32 enums: a negative value is an action the model
+    does not predict (dropped) or a surface outside the vocabulary (refused, named)."""
+    raw = raw_for("userActions", 13, history=3)
+    for form, field in (("userActions", "sequences[0].userActions[1].actionInfo.userActionMeta"),
+                        ("orderedAggregatedUserActionsList", "sequences[0].userActionsData."
+                         "orderedAggregatedUserActionsList.aggregatedUserActions[1].actions[0]"
+                         ".userActionMeta")):  # fmt: skip
+        request = xai_forms.request([raw], form)
+        seq = request.sequences[0]
+        event = (seq.userActions[1].actionInfo if form == "userActions" else
+                 seq.userActionsData.orderedAggregatedUserActionsList.aggregatedUserActions[1]
+                 .actions[0])  # fmt: skip
+        event.actionName = -5
+        _, (got,), _ = decode(request, config)
+        assert not got.history_actions[1].any()
+        event.userActionMeta.productSurface = -1
+        with pytest.raises(InvalidArgument, match=r"-1 is outside the vocabulary") as error:
+            decode(request, config)
+        assert error.value.field == f"{field}.productSurface"
+
+
+# -- what decoding may cost ------------------------------------------------------------------
+
+
+def test_decode_cost_is_the_length_plus_the_budget_when_inflating_plus_each_further_set():
+    limits = Limits()
+    budget, per_set = limits.max_request_bytes, xai.SET_COST
+    for form in FORMS:
+        inflating = form in ("compressedUserActions", "columnar_sequences")
+        for sets in (1, 3):
+            raws = [raw_for(form, 20 + k) for k in range(sets)]
+            data = xai_forms.request(raws, form).SerializeToString()
+            want = len(data) + (budget if inflating else 0) + (sets - 1) * per_set
+            assert xai.decode_cost(data, limits) == want, (form, sets)
+    many = xai_forms.request([raw_for("userActions", 30, history=3000)], "userActions")
+    data = many.SerializeToString()  # its sequence's scan stops at its first action
+    assert xai.decode_cost(data, limits) == len(data)
+    empty_entry = xai_forms.request([raw_for("userActions", 31)], "userActions")
+    empty_entry.columnar_sequences.append(b"")
+    data = empty_entry.SerializeToString()
+    assert xai.decode_cost(data, limits) == len(data)
+
+
+def test_decode_cost_of_bytes_that_do_not_scan_is_the_most_a_request_may_cost():
+    limits = Limits()
+    most = limits.max_request_bytes + (limits.max_candidate_sets - 1) * xai.SET_COST
+    for data in (b"\x0a\xff", b"\x0b" * 10, b"\x08" + b"\xff" * 11, b"\x12\x00" * 5000):
+        assert xai.decode_cost(data, limits) == len(data) + most
+    over = bytes(limits.max_request_bytes + 1)
+    assert xai.decode_cost(over, limits) == len(over)  # refused before it is parsed
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.binary(max_size=3000))
+def test_decode_cost_of_any_bytes_is_at_least_their_length_and_quick(data):
+    start = time.process_time()
+    assert xai.decode_cost(data, Limits()) >= len(data)
+    assert time.process_time() - start < 0.05
+
+
+# -- bad bytes -------------------------------------------------------------------------------
+
+VALID = [xai_forms.request([raw_for(form, 40 + k, history=k % 5, candidates=1 + k % 3)], form)
+         .SerializeToString() for k, form in enumerate(FORMS * 2)]  # fmt: skip
+
+
+@st.composite
+def mutated_requests(draw) -> bytes:
+    """A valid request of any form with a few bytes changed, inserted, cut or repeated."""
+    data = bytearray(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["set", "insert", "cut", "repeat"]))
+        if op == "set" and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=6))
+        elif op == "cut":
+            del data[at : at + draw(st.integers(1, 40))]
+        else:
+            data[at:at] = data[at : at + draw(st.integers(1, 40))]
+    return bytes(data)
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(data=st.one_of(st.binary(max_size=500), mutated_requests()))
+def test_decode_request_answers_any_bytes_or_refuses_naming_a_field(config, data):
+    try:
+        _, raws, plan = xai.decode_request(data, config, Limits())
+    except InvalidArgument as e:
+        assert re.match(r"(request|metadata|candidateSets|sequences|columnar_sequences)\b", e.field)
+        return
+    assert len(raws) == len(plan.echoes) >= 1
 
 
 # -- the response ---------------------------------------------------------------------------
