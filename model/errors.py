@@ -8,7 +8,12 @@ class CheckpointError(Exception):
 
 
 class NotACheckpointError(CheckpointError):
-    """The file is not a phoenix checkpoint (not safetensors, or lacks our metadata)."""
+    """The file is not a phoenix checkpoint: not a regular file, not safetensors (a malformed
+    header, tensors that do not tile the data), or without our metadata."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """The file exists but cannot be read (permissions, an I/O error)."""
 
 
 class TruncatedCheckpointError(CheckpointError):
