@@ -289,7 +289,7 @@ class PrefixOnce:
         while pieces:
             k = next_batch_size(((n, p.stop - p.start) for p in pieces), self.plan)
             batch, pieces = pieces[:k], pieces[k:]
-            scores = self.runner.run(self.runner.pack(batch))
+            scores = self.runner.run(self.runner.pack(batch)).values
             out += [scores[r, : p.stop - p.start] for r, p in enumerate(batch)]
         return np.concatenate(out)[:, : self.runner.config.num_actions]
 

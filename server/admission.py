@@ -13,8 +13,8 @@ of compute) and 256 queued 16-candidate ones (milliseconds) are not the same que
    of it a request is always tried (its own estimate alone is not trusted to refuse it).
 3. A queue that would hold more than `max_queue_s` of work with this request, or more than
    `max_queue` requests: RESOURCE_EXHAUSTED, with a retry hint equal to the time the device
-   needs to work the queue down to where this request would fit. A request always fits an
-   empty queue, however large it is (the request limits bound it).
+   needs to work the queue down to where this request would fit (at least `MIN_RETRY_MS`). A
+   request always fits an empty queue, however large it is (the request limits bound it).
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ EWMA_WEIGHT = 0.1
 # followed within a few batches. Small batches (one chunk of 16-32 candidates) make single
 # stalls weigh heavily per unit, which is why this matters.
 MAX_SAMPLE_RATIO = 4.0
+# The shortest retry hint, in ms: a client told to retry in less (a queue that is full of
+# nothing but the batch on the device) would only come back to the same refusal, and a
+# refusal repeated at that pace is a retry storm.
+MIN_RETRY_MS = 10
 
 
 class DeviceRate:
@@ -94,7 +98,7 @@ def decide(
     too_much_work = queued_s + own_s > max_queue_s
     if queued_requests and (too_much_work or queued_requests >= max_queue):
         excess_s = queued_s + own_s - max_queue_s if too_much_work else queued_s / queued_requests
-        retry_ms = max(1, math.ceil(round(1000 * (in_flight_s + excess_s), 6)))
+        retry_ms = retry_hint_ms(in_flight_s + excess_s)
         return Refusal(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "queue_full",
@@ -103,6 +107,11 @@ def decide(
             retry_ms,
         )
     return None
+
+
+def retry_hint_ms(wait_s: float) -> int:
+    """A retry hint (grpc-retry-pushback-ms) for an expected wait of `wait_s` seconds."""
+    return max(MIN_RETRY_MS, math.ceil(round(1000 * wait_s, 6)))
 
 
 def _ms(seconds: float) -> int:

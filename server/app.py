@@ -15,13 +15,16 @@ shutdown  the front drains (`server.lifecycle`, `server.transport`): refuse new 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import faulthandler
 import gc
 import logging
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -31,22 +34,30 @@ from model.errors import CheckpointError
 from model.tables import describe_tables
 from server.batcher import Batcher
 from server.buckets import BatchShape
-from server.checkpoint_dir import ReloadState, VersionFile
+from server.checkpoint_dir import ReloadState, VersionFile, file_version
 from server.config import Limits, ServerConfig
 from server.cores import available_cores
 from server.engine import WarmupAborted, enable_compilation_cache
 from server.errors import FailedPrecondition
 from server.frontend_hub import FrontendHub
+from server.mapped_file import install_lease_handler
 from server.metrics import Metrics, MetricsRecorder
-from server.metrics_http import MetricsHTTPServer, start_metrics_http, tls_context
+from server.metrics_http import MetricsHTTPServer, Probes, start_metrics_http, tls_context
 from server.reload import VersionWatcher, load_best
 from server.rpc import ranking_pb2 as pb
 from server.runner import ModelRunner, placement_for
 from server.service import ModelFacts
 from server.transport import Front, GrpcFront
-from server.versions import ServedModel
+from server.versions import FailureWindow, ServedModel
 
 log = logging.getLogger("phoenix.server")
+
+# /healthz says the process is stuck when its event loop has not turned for this long (it
+# turns every HEARTBEAT_SECONDS at least; nothing on it may block for more than milliseconds).
+HEARTBEAT_SECONDS = 1.0
+LIVENESS_STALL_SECONDS = 10.0
+# Of the grace period, what the lame duck leaves at least for draining and stopping.
+DRAIN_RESERVE_SECONDS = 2.0
 
 
 def describe(runner: ModelRunner, limits: Limits, checkpoint_sha256: str | None = None
@@ -117,27 +128,32 @@ class RankingServer:
             version = str(self.version_file.number)
         else:
             path = config.checkpoint or default_checkpoint_path()
+            self.version_file = file_version(path)  # before loading: a change meanwhile shows
             checkpoint = load_checkpoint(path, verify_tables=False)
             if on_device(checkpoint):
                 checkpoint = load_checkpoint(path)
         self.verified: dict[str, str] = {}  # checkpoint path -> file sha256, checked later
         self.metrics.table_verification.set(1 if checkpoint.info.file_sha256 else 0)
-        log.info("%s, placed on the %s", describe_tables(checkpoint.rows, checkpoint.config.emb_size,
-                                                         checkpoint.table_dtype),
-                 placement_for(checkpoint, config),
+        t = config.tables
+        log.info("%s, placed on the %s (--table-placement %s, --table-sharding %s)",
+                 describe_tables(checkpoint.rows, checkpoint.config.emb_size,
+                                 checkpoint.table_dtype),
+                 placement_for(checkpoint, config), t.table_placement, t.table_sharding,
                  extra={"fields": {"event": "tables", "table_bytes": checkpoint.table_bytes,
-                                   "table_dtype": checkpoint.table_dtype}})  # fmt: skip
+                                   "table_dtype": checkpoint.table_dtype,
+                                   "placement": placement_for(checkpoint, config)}})  # fmt: skip
         self.runner = ModelRunner(checkpoint, config, self._compiled, version)
         self.plan = self.runner.full_plan
         self.metrics.watch_prefix_cache(self.runner.prefix_cache_stats,
                                         self.runner.prefix_cache_capacity_bytes)  # fmt: skip
         self.metrics.models_resident.set_function(lambda: self.runner.versions.resident)
         self.watcher: VersionWatcher | None = None
+        self._failures: dict[int, FailureWindow] = {}  # per version: its non-finite batches
         self.port = self.metrics_port = 0
-        self._metrics_http: MetricsHTTPServer | None = None
+        self._http: list[MetricsHTTPServer] = []  # /metrics (and probes), the probes' own
+        self.readiness_port = 0
         self.batcher: Batcher | None = None
         self.front: Front | None = None
-        self.ready = False
         self.compile_thread: threading.Thread | None = None
         self._label_model()
 
@@ -158,20 +174,64 @@ class RankingServer:
         return checkpoint.info.file_sha256 or self.verified.get(checkpoint.info.path, "")
 
     def _swapped(self, model: ServedModel) -> None:
-        """A new version serves: GetModelInfo and phoenix_model_info follow it."""
+        """A new version serves: GetModelInfo and phoenix_model_info follow it, and the
+        server takes traffic again if it was held for want of a servable version."""
         if model.checkpoint.info.file_sha256:
             self.metrics.table_verification.set(1)
         self.info = describe(self.runner, self.config.limits,
                              self.checkpoint_sha256(model.checkpoint))  # fmt: skip
         self._label_model()
         self.front.publish(self.info)
+        if model.withdrawn is None:
+            self.metrics.serving_withdrawn.set(0)
+            self.front.hold(None)
+
+    def withdraw(self, model: ServedModel, reason: str, kind: str) -> None:
+        """On the loop: `model` may not serve any more (`kind`: changed, corrupt or
+        non_finite; see phoenix_withdrawals_total). If it is the serving version, calls are
+        refused UNAVAILABLE with the reason (health NOT_SERVING) until another version
+        serves: the watcher looks for one at once (with --checkpoint-dir the best other
+        valid version, or this file again once it changes; a corrupt or non-finite file is not
+        tried again as it is)."""
+        if not model.withdraw(reason):
+            return
+        self.metrics.withdrawals.labels(kind).inc()
+        serving = model is self.runner.model
+        log.error("model version %s withdrawn (%s): %s%s", model.version, kind, reason,
+                  "" if serving else " (it was no longer serving)",
+                  extra={"fields": {"event": "withdrawn", "version": model.version,
+                                    "reason": kind, "path": model.checkpoint.info.path}})  # fmt: skip
+        if self.watcher is not None and kind != "changed":
+            self.watcher.refuse_serving(model)
+        if not serving:
+            return
+        self.metrics.serving_withdrawn.set(1)
+        self.front.hold(f"model version {model.version} withdrawn: {reason}")
+        if self.watcher is not None:
+            self.watcher.wake()
+
+    def _non_finite(self, model: ServedModel) -> None:
+        """A batch of `model` scored non-finite values (its calls answered DATA_LOSS): the
+        third within a minute withdraws it (`server.versions.FailureWindow`)."""
+        window = self._failures.setdefault(id(model), FailureWindow())
+        if window.record(time.monotonic()):
+            self.withdraw(model, "it scored non-finite values in 3 batches within a minute",
+                          "non_finite")  # fmt: skip
+
+    def _file_changed(self, model: ServedModel, reason: str) -> None:
+        """Any thread: a version's mapped file changed (`server.mapped_file`)."""
+        try:
+            self._loop.call_soon_threadsafe(self.withdraw, model, reason, "changed")
+        except RuntimeError:  # the server stopped meanwhile
+            pass
 
     def verify_tables(self) -> threading.Thread | None:
         """Host-placed tables not yet checked: read the serving version's file once, on a
         thread of its own, against its recorded checksums (`model.checkpoint.verify_file`);
         then GetModelInfo and phoenix_model_info carry its sha256. A mismatch is logged as
         an error naming the tensor and sets phoenix_table_verification to -1."""
-        checkpoint = self.runner.model.checkpoint
+        model = self.runner.model
+        checkpoint = model.checkpoint
         if self.checkpoint_sha256(checkpoint):
             return None
         loop = asyncio.get_running_loop()
@@ -184,6 +244,9 @@ class RankingServer:
                 log.error("the serving tables failed verification: %s", e,
                           extra={"fields": {"event": "tables_corrupt"}})  # fmt: skip
                 self.metrics.table_verification.set(-1)
+                with contextlib.suppress(RuntimeError):  # RuntimeError: the server stopped
+                    loop.call_soon_threadsafe(self.withdraw, model, f"its tables failed their "
+                                              f"checksums ({e})", "corrupt")  # fmt: skip
                 return
             log.info("tables verified in %.1fs (sha256 %s)", time.monotonic() - started, sha,
                      extra={"fields": {"event": "tables_verified"}})  # fmt: skip
@@ -218,20 +281,55 @@ class RankingServer:
             if t.tls_cert is None or t.tls_key is None:
                 raise ValueError("--metrics-tls needs --tls-cert and --tls-key")
             context = tls_context(t.tls_cert, t.tls_key, t.tls_client_ca)
-        self._metrics_http = start_metrics_http(c.metrics_host, c.metrics_port, self.registry,
-                                                context)  # fmt: skip
-        self.metrics_port = self._metrics_http.port
+        probes = Probes(self.readiness, self.liveness)
+        self._beat = time.monotonic()
+        self._heart = asyncio.get_running_loop().create_task(self._heartbeat(), name="heartbeat")
+        self._http = [start_metrics_http(c.metrics_host, c.metrics_port, self.registry, context,
+                                         probes)]  # fmt: skip
+        self.metrics_port = self._http[0].port
         try:
+            if c.readiness_port is not None:
+                self._http.append(start_metrics_http(c.metrics_host, c.readiness_port, None,
+                                                     None, probes))  # fmt: skip
+                self.readiness_port = self._http[1].port
             await self._start_serving()
         except BaseException:
-            self._metrics_http.stop()
+            self._stop_http()
             if self.batcher is not None:
                 await self.batcher.stop()
             raise
 
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: whether the server takes traffic, and why not (any thread)."""
+        front = self.front
+        return (False, "server is starting; retry shortly") if front is None else front.readiness()
+
+    def liveness(self) -> tuple[bool, str]:
+        """/healthz: whether the process works: its event loop has turned within
+        LIVENESS_STALL_SECONDS, and its batcher runs (any thread)."""
+        stalled = time.monotonic() - self._beat
+        if stalled > LIVENESS_STALL_SECONDS:
+            return False, f"the event loop has not turned for {stalled:.1f} s"
+        if self.batcher is not None and self.batcher.broken is not None:
+            return False, f"the batcher stopped: {self.batcher.broken!r}"
+        return True, "ok"
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    def _stop_http(self) -> None:
+        self._heart.cancel()
+        for server in self._http:
+            server.stop()
+
     async def _start_serving(self) -> None:
         c = self.config
+        self._loop = asyncio.get_running_loop()
+        self.runner.versions.on_file_change = self._file_changed
         self.batcher = Batcher(self.runner, c.batcher, self.metrics)
+        self.batcher.on_non_finite = self._non_finite
         self.batcher.start()
         ckpt = self.runner.model.checkpoint
         facts = ModelFacts(
@@ -261,13 +359,14 @@ class RankingServer:
         gc.collect()
         gc.freeze()
         self.metrics.warmup_seconds.set(seconds)
-        self.ready = True
-        if self.version_file is not None:
-            c = self.config
-            self.watcher = VersionWatcher(c.checkpoint_dir, c.poll_seconds, self.runner.versions,
-                                          self.version_file, self.refused, self.metrics,
-                                          self._swapped)  # fmt: skip
-            self.watcher.start()
+        c = self.config
+        one_file = c.checkpoint_dir is None
+        self.watcher = VersionWatcher(
+            Path(self.version_file.path) if one_file else c.checkpoint_dir, c.poll_seconds,
+            self.runner.versions, self.version_file, self.refused, self.metrics, self._swapped,
+            one_file,
+        )  # fmt: skip
+        self.watcher.start()
         await self.front.serve()
         self.verify_tables()
         return seconds
@@ -311,7 +410,7 @@ class RankingServer:
     async def reload(self, check_now: bool) -> ReloadState:
         """ReloadModel (`server.service.Admin`): check --checkpoint-dir now when asked, and
         report the serving version; FailedPrecondition without a --checkpoint-dir."""
-        if self.version_file is None:
+        if self.config.checkpoint_dir is None:
             raise FailedPrecondition(
                 "this server serves one checkpoint (--checkpoint): no --checkpoint-dir to reload"
             )
@@ -322,27 +421,35 @@ class RankingServer:
         return ReloadState(busy, _epoch_seconds(model.checkpoint.info.created_at), model.version)
 
     def check_versions(self) -> None:
-        """SIGHUP: look at --checkpoint-dir now (a no-op without one)."""
+        """SIGHUP: look at --checkpoint-dir (or the --checkpoint file) now."""
         if self.watcher is not None:
             self.watcher.wake()
-        elif self.version_file is not None:
-            log.info("SIGHUP: --checkpoint-dir is checked once warm-up is done")
         else:
-            log.info("SIGHUP ignored: no --checkpoint-dir to check")
+            log.info("SIGHUP: the checkpoint is checked once warm-up is done")
 
     async def _close_and_drain(self, timeout: float) -> bool:
         self.batcher.close()
         return await self.batcher.drain(timeout)
 
-    async def shutdown(self, grace: float | None = None) -> bool:
-        """Drain and stop; True if every accepted request finished within the grace period."""
+    async def shutdown(self, grace: float | None = None, lame_duck: bool = True) -> bool:
+        """Stop within the grace period: first the lame duck (`lame_duck`, a server that was
+        serving: not ready, still answering, for --drain-delay-seconds, within the grace
+        period less DRAIN_RESERVE_SECONDS), then drain and stop; True if every accepted
+        request finished within the grace period."""
         grace = self.config.grace_seconds if grace is None else grace
-        deadline = time.monotonic() + grace
+        began = time.monotonic()
+        deadline = began + grace
         if self.watcher is not None:
             await self.watcher.stop()
+        if lame_duck:
+            await self.front.lame_duck()
+            delay = min(self.config.drain_delay_seconds, max(0.0, grace - DRAIN_RESERVE_SECONDS))
+            log.info("lame duck: not ready, answering calls for %.1fs more", delay,
+                     extra={"fields": {"event": "lame_duck", "seconds": delay}})  # fmt: skip
+            await asyncio.sleep(max(0.0, began + delay - time.monotonic()))
         drained = await self.front.stop(deadline, self._close_and_drain)
         await self.batcher.stop(wait_for_device=drained)
-        self._metrics_http.stop()
+        self._stop_http()
         return drained
 
 
@@ -356,7 +463,15 @@ def _epoch_seconds(iso_time: str) -> float:
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    server = RankingServer(config)
+    # Before any checkpoint is mapped: a change to a mapped file is then signalled, not a fault
+    # (server.mapped_file); a fault that happens anyway prints the stack that faulted.
+    install_lease_handler()
+    faulthandler.enable()
+    try:
+        server = RankingServer(config)
+    except (CheckpointError, ValueError) as e:  # nothing servable: one line, exit 2
+        log.error("cannot serve: %s", e, extra={"fields": {"event": "unservable"}})
+        return 2
     try:
         await server.start()
     except (OSError, ValueError) as e:  # a port taken, a TLS file missing: one line, exit 2
@@ -375,6 +490,7 @@ async def serve(config: ServerConfig) -> int:
                 "event": "listening",
                 "port": server.port,
                 "metrics_port": server.metrics_port,
+                "readiness_port": server.readiness_port,
             }
         },
     )
@@ -383,6 +499,7 @@ async def serve(config: ServerConfig) -> int:
     stopped = loop.create_task(stop.wait())
     await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
+    serving = False
     if not warm.done():  # SIGTERM during warm-up: stop compiling at the next shape
         abort_warmup.set()
         await asyncio.wait({warm})
@@ -391,6 +508,7 @@ async def serve(config: ServerConfig) -> int:
             "event": "serving",
             "port": server.port,
             "metrics_port": server.metrics_port,
+            "readiness_port": server.readiness_port,
             "model_version": server.info.model_version,
             "warmup_seconds": round(warm.result(), 2),
             "shapes_ready": server.runner.engine.shapes_ready,
@@ -401,12 +519,13 @@ async def serve(config: ServerConfig) -> int:
         server.compile_rest(abort_warmup)
         await stopped
         abort_warmup.set()  # stop compiling the remaining shapes, if any are left
+        serving = True
     elif warm.exception() is not None and not isinstance(warm.exception(), WarmupAborted):
         log.error("warm-up failed; not serving", exc_info=warm.exception())
         exit_code = 1
     log.info("shutting down (grace %.1fs)", config.grace_seconds)
     began = time.monotonic()
-    drained = await server.shutdown()
+    drained = await server.shutdown(lame_duck=serving)
     compiling = server.compile_thread
     if compiling is not None:  # aborted above: it stops after the shape it is compiling
         left = max(1.0, config.grace_seconds - (time.monotonic() - began))

@@ -58,22 +58,30 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+from prometheus_client import Counter
 
 from model.config import PhoenixModelConfig
 from request.encoding import EncodedRequest
 from request.layout import Piece, windows
-from server.admission import DeviceRate, Refusal, decide
+from server.admission import DeviceRate, Refusal, decide, retry_hint_ms
+from server.batch_result import Scores, Unwanted
 from server.buckets import BucketPlan
 from server.composition import next_batch_size
 from server.config import BatcherConfig
-from server.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDown
+from server.errors import (
+    DataLoss,
+    DeadlineExceeded,
+    QueueFull,
+    ServiceError,
+    ShuttingDown,
+    Withdrawn,
+)
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -97,7 +105,9 @@ class Runner(Protocol):
         (`shape.rows x shape.row_units`)."""
         ...
 
-    def run(self, packed) -> np.ndarray:  # [B, C, W]: W scores per candidate
+    def run(self, packed, wanted: Callable[[], bool]):
+        """-> `Scores` ([B, C, W] and whether each candidate's are finite), or a bare
+        float32 [B, C, W]; raises `Unwanted` when `wanted()` turns False between device calls."""
         ...
 
     # Optional (host-placed tables): `gathers` True, and `gather(packed)` -> the packed batch
@@ -173,6 +183,8 @@ class Batcher:
         self._idle.set()
         self._batches = 0
         self._task: asyncio.Task | None = None
+        # Called (on the loop) with the version whose batch scored non-finite values.
+        self.on_non_finite: Callable[[Any], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -204,6 +216,11 @@ class Batcher:
         self._device.shutdown(wait=wait_for_device, cancel_futures=True)
 
     @property
+    def broken(self) -> BaseException | None:
+        """Why the batching task died (None while it runs, and after a clean stop)."""
+        return None if isinstance(self._broken, ShuttingDown) else self._broken
+
+    @property
     def queued_requests(self) -> int:
         return self._queued_requests
 
@@ -224,10 +241,25 @@ class Batcher:
         self._admit(round(self._typical_units), deadline, time.monotonic())
 
     def retry_hint_ms(self) -> int:
-        """When a call refused for want of room might find some, in ms: the device time of the
-        work queued and running (any thread; what transport refusals tell clients)."""
-        seconds = self.rate.seconds(self._queued_units + self._in_flight_units)
-        return max(1, math.ceil(1000 * seconds))
+        """When a call refused at the transport might find room, in ms (any thread; what
+        transport refusals tell clients): with the queue full, the wait until a typical
+        request fits (`server.admission.decide`'s hint); else the wait for the work queued and
+        running and its own (the transport was full of calls, not of work). At least
+        `MIN_RETRY_MS`."""
+        now = time.monotonic()
+        refusal = self._refusal(round(self._typical_units), None, now)
+        if refusal is not None and refusal.retry_after_ms is not None:
+            return refusal.retry_after_ms
+        units = self._queued_units + self._in_flight_units + round(self._typical_units)
+        return retry_hint_ms(self.rate.seconds(units))
+
+    def queue_full(self) -> bool:
+        """Whether the queue would refuse a typical request for want of room now (any thread:
+        it only reads). The transport's door refuses scoring calls while it does, before they
+        reach a handler (`server.call_limits.Door`); not counted here (the door counts)."""
+        if self._broken is not None or not self._accepting:
+            return False  # the handler says why, with its own status
+        return self._refusal(round(self._typical_units), None, time.monotonic()) is not None
 
     def door(self) -> tuple[bool, int]:
         """What a frontend worker's door needs to know of the queue (sent with each answer):
@@ -252,6 +284,9 @@ class Batcher:
             raise ShuttingDown(f"batcher stopped after an internal error: {self._broken!r}")
         if not self._accepting:
             raise ShuttingDown("server is shutting down; retry on another replica")
+        reason = _withdrawn(self.runner.model)
+        if reason is not None:
+            raise Withdrawn(reason)
         refusal = self._refusal(units, deadline, now)
         if refusal is not None:
             self.metrics.refused.labels(refusal.reason).inc()
@@ -378,6 +413,10 @@ class Batcher:
                 request.future.set_exception(
                     DeadlineExceeded("deadline expired while queued; not computed")
                 )
+            elif (reason := _withdrawn(request.model or self.runner.model)) is not None:
+                self._pop()
+                self._dropped(request, "withdrawn")
+                request.future.set_exception(Withdrawn(reason))
             else:
                 return True
         return False
@@ -452,10 +491,12 @@ class Batcher:
                     for p in taken:
                         p.request.model = p.request.model or model
                     self._observe_dispatch(taken, packed)
+                    wanted = _wanted([p.request for p in taken], self.metrics.device_calls)
                     if self._gather is None:
-                        result = loop.run_in_executor(self._device, self._run_timed, packed)
+                        result = loop.run_in_executor(self._device, self._run_timed, packed,
+                                                      wanted)  # fmt: skip
                     else:
-                        result = loop.create_task(self._gather_and_run(packed))
+                        result = loop.create_task(self._gather_and_run(packed, wanted))
                     self._in_flight += 1
                     units = packed.work_units
                     self._in_flight_units += units
@@ -497,11 +538,17 @@ class Batcher:
             self._sweep_front(time.monotonic())
 
     def _fail(self, pieces: list[_QueuedPiece], error: BaseException) -> None:
-        """Fail the requests of these pieces (service errors as they are, bugs as BatchFailed)."""
+        """Fail the requests of these pieces (service errors as they are, bugs as BatchFailed;
+        a request whose deadline has passed as DeadlineExceeded, whatever the error)."""
+        now = time.monotonic()
         for p in pieces:
             if p.request.future.done():
                 continue
-            if isinstance(error, ServiceError):
+            if p.request.expired(now):
+                p.request.future.set_exception(
+                    DeadlineExceeded("deadline expired before this request was computed")
+                )
+            elif isinstance(error, ServiceError):
                 p.request.future.set_exception(error)
             else:  # one exception object per request, so their tracebacks stay apart
                 failure = BatchFailed(repr(error))
@@ -521,7 +568,7 @@ class Batcher:
         self.metrics.batch_rows.observe(len(taken))
         self.metrics.batch_padding_ratio.observe(1.0 - real / (shape.rows * shape.candidates))
 
-    async def _gather_and_run(self, packed) -> tuple[np.ndarray, float]:
+    async def _gather_and_run(self, packed, wanted: Callable[[], bool]) -> tuple[Any, float]:
         """Host-placed tables: gather the batch's rows on the gather thread (while the device
         runs the batch before), then run it. Both threads take batches in order, so the
         device still runs them in packing order."""
@@ -533,13 +580,14 @@ class Batcher:
         else:
             self.metrics.table_gather.observe(packed.gather_seconds)
             self.metrics.table_rows_gathered.observe(packed.gathered_rows)
-        return await loop.run_in_executor(self._device, self._run_timed, packed)
+        return await loop.run_in_executor(self._device, self._run_timed, packed, wanted)
 
-    def _run_timed(self, packed) -> tuple[np.ndarray, float]:
+    def _run_timed(self, packed, wanted: Callable[[], bool]) -> tuple[Any, float]:
         """On the device thread: the batch's scores and its own device seconds (excluding
-        the time it waited for the batch before it)."""
+        the time it waited for the batch before it). Not run when no call wants it any more
+        (`server.runner.Unwanted`, checked before each of its device calls)."""
         started = time.perf_counter()
-        scores = self.runner.run(packed)
+        scores = self.runner.run(packed, wanted)
         return scores, time.perf_counter() - started
 
     def _complete(self, result: asyncio.Future, taken: list[_QueuedPiece], units: int) -> None:
@@ -549,25 +597,81 @@ class Batcher:
         self._batches += 1
         self._wakeup.set()
         try:
-            scores, seconds = result.result()
-            self.metrics.inference.observe(seconds)
-            self.rate.observe(units, seconds)
-            for row, p in enumerate(taken):
-                request = p.request
-                if request.future.done():
-                    continue
-                if request.scores is None:
-                    m = request.encoded.num_candidates
-                    request.scores = np.empty((m, self.runner.score_width), np.float32)
-                request.scores[p.start : p.stop] = scores[row, : p.stop - p.start]
-                request.pieces_left -= 1
-                if request.pieces_left == 0:
-                    self.metrics.candidates_scored.inc(len(request.scores))
-                    request.future.set_result(Scored(request.scores, _version(request.model)))
+            out, seconds = result.result()
+        except Unwanted:
+            self.metrics.batches_unwanted.inc()
+            self._fail(taken, DeadlineExceeded("deadline expired while queued; not computed"))
+            return
         except (Exception, asyncio.CancelledError) as e:
-            log.exception("batch of %d rows failed", len(taken))
+            if not isinstance(e, ServiceError):
+                log.exception("batch of %d rows failed", len(taken))
             self._fail(taken, e)
+            return
+        self.metrics.inference.observe(seconds)
+        self.rate.observe(units, seconds)
+        scores, finite = _checked(out)
+        bad = []
+        for row, p in enumerate(taken):
+            request, size = p.request, p.stop - p.start
+            if request.future.done():
+                continue
+            if not finite[row, :size].all():
+                bad.append(p)
+                continue
+            if request.scores is None:
+                m = request.encoded.num_candidates
+                request.scores = np.empty((m, self.runner.score_width), np.float32)
+            request.scores[p.start : p.stop] = scores[row, :size]
+            request.pieces_left -= 1
+            if request.pieces_left == 0:
+                self.metrics.candidates_scored.inc(len(request.scores))
+                request.future.set_result(Scored(request.scores, _version(request.model)))
+        if bad:
+            self._non_finite(bad)
+
+    def _non_finite(self, pieces: list[_QueuedPiece]) -> None:
+        """Scores of these pieces came back non-finite: their requests fail DATA_LOSS (never
+        OK), and the version is reported (`on_non_finite`: repeated failures withdraw it)."""
+        model = pieces[0].request.model
+        version = _version(model)
+        self.metrics.non_finite_batches.inc()
+        log.error("model version %s scored non-finite values for %d requests; answered DATA_LOSS",
+                  version, len({id(p.request) for p in pieces}),
+                  extra={"fields": {"event": "non_finite", "version": version}})  # fmt: skip
+        self._fail(pieces, DataLoss(f"model version {version} scored non-finite values for this "
+                                    "request; it was not answered"))  # fmt: skip
+        if self.on_non_finite is not None:
+            self.on_non_finite(model)
 
 
 def _version(model: Any) -> str:
     return "" if model is None else model.version
+
+
+def _withdrawn(model: Any) -> str | None:
+    """Why `model` may not serve (`server.versions.ServedModel.withdrawn`), or None."""
+    return getattr(model, "withdrawn", None)
+
+
+def _wanted(requests: list[_Request], started: Counter) -> Callable[[], bool]:
+    """Asked before each device call of a batch: whether any of its requests still waits for
+    it (any thread: it only reads); each yes counts a device call `started`."""
+    unique = list({id(r): r for r in requests}.values())
+
+    def wanted() -> bool:
+        now = time.monotonic()
+        if any(not (r.future.done() or r.expired(now)) for r in unique):
+            started.inc()
+            return True
+        return False
+
+    return wanted
+
+
+def _checked(out: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A runner's output as (scores float32 [B, C, W], finite bool [B, C]): `Scores` carry
+    the device's own check; a bare array (a runner without one) is checked here."""
+    if isinstance(out, Scores):
+        return out.values, out.finite
+    scores = np.asarray(out)
+    return scores, np.isfinite(scores).all(axis=-1)

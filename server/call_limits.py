@@ -1,33 +1,53 @@
 """What bounds a call at the transport, before the service decodes a byte of it.
 
-How many at once. gRPC's (synchronous) server takes at most `maximum_concurrent_rpcs` calls
-at once and refuses the next ones on its polling thread, before a handler thread or the
-request body is touched: about 50 us of CPU a call, where a refusal by a handler costs about
-three times that and one by the asyncio server four (bench/host_path.py's door section).
-grpcio sends those refusals as RESOURCE_EXHAUSTED without a retry hint; `install_retry_hint`
-makes them carry `grpc-retry-pushback-ms`, from a function of the serving process (how long
-its queue takes to drain), like the service's own refusals. It replaces grpcio's private
-`grpc._server._reject_rpc` (the only place the refusal is sent), checked against the
-installed version at start: a grpcio whose internals changed keeps its own refusal, without
-the hint, and says so in the log; `tests/server/test_overload.py` holds the hint to being
-there.
+How many at once (`call_capacity`). gRPC's synchronous server runs each call on a thread of
+its own, from its headers to its answer, so the calls a process holds at once are bounded by
+the threads and memory it may use: by default `call_capacity` sizes that from the process's
+limits (threads allowed, memory), not from a fixed count, so that closed-loop callers up to
+that many are queued, not refused. What bounds the *work* admitted is the queue
+(`server.admission`: work and deadlines).
+
+Who is refused at the door (`Door`, installed with `install_door`). gRPC's server decides on
+its polling thread, before a handler thread or the request body is touched, whether to take a
+call (about 50 us of CPU to refuse one, where a refusal by a handler costs about three times
+that and one by the asyncio server four: bench/host_path.py's door section). `Door.refuses`
+makes that decision by the queue's state, not by a count: a scoring call is refused while the
+queue would refuse a typical request for want of room (`queue_full`), or past the capacity;
+the other calls (health checks, GetModelInfo, reflection, admin) keep `CONTROL_RESERVE` more
+places, so a probe is answered when the scoring calls fill the server. It replaces grpcio's
+private `grpc._server._handle_call` decision (the flag it is called with), checked against
+the installed version at start: a grpcio whose internals changed keeps its own count limit
+(the capacity) and the service's own refusals in the handler, and says so in the log.
+
+The refusal's retry hint. grpcio sends its refusals as RESOURCE_EXHAUSTED without a retry
+hint; `install_retry_hint` makes them carry `grpc-retry-pushback-ms`, from a function of the
+serving process (how long its queue takes to drain), like the service's own refusals. It
+replaces grpcio's private `grpc._server._reject_rpc` (the only place the refusal is sent),
+checked the same way; `tests/server/test_overload.py` holds the hint to being there.
 
 How long a body may take. A call whose request body never arrives would hold a handler
 thread (and a place among the calls at once) until its connection ends. Handlers take their
 request as a stream (`ReceiveWatchdog.receive`), so they start on the call's headers; one
 watchdog thread ends every call whose body has not arrived within `receive_timeout_s` with
 DEADLINE_EXCEEDED (through the call object grpcio keeps on the handler's context: grpcio's
-public `cancel()` could only answer CANCELLED).
+public `cancel()` could only answer CANCELLED). Slow bodies have a budget of their own: while
+more than `slow_budget` calls wait for their bodies at once (a slowloris: clients trickling
+bodies a byte at a time, reconnecting as they are ended), those waiting longer than
+`SLOW_BODY_SECONDS` are ended too, oldest first, so they never hold more than that share of
+the places and ordinary calls keep being served beside them.
 """
 
 from __future__ import annotations
 
-import heapq
+import collections
 import itertools
 import logging
+import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -38,6 +58,150 @@ log = logging.getLogger("phoenix.server")
 # The hint of a transport refusal, in milliseconds: a function of the serving process.
 _retry_hint: Callable[[], int] = lambda: 100  # noqa: E731
 _installed = False
+
+# Automatic capacity: at most this many calls at once, and at least this many.
+MAX_AUTO_CAPACITY = 1024
+MIN_AUTO_CAPACITY = 64
+# Of the threads the process may start, and of its memory, the share calls at once may take.
+THREAD_SHARE = 0.5
+MEMORY_SHARE = 0.25
+# Places beyond the capacity that only calls other than scoring ones may take (health checks,
+# GetModelInfo, reflection, admin calls): a probe is answered when scoring calls fill it.
+CONTROL_RESERVE = 16
+# While more calls than their budget wait for their bodies, those waiting longer than this
+# are ended (a body that is not trickling arrives within milliseconds of its headers).
+SLOW_BODY_SECONDS = 0.5
+
+
+def call_capacity(configured: int, per_call_bytes: int) -> int:
+    """Scoring calls a gRPC server takes at once, each holding a thread and up to
+    `per_call_bytes` of request: `configured` when it is positive, else what this process
+    can hold: `THREAD_SHARE` of the threads it may start and `MEMORY_SHARE` of its memory
+    (cgroup limits counted), between MIN_AUTO_CAPACITY and MAX_AUTO_CAPACITY."""
+    if configured > 0:
+        return configured
+    threads = _thread_limit()
+    by_threads = int(THREAD_SHARE * threads) if threads else MAX_AUTO_CAPACITY
+    memory = _memory_limit()
+    by_memory = int(MEMORY_SHARE * memory / per_call_bytes) if memory else MAX_AUTO_CAPACITY
+    return max(MIN_AUTO_CAPACITY, min(MAX_AUTO_CAPACITY, by_threads, by_memory))
+
+
+def _thread_limit() -> int | None:
+    """Threads this process may start: the smallest of RLIMIT_NPROC, the cgroup's pids.max
+    and the kernel's threads-max (None if none is known)."""
+    found = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY:
+        found.append(soft)
+    for path in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max",
+                 "/proc/sys/kernel/threads-max"):  # fmt: skip
+        value = _read_int(path)
+        if value:
+            found.append(value)
+    return min(found) if found else None
+
+
+def _memory_limit() -> int | None:
+    """Bytes of memory this process may use: the cgroup's limit, else the machine's RAM."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        value = _read_int(path)
+        if value and value < 2**60:
+            return value
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):  # absent, or "max"
+        return None
+
+
+@dataclass
+class Door:
+    """The transport's decision to take a call (see the module docstring): pure, apart
+    from the two functions of the serving process it reads.
+
+    capacity     scoring calls at once (`call_capacity`)
+    scoring      the full names of the scoring methods ("/package.Service/Method")
+    queue_full   whether the queue would refuse a typical request for want of room now
+    count        called with each refused call's full method name and the refusal's reason
+                 ("queue_full" or "capacity"), on gRPC's polling thread
+    """
+
+    capacity: int
+    scoring: frozenset[str]
+    queue_full: Callable[[], bool]
+    count: Callable[[str, str], None] = lambda _method, _reason: None
+    refusals: collections.Counter = field(default_factory=collections.Counter)
+
+    def refusal(self, method: str, active: int) -> str | None:
+        """Why a call of `method` arriving with `active` calls held is refused, or None."""
+        if method not in self.scoring:
+            return "capacity" if active >= self.capacity + CONTROL_RESERVE else None
+        if active >= self.capacity:
+            return "capacity"
+        return "queue_full" if self.queue_full() else None
+
+
+_doors: dict[int, tuple[Door, object]] = {}  # id(thread pool) -> (door, gRPC's server state)
+_details = threading.local()  # the refusal being sent, for `reject_rpc`
+_DETAILS = {
+    "queue_full": b"server overloaded: the queue is full; you may retry after the "
+    b"grpc-retry-pushback-ms trailer",
+    "capacity": b"server busy: every call place is taken; you may retry after the "
+    b"grpc-retry-pushback-ms trailer",
+}
+
+
+def install_door(server: grpc.Server, thread_pool, door: Door) -> bool:
+    """Let `door` decide which calls `server` (built on `thread_pool`) takes; True if
+    grpcio's internals allowed it (else gRPC's own count limit stays the only one)."""
+    try:
+        from grpc import _server
+
+        state = server._state
+        state.active_rpc_count  # noqa: B018 - what the door reads
+        original = _server._handle_call
+        names = original.__code__.co_varnames[:5]
+        if names != ("rpc_event", "method_with_handler", "interceptor_pipeline", "thread_pool",
+                     "concurrency_exceeded"):  # fmt: skip
+            raise AttributeError("grpc._server._handle_call has another signature")
+    except (ImportError, AttributeError) as e:
+        log.warning("the transport refuses by count only on this grpcio (%s)", e)
+        return False
+    if not getattr(original, "_phoenix_door", False):
+
+        def handle_call(rpc_event, method_with_handler, interceptor_pipeline, thread_pool,
+                        concurrency_exceeded):  # fmt: skip
+            found = _doors.get(id(thread_pool))
+            if found is not None and rpc_event.success:
+                door, state = found
+                method = method_with_handler.name() or rpc_event.call_details.method
+                if isinstance(method, bytes):
+                    method = method.decode("latin-1")
+                reason = door.refusal(method, state.active_rpc_count)
+                concurrency_exceeded = reason is not None
+                if reason is not None:
+                    door.refusals[reason] += 1
+                    door.count(method, reason)
+                _details.reason = reason
+            return original(rpc_event, method_with_handler, interceptor_pipeline, thread_pool,
+                            concurrency_exceeded)  # fmt: skip
+
+        handle_call._phoenix_door = True
+        _server._handle_call = handle_call
+    _doors[id(thread_pool)] = (door, state)
+    return True
+
+
+def remove_door(thread_pool) -> None:
+    _doors.pop(id(thread_pool), None)
 
 
 def install_retry_hint(hint_ms: Callable[[], int]) -> bool:
@@ -63,6 +227,7 @@ def install_retry_hint(hint_ms: Callable[[], int]) -> bool:
         metadata = None
         if status == cygrpc.StatusCode.resource_exhausted:
             metadata = (("grpc-retry-pushback-ms", str(max(1, int(_retry_hint())))),)
+            details = _DETAILS.get(getattr(_details, "reason", None), details)
         operations = (
             _server._get_initial_metadata_operation(rpc_state, None),
             cygrpc.ReceiveCloseOnServerOperation(_server._EMPTY_FLAGS),
@@ -77,13 +242,22 @@ def install_retry_hint(hint_ms: Callable[[], int]) -> bool:
 
 class ReceiveWatchdog:
     """Ends calls whose request body is late (see the module docstring). One thread; each
-    watched call costs a heap push and two lock acquisitions."""
+    watched call costs two dictionary operations under a lock.
 
-    def __init__(self, timeout_s: float):
+    timeout_s    a body this late after its headers ends its call
+    slow_budget  calls that may wait for their bodies at once before those waiting longer
+                 than SLOW_BODY_SECONDS are ended too (None: no budget)
+    """
+
+    def __init__(self, timeout_s: float, slow_budget: int | None = None):
         self.timeout_s = timeout_s
-        self._heap: list[tuple[float, int]] = []  # (when its body is late, call)
-        self._waiting: dict[int, grpc.ServicerContext] = {}  # calls whose body is awaited
+        self.slow_budget = slow_budget
+        # Calls whose body is awaited, oldest first: call -> (arrival, its context).
+        self._waiting: collections.OrderedDict[int, tuple[float, grpc.ServicerContext]] = (
+            collections.OrderedDict()
+        )
         self._late: set[int] = set()  # calls this watchdog ended, until their handler sees it
+        self.ended_slow = 0  # calls ended for the slow-body budget (not their timeout)
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
@@ -95,9 +269,8 @@ class ReceiveWatchdog:
         sent none, `CallEnded` if the call ended first (its body late, or the client gone)."""
         call = next(self._ids)
         with self._cond:
-            self._waiting[call] = context
-            heapq.heappush(self._heap, (time.monotonic() + self.timeout_s, call))
-            if self._heap[0][1] == call:
+            self._waiting[call] = (time.monotonic(), context)
+            if len(self._waiting) == 1 or self._over_budget():
                 self._cond.notify()
         try:
             return next(requests)
@@ -110,31 +283,50 @@ class ReceiveWatchdog:
                 raise CallEnded(grpc.StatusCode.DEADLINE_EXCEEDED) from None
             if isinstance(e, StopIteration):
                 raise InvalidArgument("request", "no request message") from None
-            raise CallEnded(grpc.StatusCode.CANCELLED) from None  # its client is gone
+            raise CallEnded(ended_code(context)) from None
         finally:
             with self._cond:
                 self._waiting.pop(call, None)
                 self._late.discard(call)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify()
 
+    def _over_budget(self) -> bool:
+        return self.slow_budget is not None and len(self._waiting) > self.slow_budget
+
     def _run(self) -> None:
         with self._cond:
             while not self._stopped:
                 now = time.monotonic()
-                while self._heap and self._heap[0][0] <= now:
-                    _, call = heapq.heappop(self._heap)
-                    context = self._waiting.pop(call, None)
-                    if context is not None:  # still waiting for its body
-                        self._late.add(call)
-                        self._end(context)
-                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                while self._waiting:
+                    call = next(iter(self._waiting))
+                    age = now - self._waiting[call][0]
+                    slow = self._over_budget() and age >= SLOW_BODY_SECONDS
+                    if age < self.timeout_s and not slow:
+                        break
+                    # No reference to a call's context outlives this step: it would keep the
+                    # call, and its HTTP/2 stream, open (see server.service._unlink).
+                    _, context = self._waiting.pop(call)
+                    self._late.add(call)
+                    self.ended_slow += slow and age < self.timeout_s
+                    self._end(context, age)
+                    del context
+                wait = None
+                if self._waiting:  # until the oldest is late (or, over budget, too slow)
+                    arrived = next(iter(self._waiting.values()))[0]
+                    limit = SLOW_BODY_SECONDS if self._over_budget() else self.timeout_s
+                    wait = max(0.0, arrived + limit - now)
+                self._cond.wait(wait)
 
-    def _end(self, context: grpc.ServicerContext) -> None:
-        details = f"request body not received within {self.timeout_s:g} s"
+    def _end(self, context: grpc.ServicerContext, age: float) -> None:
+        details = f"request body not received within {age:.3g} s"
         call = getattr(getattr(context, "_rpc_event", None), "call", None)
         try:
             if call is not None:
@@ -143,6 +335,62 @@ class ReceiveWatchdog:
                 context.cancel()
         except Exception:  # noqa: BLE001 - the call ended meanwhile
             pass
+
+
+# A call its client ends this close to the server's view of its deadline ended at the
+# client's deadline: the server's deadline is the client's plus the request's transit (gRPC
+# sends the time left, which the server counts from arrival), so the client gives up, and
+# sees DEADLINE_EXCEEDED, a transit before the server's deadline passes.
+DEADLINE_SLACK_S = 0.05
+
+
+def ended_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """How a call that ended while the server worked on it ended, as its client saw it: at
+    its deadline (within DEADLINE_SLACK_S), else refused by gRPC itself (a message over the
+    transport's size limit: gRPC answered RESOURCE_EXHAUSTED; `watch_receive_failures`
+    records it), else cancelled by its client."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if getattr(getattr(context, "_state", None), _REFUSED_MESSAGE, False):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.CANCELLED
+
+
+_REFUSED_MESSAGE = "_phoenix_message_refused"
+
+
+def watch_receive_failures() -> bool:
+    """Mark the calls whose request message gRPC itself refused (over
+    `grpc.max_receive_message_length`: the client is answered RESOURCE_EXHAUSTED). Python
+    sees such a call as cancelled by its client; only the failed receive tells them apart (a
+    cancel or a deadline ends a receive that succeeded empty). Wraps grpcio's private
+    `grpc._server._receive_message`; True if its internals allowed it."""
+    try:
+        from grpc import _server
+
+        original = _server._receive_message
+        if original.__code__.co_varnames[:3] != ("state", "call", "request_deserializer"):
+            raise AttributeError("grpc._server._receive_message has another signature")
+    except (ImportError, AttributeError) as e:
+        log.warning("calls refused by gRPC's message size limit count as CANCELLED (%s)", e)
+        return False
+    if getattr(original, "_phoenix", False):
+        return True
+
+    def receive_message(state, call, request_deserializer):
+        callback = original(state, call, request_deserializer)
+
+        def received(event):
+            if not event.success:
+                setattr(state, _REFUSED_MESSAGE, True)
+            return callback(event)
+
+        return received
+
+    receive_message._phoenix = True
+    _server._receive_message = receive_message
+    return True
 
 
 class CallEnded(Exception):

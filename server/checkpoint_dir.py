@@ -3,7 +3,8 @@ integer version N. Which version should serve is a pure decision over a director
 
 Other names are ignored (a file being copied in under a temporary name, then renamed, is seen
 only once complete). A version that failed to load is not tried again until its file changes
-(another size or modification time), so a broken file costs one log line, not one per poll.
+(another size or modification time), so a broken file costs one log line, not one per poll;
+so does anything else with a version's name (a directory, a FIFO, a dangling symlink).
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ class VersionFile(NamedTuple):
 
 
 def scan(directory: Path) -> list[VersionFile]:
-    """The version files in `directory`, highest version first (OSError if unreadable)."""
+    """The version files in `directory`, highest version first (OSError if unreadable).
+
+    Every entry with a version's name is listed, whatever it is (a FIFO, a directory, a
+    dangling symlink...): the loader refuses what is not a checkpoint, once per state. A
+    symlink's state is its target's, or its own where it leads nowhere. Nothing is opened."""
     found = []
     with os.scandir(directory) as entries:
         for entry in entries:
@@ -42,14 +47,26 @@ def scan(directory: Path) -> list[VersionFile]:
             if match is None:
                 continue
             try:
-                if not entry.is_file():
-                    continue
-                stat = entry.stat()
+                stat = _stat(entry)
             except FileNotFoundError:  # removed while we looked
                 continue
             found.append(VersionFile(int(match[1]), Path(entry.path), stat.st_size,
                                      stat.st_mtime_ns))  # fmt: skip
     return sorted(found, key=lambda v: v.number, reverse=True)
+
+
+def _stat(entry: os.DirEntry) -> os.stat_result:
+    try:
+        return entry.stat()
+    except OSError:  # a dangling or looping symlink, an unreadable target
+        return entry.stat(follow_symlinks=False)
+
+
+def file_version(path: Path) -> VersionFile:
+    """One checkpoint file served on its own (`--checkpoint`) as a version: number 0, its
+    state now (OSError if it cannot be looked at)."""
+    stat = os.stat(path)
+    return VersionFile(0, Path(path), stat.st_size, stat.st_mtime_ns)
 
 
 def candidates(available: list[VersionFile], refused: set[VersionFile]) -> list[VersionFile]:

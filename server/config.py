@@ -74,8 +74,13 @@ class BatcherConfig:
     max_batch_wait_ms: float = setting(
         2.0, "longest a request waits for company while the device is busy", "ms"
     )
+    # Queued work costs its callers latency, which their deadlines bound (a call that cannot
+    # finish in time is refused DEADLINE_EXCEEDED at once), and memory, which max_queue bounds.
+    # A second holds 256 closed-loop callers of ordinary requests on 2 CPU cores (queueing
+    # them is ~0.5 s of work) instead of refusing a third of them for want of room
+    # (tests/server/test_ordinary_load.py), and is what a 4x overload then queues at most.
     max_queue_ms: float = setting(
-        250.0,
+        1000.0,
         "most estimated device time of queued work; more is refused with RESOURCE_EXHAUSTED "
         "and a retry hint computed from the queue",
         "ms",
@@ -101,17 +106,18 @@ class Transport:
     that never completes its handshake after `handshake_timeout_s`.
     """
 
-    # Each call holds a handler thread while it waits for its batch, and all of them share
-    # the interpreter lock with the polling thread that refuses calls: more threads, slower
-    # refusals. Measured at 4x overload on 2 cores (bench/host_path.py overload): at 24
-    # refusals p99 91 ms, at 48 134 ms, at 256 the process collapsed (goodput 0.42x). 64
-    # holds ordinary closed-loop loads (48 clients) without a refusal; raise it where a
-    # batch's latency times the served rate is larger (Little's law: GPU, large batches).
+    # Each call holds a handler thread while it waits for its batch (asleep: it costs memory,
+    # not CPU). What bounds the work admitted is the queue (max_queue_ms, deadlines), and while
+    # the queue is full the transport refuses scoring calls before any handler
+    # (server.call_limits.Door), so this bound only has to stay within what the process can
+    # hold: by default half the threads it may start and a quarter of its memory at the
+    # transport's message limit per call, at most 1,024.
     max_concurrent_rpcs: int = setting(
-        64,
-        "calls a gRPC server (each frontend's) handles at once, each on a thread (with a "
-        "quarter more as headroom); past them gRPC refuses new calls RESOURCE_EXHAUSTED with "
-        "a retry hint, before reading them",
+        0,
+        "scoring calls a gRPC server (each frontend's) holds at once, each on a thread; past "
+        "them (or while the queue is full) gRPC refuses new calls RESOURCE_EXHAUSTED with a "
+        "retry hint, before reading them; 0: sized from the process's thread and memory "
+        "limits (up to 1,024)",
     )
     # The backlog of calls gRPC's core holds before the server's polling thread takes them.
     # That thread takes ~20,000 calls/s a core (it refuses past max_concurrent_rpcs itself),
@@ -210,6 +216,14 @@ class ServerConfig:
     metrics_tls: bool = setting(
         False, "serve /metrics over HTTPS with --tls-cert/--tls-key (and --tls-client-ca)"
     )
+    # /readyz and /healthz are also served on the metrics port; a port of their own is plain
+    # HTTP whatever --metrics-tls says (probes carry no client certificate).
+    readiness_port: int | None = setting(
+        None,
+        "a port of its own for GET /readyz (200 only while taking traffic) and /healthz "
+        "(liveness), plain HTTP on --metrics-host; xAI's home-mixer polls 9091 by default; "
+        "empty: on the metrics port only",
+    )
     checkpoint: Path | None = setting(
         None, "safetensors checkpoint to serve; empty: the embedded default model"
     )
@@ -238,7 +252,18 @@ class ServerConfig:
         "of compiling them; empty: off",
     )
     grace_seconds: float = setting(
-        10.0, "time queued and in-flight requests get after SIGTERM", "s"
+        15.0,
+        "time the whole shutdown may take after SIGTERM: the lame duck (--drain-delay-seconds), "
+        "then answering the queued and in-flight requests",
+        "s",
+    )
+    drain_delay_seconds: float = setting(
+        5.0,
+        "after SIGTERM, readiness (/readyz 503) and gRPC health say NOT_SERVING at once but new "
+        "calls are still answered for this long (lame duck), so balancers that poll stop "
+        "sending first; then new calls are refused and the rest drains, within --grace-seconds "
+        "(xAI's engine waits 20 s)",
+        "s",
     )
     log_level: str = setting(
         "info",

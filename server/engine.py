@@ -9,8 +9,10 @@ The engine computes; it knows nothing of requests or caches. It runs the two kin
   `encode(shape, params, inputs, slots)`   a prefix call: R rows of user + history encoded
       into slots of the slab of history bucket S (device memory that outlives the call);
   `score(shape, params, chunks, slots)`    a chunk call: B chunks of C candidates scored
-      against the slab slots holding their prefixes -> float32 [B, C, 2A] (logits, then
-      sigmoids, computed on the device so the host only copies bytes).
+      against the slab slots holding their prefixes -> `Scores`: float32 [B, C, 2A] (logits,
+      then sigmoids, computed on the device so the host only copies bytes) and bool [B, C],
+      whether each candidate's logits are finite (reduced on the device, in the same call, so
+      the host never scans the scores to know that none it answers is NaN or infinite).
 
 Each history bucket S has its own slab, so a chunk attends over 1 + S prefix slots, not the
 model's full history. Both calls block until the device is done and must come from one thread
@@ -55,6 +57,7 @@ from model.config import PhoenixModelConfig
 from model.prefix import PrefixSlab, empty_slab, encode_prefixes, score_chunks, write_prefixes
 from model.tables import TABLE_MODULE
 from request.columns import SCHEMA
+from server.batch_result import Scores
 from server.buckets import BatchShape, BucketPlan
 
 log = logging.getLogger("phoenix.server")
@@ -126,9 +129,10 @@ class Engine:
         def encode(params, slab, prefix, slots):
             return write_prefixes(slab, slots, encode_prefixes(params, config, self.dtype, prefix))
 
-        def scores(params, slab, chunks, chunk_slot):  # [B, C, 2A]: logits, then sigmoids
+        def scores(params, slab, chunks, chunk_slot):
             logits = score_chunks(params, config, self.dtype, slab, chunks, chunk_slot)
-            return jnp.concatenate([logits, jax.nn.sigmoid(logits)], axis=-1)
+            finite = jnp.isfinite(logits).all(axis=-1)  # [B, C]: a cheap check, on the device
+            return jnp.concatenate([logits, jax.nn.sigmoid(logits)], axis=-1), finite
 
         self._encode_fn, self._scores_fn = encode, scores
 
@@ -147,8 +151,14 @@ class Engine:
                     out[module][name] = jax.ShapeDtypeStruct(value.shape, value.dtype,
                                                              sharding=self._replicated)  # fmt: skip
                 else:
-                    out[module][name] = jax.device_put(value, self._replicated)
+                    out[module][name] = jax.device_put(self._owned(value), self._replicated)
         return out
+
+    def _owned(self, value: np.ndarray) -> np.ndarray:
+        """`value` as memory of its own on the CPU backend, whose device_put aliases a host
+        array instead of copying it: a parameter aliasing the mapped checkpoint would fault
+        (SIGBUS, the process killed) the moment the file is truncated while serving."""
+        return np.array(value) if self.backend == "cpu" else value
 
     def _put_rows(self, value: np.ndarray, abstract: bool):
         """A table (or its scales) split by rows over the devices, padded with zero rows."""
@@ -251,7 +261,7 @@ class Engine:
             else:
                 chunks = SCHEMA.empty_candidates(self._layout, shape.rows, shape.candidates)
                 fn = jax.jit(self._scores_fn, in_shardings=(rep_params, rep, rows, rows),
-                             out_shardings=rows)  # fmt: skip
+                             out_shardings=(rows, rows))  # fmt: skip
                 lowered = fn.lower(params, slab, chunks, _int32(shape.rows))
             executable = lowered.compile()
             self._executables[shape] = executable
@@ -268,17 +278,19 @@ class Engine:
         self._slabs[s] = self.executable(shape)(params, self._slabs[s], inputs, slots)
 
     def score(self, shape: BatchShape, params, chunks, chunk_slots: np.ndarray,
-              tables=None) -> np.ndarray:  # fmt: skip
-        """Run a chunk call: float32 [B, C, 2A] scores of `chunks` (CandidateInputs [B, C])
-        against the slab slots int32 [B] of their prefixes. Blocks until the device is done."""
+              tables=None) -> Scores:  # fmt: skip
+        """Run a chunk call: the scores of `chunks` (CandidateInputs [B, C]) against the slab
+        slots int32 [B] of their prefixes, and whether each candidate's logits are all
+        finite. Blocks until the device is done."""
         s, params = shape.history, self.with_tables(shape, params, tables)
-        return np.asarray(self.executable(shape)(params, self._slabs[s], chunks, chunk_slots))
+        values, finite = self.executable(shape)(params, self._slabs[s], chunks, chunk_slots)
+        return Scores(np.asarray(values), np.asarray(finite))
 
     def reset_slab(self, history: int) -> None:
         """Start the slab of `history` afresh (after a failed call may have taken it)."""
         self._slabs[history] = self._empty_slab(history)
 
-    def check(self, params) -> np.ndarray | None:
+    def check(self, params) -> Scores | None:
         """Scores of one padding prefix and one padding chunk, of the smallest compiled
         shapes, under `params`, on a scratch slab (any thread): proves a version runs end to
         end on the executables already compiled. None if no pair of shapes is compiled yet."""
@@ -294,9 +306,10 @@ class Engine:
         )  # fmt: skip
         chunks = SCHEMA.empty_candidates(self._layout, chunk.rows, chunk.candidates)
         slots = np.zeros(chunk.rows, np.int32)
-        return np.asarray(
-            self.executable(chunk)(self.with_tables(chunk, params), slab, chunks, slots)
+        values, finite = self.executable(chunk)(
+            self.with_tables(chunk, params), slab, chunks, slots
         )
+        return Scores(np.asarray(values), np.asarray(finite))
 
 
 def _spec(a: jax.Array) -> jax.ShapeDtypeStruct:

@@ -3,6 +3,10 @@
 InvalidArgument   INVALID_ARGUMENT    bad input; the message names the field
 QueueFull         RESOURCE_EXHAUSTED  overload; retry after `retry_after_ms`
 ShuttingDown      UNAVAILABLE         draining or warming up; retry elsewhere/later
+Withdrawn         UNAVAILABLE         no model version may serve (corrupt, changed or non-finite);
+                                      the message says why; retry on another replica
+DataLoss          DATA_LOSS           the model scored non-finite values for the request: nothing
+                                      is answered OK that is not a finite score
 DeadlineExceeded  DEADLINE_EXCEEDED   the deadline passed, or cannot be met, before compute
 Unimplemented     UNIMPLEMENTED       a call or option this server does not offer (or has off)
 FailedPrecondition FAILED_PRECONDITION a call the server's configuration cannot honour
@@ -36,6 +40,14 @@ class QueueFull(ServiceError):
 
 class ShuttingDown(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Withdrawn(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ServiceError):
+    code = grpc.StatusCode.DATA_LOSS
 
 
 class DeadlineExceeded(ServiceError):

@@ -97,6 +97,7 @@ class FrontendHub:
         self._processes: list[multiprocessing.Process] = []
         self._context = multiprocessing.get_context("spawn")
         self._state = 0  # last state broadcast (0: not yet serving)
+        self._held = ""  # why no version may serve ("": one may)
         self._supervisor: asyncio.Task | None = None
         self.port = 0
 
@@ -140,7 +141,8 @@ class FrontendHub:
         while self._state != ipc.DRAINING:
             await asyncio.sleep(SUPERVISE_SECONDS)
             for index, process in enumerate(self._processes):
-                if process.exitcode is not None and self._state != ipc.DRAINING:
+                if process.exitcode is not None and self._state not in (ipc.DRAINING,
+                                                                        ipc.LAME_DUCK):  # fmt: skip
                     log.error("frontend %s exited with %s; starting another", process.name,
                               process.exitcode)  # fmt: skip
                     self._processes[index] = self._spawn(index)
@@ -151,8 +153,36 @@ class FrontendHub:
 
     async def _broadcast(self, state: int) -> None:
         self._state = state
-        for writer in self._send_all(ipc.state_frame(state)):
+        for writer in self._send_all(self._state_frame()):
             await writer.drain()
+
+    def _state_frame(self) -> bytes:
+        if self._state == ipc.SERVING and self._held:
+            return ipc.state_frame(ipc.HELD, self._held)
+        return ipc.state_frame(self._state)
+
+    async def lame_duck(self) -> None:
+        """Every frontend turns health NOT_SERVING and keeps serving (LAME_DUCK)."""
+        await self._broadcast(ipc.LAME_DUCK)
+
+    def readiness(self) -> tuple[bool, str]:
+        """What /readyz answers (this process's view of the frontends' state)."""
+        if self._state == ipc.SERVING and not self._held:
+            return True, "ready"
+        if self._state == ipc.SERVING:
+            return False, f"no model version may serve: {self._held}"
+        if self._state == ipc.LAME_DUCK:
+            return False, "shutting down: still answering calls for a while"
+        if self._state == ipc.DRAINING:
+            return False, "server is shutting down; retry on another replica"
+        return False, "server is warming up; retry shortly"
+
+    def hold(self, reason: str | None) -> None:
+        """Every frontend refuses calls UNAVAILABLE with `reason` (health NOT_SERVING);
+        None: they serve again."""
+        self._held = reason or ""
+        if self._state == ipc.SERVING:
+            self._send_all(self._state_frame())
 
     def publish(self, info: pb.ModelInfo) -> None:
         """A new ModelInfo for the frontends' GetModelInfo (after a swap); frontends started
@@ -208,7 +238,7 @@ class FrontendHub:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         key = id(writer)
         calls: dict[int, asyncio.Future] = {}  # this frontend's requests on the queue, by call id
-        door_counted = 0  # of its door's refusals, those counted in the metrics
+        door_counted: ipc.Refusals = {}  # of its refusals before the queue, those counted
         self._writers.append(writer)
         try:
             while True:
@@ -231,14 +261,17 @@ class FrontendHub:
                     counts, door_refusals = ipc.parse_transport(payload)
                     self._transport[key] = self._transport.get(key, TransportCounts()).then(counts)
                     # A frontend's door refuses by the queue's verdict: the queue's refusals.
-                    self.metrics.refused.labels("queue_full").inc(door_refusals - door_counted)
-                    door_counted = door_refusals
+                    for (method, reason), count in door_refusals.items():
+                        new = count - door_counted.get((method, reason), 0)
+                        if new > 0:
+                            self.recorder.refused_before_handler(method, reason, new)
+                            door_counted[(method, reason)] = count
                 elif kind == ipc.READY:
                     self._ready += 1
                     if self._ready >= self.workers:
                         self._all_ready.set()
                     if self._state:  # a replacement joins a server already running
-                        writer.write(ipc.state_frame(self._state))
+                        writer.write(self._state_frame())
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

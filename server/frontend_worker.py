@@ -30,8 +30,14 @@ from request.columns import SCHEMA, EncodedRequest, Layout
 from server import ipc, transport_stats
 from server.checkpoint_dir import ReloadState
 from server.config import ServerConfig
-from server.errors import DeadlineExceeded, FailedPrecondition, QueueFull, ShuttingDown
-from server.metrics import CallRecord
+from server.errors import (
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    QueueFull,
+    ShuttingDown,
+)
+from server.metrics import CallRecord, short_method
 from server.rpc import ranking_pb2 as pb
 from server.service import ModelFacts
 from server.transport import GrpcFront
@@ -50,6 +56,7 @@ _ERRORS = {
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: lambda message, _: DeadlineExceeded(message),
     grpc.StatusCode.UNAVAILABLE.value[0]: lambda message, _: ShuttingDown(message),
     grpc.StatusCode.FAILED_PRECONDITION.value[0]: lambda message, _: FailedPrecondition(message),
+    grpc.StatusCode.DATA_LOSS.value[0]: lambda message, _: DataLoss(message),
 }
 
 
@@ -86,13 +93,16 @@ class DeviceLink:
         self.in_flight = 0
         self.last_retry_ms = DEFAULT_RETRY_MS  # the device's latest retry hint
         self.full_until = 0.0  # the device's queue is full until then (its latest answer)
-        self.door_refusals = 0  # calls precheck refused for a full queue (reported)
+        # Calls refused for want of room, by (method, reason), reported to the device process:
+        # by the transport's door ("queue_full", "capacity") and by precheck ("queue_full":
+        # those are counted by their handler as calls too, so with method None).
+        self.door_refusals: ipc.Refusals = {}
         self._door_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}  # submitted, not yet answered by the device
         self._answered = asyncio.Event()  # set whenever _pending is empty
         self._answered.set()
-        self.state = asyncio.Queue()  # STATE values from the device, or None when it is gone
+        self.state = asyncio.Queue()  # (STATE, reason) from the device, or None when it is gone
         self.on_info = None  # called with each new ModelInfo the device sends
         self._reloads: dict[int, asyncio.Future] = {}  # ReloadModel calls awaiting the device
         self.broken = False
@@ -110,13 +120,27 @@ class DeviceLink:
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline had already passed when the request arrived")
         if now < self.full_until:
-            with self._door_lock:
-                self.door_refusals += 1
+            self._refused(None, "queue_full")
             raise QueueFull("the queue is full; retry later", self.last_retry_ms)
 
     def retry_hint_ms(self) -> int:
         """Any thread: the device's latest retry hint (what its own refusals said)."""
         return self.last_retry_ms
+
+    def queue_full(self) -> bool:
+        """Any thread: whether the device's queue said it was full, until its retry hint
+        has passed (the transport's door refuses scoring calls meanwhile)."""
+        return not self.broken and time.monotonic() < self.full_until
+
+    def refused_at_door(self, method: str, reason: str) -> None:
+        """The transport's door refused a call (polling thread): reported to the device
+        process with the transport's counts."""
+        self._refused(short_method(method), reason)
+
+    def _refused(self, method: str | None, reason: str) -> None:
+        with self._door_lock:
+            key = (method, reason)
+            self.door_refusals[key] = self.door_refusals.get(key, 0) + 1
 
     def submit(self, encoded: EncodedRequest, deadline: float | None) -> asyncio.Future:
         """On the loop. Cancelling the future (its call ended) tells the device process to
@@ -179,7 +203,9 @@ class DeviceLink:
         read runs on a thread: it costs ~0.3 ms per connection (server.transport_stats)."""
         counts = await asyncio.to_thread(transport_stats.read)
         if counts is not None and not self.broken:
-            self.writer.write(ipc.transport_frame(counts, self.door_refusals))
+            with self._door_lock:
+                refusals = dict(self.door_refusals)
+            self.writer.write(ipc.transport_frame(counts, refusals))
 
     # -- frames from the device ----------------------------------------------------------
 
@@ -267,10 +293,13 @@ async def _run(args: WorkerArgs) -> int:
             next_state.cancel()
             break
         state = next_state.result()
-        if state == ipc.SERVING:
-            await front.serve()
-        else:  # DRAINING, or the device process is gone
+        if state is None or state[0] == ipc.DRAINING:  # draining, or the device process is gone
             break
+        if state[0] == ipc.LAME_DUCK:
+            await front.lame_duck()
+            continue
+        front.hold(state[1] if state[0] == ipc.HELD else None)
+        await front.serve()
     deadline = time.monotonic() + config.grace_seconds
     drained = await front.stop(deadline, link.idle)
     reporting.cancel()

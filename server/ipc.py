@@ -18,11 +18,13 @@ pickle, no per-element work):
     RELOAD  frontend -> device  a ReloadModel call: call id, whether to check now
     RELOADED device -> frontend call id, status code, then (OK) in progress, the serving
                                 checkpoint's timestamp and its version, or a UTF-8 message
-    STATE   device -> frontend  SERVING or DRAINING
+    STATE   device -> frontend  SERVING, LAME_DUCK (SIGTERM: not ready, still serving),
+                                DRAINING, or HELD and why (no version may serve)
     READY   frontend -> device  the frontend's gRPC port is bound
     TRANSPORT frontend -> device  what the frontend's gRPC transport counted (calls started,
                                 succeeded, failed, open: `server.transport_stats`) and the
-                                calls its door refused for a full queue (since it started),
+                                calls it refused before the queue, by reason (a full queue,
+                                no place left: since it started),
                                 every `TRANSPORT_REPORT_SECONDS` and once more when it stops
 
 Shapes: n history events, m candidates, U / I / Au hashes per user / post / author id,
@@ -42,12 +44,11 @@ import numpy as np
 from request.columns import EncodedRequest, Layout
 from server.batcher import Scored
 from server.checkpoint_dir import ReloadState
-from server.metrics import CallRecord
+from server.metrics import METHODS, CallRecord
 from server.transport_stats import TransportCounts
 
 SUBMIT, RESULT, DONE, STATE, READY, INFO, TRANSPORT, RELOAD, RELOADED, CANCEL = range(1, 11)
-SERVING, DRAINING = 1, 2
-METHODS = ("Rank", "GetModelInfo", "PredictNextActions", "ReloadModel")
+SERVING, DRAINING, HELD, LAME_DUCK = 1, 2, 3, 4
 
 _FRAME = struct.Struct("<IB")
 _SUBMIT = struct.Struct("<QdIII")  # call id, deadline, in flight, n, m
@@ -62,7 +63,10 @@ _CANCEL = struct.Struct("<Q")  # call id
 _RELOADED = struct.Struct("<QBBd")  # call id, status code, in progress, checkpoint timestamp
 _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
-_TRANSPORT = struct.Struct("<QQQQQ")  # calls started, succeeded, failed, open; door refusals
+_TRANSPORT = struct.Struct("<QQQQH")  # calls started, succeeded, failed, open; refusal counts
+_REFUSALS = struct.Struct("<BBQ")  # a method (METHODS, or 255: another), a reason, count
+DOOR_REASONS = ("queue_full", "capacity")
+_OTHER = 255
 TRANSPORT_REPORT_SECONDS = 1.0
 MAX_FRAME_BYTES = 64 * 2**20
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -198,26 +202,38 @@ def parse_reloaded(payload: memoryview) -> tuple[int, int, ReloadState | str]:
     return call_id, code, ReloadState(bool(in_progress), timestamp, text)
 
 
-def state_frame(state: int) -> bytes:
-    return frame(STATE, _STATE.pack(state))
+def state_frame(state: int, reason: str = "") -> bytes:
+    """`reason`: with HELD, why no version may serve."""
+    return frame(STATE, _STATE.pack(state), reason.encode())
 
 
-def parse_state(payload: memoryview) -> int:
-    return _STATE.unpack_from(payload)[0]
+def parse_state(payload: memoryview) -> tuple[int, str]:
+    """(state, reason)."""
+    return _STATE.unpack_from(payload)[0], bytes(payload[_STATE.size :]).decode(errors="replace")
 
 
 def ready_frame(index: int) -> bytes:
     return frame(READY, _READY.pack(index))
 
 
-def transport_frame(counts: TransportCounts, door_refusals: int) -> bytes:
+Refusals = dict[tuple[str | None, str], int]  # (method or None: another, reason) -> count
+
+
+def transport_frame(counts: TransportCounts, refusals: Refusals) -> bytes:
+    """`refusals`: the calls refused before the queue so far, by method (`METHODS`; None for
+    another) and reason (`DOOR_REASONS`)."""
     c = counts
-    return frame(
-        TRANSPORT, _TRANSPORT.pack(c.started, c.succeeded, c.failed, c.open, door_refusals)
-    )
+    entries = [_REFUSALS.pack(_OTHER if m is None else METHODS.index(m), DOOR_REASONS.index(r), n)
+               for (m, r), n in refusals.items()]  # fmt: skip
+    return frame(TRANSPORT, _TRANSPORT.pack(c.started, c.succeeded, c.failed, c.open,
+                                            len(entries)), *entries)  # fmt: skip
 
 
-def parse_transport(payload: memoryview) -> tuple[TransportCounts, int]:
-    """(the transport's counts, the door's refusals so far)."""
-    *counts, door_refusals = _TRANSPORT.unpack(payload)
-    return TransportCounts(*counts), door_refusals
+def parse_transport(payload: memoryview) -> tuple[TransportCounts, Refusals]:
+    """(the transport's counts, the refusals before the queue so far)."""
+    *counts, n = _TRANSPORT.unpack_from(payload)
+    refusals = {}
+    for i in range(n):
+        m, r, count = _REFUSALS.unpack_from(payload, _TRANSPORT.size + i * _REFUSALS.size)
+        refusals[(None if m == _OTHER else METHODS[m], DOOR_REASONS[r])] = count
+    return TransportCounts(*counts), refusals

@@ -72,6 +72,12 @@ class RateLimited:
         self._suppressed = 0
 
     def warning(self, message: str, *args, fields: dict | None = None) -> None:
+        self.log(logging.WARNING, message, *args, fields=fields)
+
+    def error(self, message: str, *args, fields: dict | None = None) -> None:
+        self.log(logging.ERROR, message, *args, fields=fields)
+
+    def log(self, level: int, message: str, *args, fields: dict | None = None) -> None:
         now = time.monotonic()
         if now < self._next:
             self._suppressed += 1
@@ -81,7 +87,7 @@ class RateLimited:
         if self._suppressed:
             fields["suppressed"] = self._suppressed
             self._suppressed = 0
-        self.logger.warning(message, *args, extra={"fields": fields})
+        self.logger.log(level, message, *args, extra={"fields": fields})
 
 
 def configure(level: str = "info", json_lines: bool = False) -> None:

@@ -49,8 +49,8 @@ class Metrics:
             registry.register(collector)
         self.requests = Counter(
             "phoenix_requests",
-            "Calls that reached Python, by method and final gRPC code (refusals, undecodable "
-            "requests and cancellations included).", ["method", "code"],
+            "Calls by method and final gRPC code, as their clients saw it (refusals before a "
+            "handler, undecodable requests and cancellations included).", ["method", "code"],
             registry=registry,
         )  # fmt: skip
         self.request_latency = Histogram(
@@ -102,9 +102,10 @@ class Metrics:
         self.refused = Counter(
             "phoenix_admission_refusals",
             "Requests refused at admission, before any compute, by reason "
-            "(queue_full: RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED); with frontend "
-            "workers, those a frontend refused at its door by the queue's last verdict are "
-            "reported with its transport counts, every second; no series until the first.",
+            "(queue_full: RESOURCE_EXHAUSTED, by the queue or, before a handler, by the "
+            "transport's door; capacity: RESOURCE_EXHAUSTED, every call place taken; deadline: "
+            "DEADLINE_EXCEEDED). With frontend workers, their refusals before a handler are "
+            "reported with their transport counts, every second; no series until the first.",
             ["reason"], registry=registry,
         )  # fmt: skip
         self.dropped = Counter(
@@ -112,7 +113,8 @@ class Metrics:
             "Accepted requests whose queued work was dropped unrun (all of it, or what was "
             "left of a request split over batches), by reason (cancelled: the call ended, its "
             "client gone; expired: its deadline passed while queued, answered "
-            "DEADLINE_EXCEEDED); no series until the first.",
+            "DEADLINE_EXCEEDED; withdrawn: its version was withdrawn, answered UNAVAILABLE); "
+            "no series until the first.",
             ["reason"], registry=registry,
         )  # fmt: skip
         self.batch_size = Histogram(
@@ -149,6 +151,39 @@ class Metrics:
             "Host-placed tables are checked against their recorded checksums after start, in "
             "the background: 0 while pending, 1 verified, -1 corrupt (the log says which "
             "tensor); 1 once loaded when the tables were checked at load.",
+            registry=registry,
+        )
+        self.non_finite_batches = Counter(
+            "phoenix_non_finite_batches",
+            "Batches whose scores came back non-finite (NaN or infinite) for some request: "
+            "those requests are answered DATA_LOSS, never OK; repeated ones withdraw the "
+            "version (phoenix_withdrawals_total).",
+            registry=registry,
+        )
+        self.device_calls = Counter(
+            "phoenix_device_calls",
+            "Device calls started (a batch's prefix calls and its chunk call). None starts once "
+            "every call waiting for its batch has ended (phoenix_batches_unwanted_total).",
+            registry=registry,
+        )
+        self.batches_unwanted = Counter(
+            "phoenix_batches_unwanted",
+            "Batches stopped before a device call because every call waiting for them had "
+            "ended (cancelled, or past its deadline): work nobody waits for is not computed.",
+            registry=registry,
+        )
+        self.withdrawals = Counter(
+            "phoenix_withdrawals",
+            "Serving model versions withdrawn, by reason (changed: its mapped file was "
+            "written or truncated; corrupt: its tables failed their checksums; non_finite: "
+            "repeated non-finite scores). Until another version serves, health is NOT_SERVING "
+            "and calls are refused UNAVAILABLE.",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.serving_withdrawn = Gauge(
+            "phoenix_serving_withdrawn",
+            "1 while no version may serve (the serving one was withdrawn and none replaced "
+            "it yet), else 0.",
             registry=registry,
         )
         self.candidates_scored = Counter(
@@ -298,6 +333,18 @@ class MetricsRecorder:
         if self.in_flight:
             self.metrics.in_flight.inc()
 
+    def refused_at_door(self, method: str, reason: str) -> None:
+        """The transport refused a call before any handler (`server.call_limits.Door`):
+        RESOURCE_EXHAUSTED, counted under the method's short name if it is one of ours."""
+        self.refused_before_handler(short_method(method), reason)
+
+    def refused_before_handler(self, method: str | None, reason: str, count: int = 1) -> None:
+        m = self.metrics
+        m.refused.labels(reason).inc(count)
+        if method is not None:
+            m.requests.labels(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc(count)
+            m.client_requests.labels(method, "unknown").inc(count)
+
     def finished(self, record: CallRecord) -> None:
         m = self.metrics
         if record.scoring and self.in_flight:
@@ -318,6 +365,16 @@ class MetricsRecorder:
             self._clients.add(client)
             return client
         return "other"
+
+
+# The methods counted in phoenix_requests_total (the services' own; not health or reflection).
+METHODS = ("Rank", "GetModelInfo", "PredictNextActions", "ReloadModel")
+
+
+def short_method(full: str) -> str | None:
+    """ "/package.Service/Method" -> "Method" if it is one of `METHODS`, else None."""
+    name = full.rsplit("/", 1)[-1]
+    return name if name in METHODS else None
 
 
 def metrics_table() -> str:

@@ -1,4 +1,6 @@
-"""The /metrics endpoint: a small HTTP(S) server on its own thread and event loop.
+"""The HTTP endpoints: /metrics, and the probes /readyz and /healthz, from a small HTTP(S)
+server on its own thread and event loop (one on the metrics port, and one more for the probes
+alone on `--readiness-port` when asked).
 
 prometheus_client's own `start_http_server` starts one thread per connection and never times
 one out, so idle or slow connections pile up threads without limit. This one runs every
@@ -8,8 +10,11 @@ connection on one asyncio loop in one thread (a connection costs a socket, not a
   retries at its next interval);
 - a connection that sends no complete request within `TIMEOUT_SECONDS` (TLS handshake
   included), or whose request head exceeds `MAX_HEAD_BYTES`, is closed;
-- `GET /metrics` answers the registry (text or OpenMetrics, by the Accept header), `GET /` a
-  pointer, anything else 404 / 405; HTTP/1.1 keep-alive is honoured;
+- `GET /metrics` answers the registry (text or OpenMetrics, by the Accept header);
+  `GET /readyz` 200 while the server takes traffic, else 503 with why (warming up, no version
+  may serve, shutting down: `Probes.readiness`); `GET /healthz` 200 while the process works
+  (its event loop turns, its batcher runs), else 503 (`Probes.liveness`); `GET /` a pointer,
+  anything else 404 / 405; HTTP/1.1 keep-alive is honoured;
 - optionally TLS, requiring a client certificate signed by `client_ca` when given.
 """
 
@@ -20,6 +25,8 @@ import errno
 import socket
 import ssl
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -45,6 +52,14 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return context
 
 
+@dataclass(frozen=True)
+class Probes:
+    """What /readyz and /healthz ask: (ok, why) each; any thread, cheap."""
+
+    readiness: Callable[[], tuple[bool, str]]
+    liveness: Callable[[], tuple[bool, str]]
+
+
 def _response(status: str, body: bytes, content_type: str, keep_alive: bool) -> bytes:
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
@@ -57,10 +72,13 @@ def _response(status: str, body: bytes, content_type: str, keep_alive: bool) -> 
 class MetricsHTTPServer:
     """/metrics for one registry on `host:port` (0: a free port); see the module docstring."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 context: ssl.SSLContext | None = None):  # fmt: skip
+    def __init__(self, host: str, port: int, registry: CollectorRegistry | None,
+                 context: ssl.SSLContext | None = None,
+                 probes: Probes | None = None):  # fmt: skip
+        """`registry` None: no /metrics (the probes' own port); `probes` None: no probes."""
         self.registry = registry
         self.context = context
+        self.probes = probes
         self.connections = 0  # open now
         self.refused = 0  # closed at once for being over MAX_CONNECTIONS
         self._loop = asyncio.new_event_loop()
@@ -130,11 +148,16 @@ class MetricsHTTPServer:
         path = target.split("?", 1)[0]
         if method != "GET":
             reply = _response("405 Method Not Allowed", b"GET only\n", "text/plain", keep_alive)
-        elif path == "/metrics":
+        elif path == "/metrics" and self.registry is not None:
             encoder, content_type = choose_encoder(headers.get("accept", ""))
             reply = _response("200 OK", encoder(self.registry), content_type, keep_alive)
+        elif path in ("/readyz", "/healthz") and self.probes is not None:
+            probe = self.probes.readiness if path == "/readyz" else self.probes.liveness
+            ok, why = probe()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            reply = _response(status, why.encode() + b"\n", "text/plain", keep_alive)
         elif path == "/":
-            body = b"phoenix-ranker: metrics at /metrics\n"
+            body = b"phoenix-ranker: /metrics, /readyz, /healthz\n"
             reply = _response("200 OK", body, "text/plain", keep_alive)
         else:
             reply = _response("404 Not Found", b"not found\n", "text/plain", keep_alive)
@@ -168,7 +191,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def start_metrics_http(host: str, port: int, registry: CollectorRegistry,
-                       context: ssl.SSLContext | None = None) -> MetricsHTTPServer:  # fmt: skip
-    """Serve /metrics on `host:port` in a thread of its own (see MetricsHTTPServer)."""
-    return MetricsHTTPServer(host, port, registry, context).start()
+def start_metrics_http(host: str, port: int, registry: CollectorRegistry | None,
+                       context: ssl.SSLContext | None = None,
+                       probes: Probes | None = None) -> MetricsHTTPServer:  # fmt: skip
+    """Serve /metrics (and the probes) on `host:port` in a thread of its own (see
+    MetricsHTTPServer)."""
+    return MetricsHTTPServer(host, port, registry, context, probes).start()

@@ -15,7 +15,8 @@ Placements (`--table-placement`):
            unchanged, and the logits equal device placement's (int8 rows are dequantized
            on the host the same way). Only the gathered rows travel to the device.
   auto     host when the tables would take more than `table_device_share` of one device's
-           memory (`choose`), device otherwise.
+           memory (`choose`), device otherwise; split by rows (`--table-sharding rows`), a
+           device holds 1/N of them, and that is what is weighed.
 
 Gathering reads the mapping, which maps the pages it touches into this process: not one page
 a row but the kernel's fault-around window, or a whole large folio where the file was written
@@ -30,6 +31,7 @@ call's rows) of the rest of the process however large the tables are.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Mapping
@@ -41,18 +43,22 @@ from model.checkpoint import release_pages
 from model.tables import TABLES, host_lookup, numpy_dtype, scale_name, table_dtype
 from request.columns import SCHEMA
 from server.buckets import BatchShape
+from server.mapped_file import MappedFile
 
 RELEASE_BYTES = 256 * 2**20  # growth of mapped file memory that triggers a release
 
 
-def choose(placement: str, table_bytes: int, device_bytes: int | None, share: float) -> str:
-    """ "device" or "host" for `placement` (auto: host when the tables would exceed `share`
-    of `device_bytes`; a device that does not report its memory counts as large enough)."""
+def choose(placement: str, table_bytes: int, device_bytes: int | None, share: float,
+           devices: int = 1, sharding: str = "replicated") -> str:  # fmt: skip
+    """ "device" or "host" for `placement` (auto: host when each device's part of the tables
+    would exceed `share` of `device_bytes`: all of them replicated, 1/`devices` of them
+    split by rows; a device that does not report its memory counts as large enough)."""
     if placement != "auto":
         return placement
     if device_bytes is None:
         return "device"
-    return "host" if table_bytes > share * device_bytes else "device"
+    per_device = table_bytes / devices if sharding == "rows" else table_bytes
+    return "host" if per_device > share * device_bytes else "device"
 
 
 def hashes_per_table(config) -> dict[str, int]:
@@ -125,9 +131,13 @@ class Gathered:
 class HostTables:
     """A version's tables, mapped from its checkpoint file (`Checkpoint.tables`)."""
 
-    def __init__(self, tables: Mapping[str, np.ndarray], hashes: Mapping[str, int]):
+    def __init__(self, tables: Mapping[str, np.ndarray], hashes: Mapping[str, int],
+                 file: MappedFile | None = None):  # fmt: skip
+        """`file`: the mapped file, watched for changes (`server.mapped_file`): every read of
+        the tables goes through it, and raises `Withdrawn` once it has changed."""
         self.tables = dict(tables)
         self.hashes = dict(hashes)
+        self.file = file
         self.dtype = gathered_dtype(table_dtype(self.tables))
         self.width = int(self.tables[TABLES[0]].shape[1])
         self._baseline = resident_file_bytes() or 0  # just after the last release
@@ -140,6 +150,12 @@ class HostTables:
     def gather(self, shape: BatchShape, inputs) -> Gathered:
         """The unique rows `inputs` (PrefixInputs or CandidateInputs of `shape`) name, per
         table, and the inputs rewritten to index them (see the module docstring)."""
+        with self.file.reading() if self.file is not None else contextlib.nullcontext():
+            gathered = self._gather(shape, inputs)
+        self._bound_resident()
+        return gathered
+
+    def _gather(self, shape: BatchShape, inputs) -> Gathered:
         sizes = gathered_rows(shape, self.hashes)
         replaced, tables, total = {}, {}, 0
         fields = inputs._fields
@@ -154,7 +170,6 @@ class HostTables:
                     replaced[name] = np.searchsorted(unique, values).astype(np.int32)
                 total += len(unique) - 1
             tables[table] = out
-        self._bound_resident()
         return Gathered(inputs._replace(**replaced), tables, total)
 
     def _bound_resident(self) -> None:

@@ -1,8 +1,10 @@
-"""Zero-downtime model reload from a directory of versioned checkpoints (`server.checkpoint_dir`).
+"""Zero-downtime model reload from a directory of versioned checkpoints (`server.checkpoint_dir`),
+or of the one checkpoint file served (`--checkpoint`) when it changes.
 
-`VersionWatcher` checks the directory every `poll_seconds`, and at once when woken (SIGHUP).
-When the best available version (the highest that has not failed as it is now) is not the
-one serving, it:
+`VersionWatcher` checks the directory (or the file) every `poll_seconds`, and at once when
+woken (SIGHUP, a withdrawal). When the best available version (the highest that has not
+failed as it is now) is not the one serving (another version, the serving version's file
+changed, or the serving version was withdrawn: `server.versions.ServedModel.withdrawn`), it:
 
 1. waits until at most one version is resident (a previous swap's version is freed once the
    last batch and the last request pinned to it are done), so never more than two are;
@@ -17,9 +19,13 @@ one serving, it:
    the one version that scored all of it. `on_swap` then updates GetModelInfo and metrics.
 
 A version that fails any step is refused with one log line and `phoenix_reload_failures_total`
-and the serving version keeps serving; it is not retried until its file changes. A rollback is
+and the serving version keeps serving; it is not retried until its file changes. An
+unexpected exception while loading or preparing one (a bug) refuses it the same way, with its
+traceback; the checks' own loop (`_run`) logs and survives any other. A rollback is
 removing the newest version: the next one down is then the best available and is swapped in
-the same way.
+the same way. A withdrawn version whose file is corrupt or whose scores were non-finite is
+refused as its file is (`refuse_serving`): the next best serves instead, or, with one file,
+nothing until the file changes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,13 +53,17 @@ class NoServableVersion(CheckpointError):
 
 
 def refuse(refused: set[checkpoint_dir.VersionFile], metrics: Metrics, version: checkpoint_dir.VersionFile,
-           error: Exception, serving: checkpoint_dir.VersionFile | None = None) -> None:  # fmt: skip
+           error: Exception, serving: checkpoint_dir.VersionFile | None = None,
+           bug: bool = False) -> None:  # fmt: skip
     """Record a version that failed: not tried again until its file changes, counted in
-    phoenix_reload_failures_total, and one log line."""
+    phoenix_reload_failures_total, and one log line (`bug`: an unexpected error while loading
+    it, logged with its traceback; the version is refused all the same)."""
     refused.add(version)
     metrics.reload_failures.inc()
     keeps = "" if serving is None else f"; version {serving.number} keeps serving"
-    log.error("version %d refused: %s%s", version.number, error, keeps,
+    reason = f"{type(error).__name__}: {error}" if bug else error
+    log.error("version %d refused: %s%s", version.number, reason, keeps,
+              exc_info=error if bug else None,
               extra={"fields": {"event": "reload_refused", "version": version.number}})  # fmt: skip
 
 
@@ -60,7 +71,8 @@ def load_best(directory: Path, refused: set[checkpoint_dir.VersionFile], metrics
               verify_tables: Callable[[Checkpoint], bool] = lambda c: True,
               ) -> tuple[checkpoint_dir.VersionFile, Checkpoint]:  # fmt: skip
     """Load the best version of `directory` that loads (at start-up); NoServableVersion if
-    none does. Versions that fail are refused (`refuse`). `verify_tables(checkpoint)`: whether
+    none does. Versions that fail are refused (`refuse`), whatever the error: a bug in
+    loading one must not keep a lower one from serving. `verify_tables(checkpoint)`: whether
     to check its tables now (else the caller checks them later: host-placed tables)."""
     try:
         available = checkpoint_dir.scan(directory)
@@ -74,6 +86,8 @@ def load_best(directory: Path, refused: set[checkpoint_dir.VersionFile], metrics
             return version, checkpoint
         except CheckpointError as e:
             refuse(refused, metrics, version, e)
+        except Exception as e:
+            refuse(refused, metrics, version, e, bug=True)
     raise NoServableVersion(
         f"{directory}: no loadable <N>.safetensors version ({len(available)} found)"
     )
@@ -82,11 +96,19 @@ def load_best(directory: Path, refused: set[checkpoint_dir.VersionFile], metrics
 class VersionWatcher:
     def __init__(self, directory: Path, poll_seconds: float, versions: Versions,
                  serving: checkpoint_dir.VersionFile, refused: set[checkpoint_dir.VersionFile],
-                 metrics: Metrics, on_swap: Callable[[ServedModel], None]):  # fmt: skip
+                 metrics: Metrics, on_swap: Callable[[ServedModel], None],
+                 one_file: bool = False):  # fmt: skip
+        """`one_file`: `directory` is the one checkpoint file served (`--checkpoint`): a new
+        version is that file changed, named by its own model_version."""
         self.directory = directory
+        self.one_file = one_file
         self.poll_seconds = poll_seconds
         self.versions = versions
         self.serving = serving  # the file of the serving version
+        # Each version swapped in or serving at start -> its file as it was loaded.
+        self._files: weakref.WeakKeyDictionary[ServedModel, checkpoint_dir.VersionFile] = (
+            weakref.WeakKeyDictionary({versions.serving: serving})
+        )
         self.refused = refused
         self.metrics = metrics
         self.on_swap = on_swap
@@ -135,16 +157,29 @@ class VersionWatcher:
 
     async def _check(self) -> bool:
         try:
-            available = checkpoint_dir.scan(self.directory)
+            if self.one_file:
+                available = [checkpoint_dir.file_version(self.directory)]
+            else:
+                available = checkpoint_dir.scan(self.directory)
+        except FileNotFoundError:
+            available = []
         except OSError as e:
             log.warning("cannot read %s: %s; the serving version stays", self.directory, e)
             return False
+        withdrawn = self.versions.serving.withdrawn is not None
         for version in checkpoint_dir.candidates(available, self.refused):
-            if version.number == self.serving.number:
-                return False  # the best one is already serving
+            if version == self.serving and not withdrawn:
+                return False  # the best one is already serving, its file as it was loaded
             if await self._swap_to(version):
                 return True
         return False
+
+    def refuse_serving(self, model: ServedModel) -> None:
+        """`model` was withdrawn for its file's bytes (corrupt, or scoring non-finite
+        values): its file is not loaded again as it is now (it is once it changes)."""
+        version = self._files.get(model)
+        if version is not None:
+            self.refused.add(version)
 
     async def _swap_to(self, version: checkpoint_dir.VersionFile) -> bool:
         loop = asyncio.get_running_loop()
@@ -153,14 +188,17 @@ class VersionWatcher:
         started = time.monotonic()
         try:
             checkpoint = await loop.run_in_executor(None, load_checkpoint, version.path)
-            model = await loop.run_in_executor(
-                None, self.versions.prepare, checkpoint, str(version.number)
-            )
-        except (CheckpointError, ValueError) as e:
+            name = checkpoint.info.model_version if self.one_file else str(version.number)
+            model = await loop.run_in_executor(None, self.versions.prepare, checkpoint, name)
+        except (CheckpointError, ValueError) as e:  # ValueError: prepare's checks
             refuse(self.refused, self.metrics, version, e, self.serving)
+            return False
+        except Exception as e:  # a bug in loading or preparing it: refused all the same
+            refuse(self.refused, self.metrics, version, e, self.serving, bug=True)
             return False
         previous = self.versions.swap(model)
         self.serving = version
+        self._files[model] = version
         self.metrics.reloads.inc()
         self.on_swap(model)
         seconds = time.monotonic() - started

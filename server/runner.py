@@ -30,6 +30,7 @@ from model.prefix import slab_slot_bytes
 from model.tables import dense
 from request.columns import SCHEMA
 from request.layout import Piece
+from server.batch_result import Scores, Unwanted
 from server.buckets import BatchShape, BucketPlan, make_plan
 from server.config import ServerConfig
 from server.engine import Engine, Progress
@@ -45,7 +46,12 @@ from server.placement import (
 from server.prefix_cache import CacheStats, PrefixCache
 from server.versions import ServedModel, Versions
 
-__all__ = ["ModelRunner", "UnservableModelError", "placement_for", "plan_for"]
+__all__ = ["ModelRunner", "UnservableModelError", "Unwanted", "placement_for", "plan_for"]
+
+
+def _check_wanted(wanted: Callable[[], bool] | None) -> None:
+    if wanted is not None and not wanted():
+        raise Unwanted("every call waiting for this batch has ended")
 
 
 class UnservableModelError(ValueError):
@@ -60,10 +66,13 @@ def plan_for(checkpoint: Checkpoint, config: ServerConfig) -> BucketPlan:
 
 
 def placement_for(checkpoint: Checkpoint, config: ServerConfig) -> str:
-    """ "device" or "host": where `checkpoint`'s tables live under `config.tables`."""
+    """ "device" or "host": where `checkpoint`'s tables live under `config.tables` (split by
+    rows over the local devices, each holds its share)."""
+    import jax
+
     t = config.tables
     return choose(t.table_placement, checkpoint.table_bytes, device_memory_bytes(),
-                  t.table_device_share)  # fmt: skip
+                  t.table_device_share, len(jax.devices()), t.table_sharding)  # fmt: skip
 
 
 def _gathered(tables: HostTables, call: PrefixCall) -> tuple[PrefixCall, int]:
@@ -97,8 +106,15 @@ class ModelRunner:
         t = config.tables
         self.placement = placement_for(checkpoint, config)
         if self.placement == "host" and t.table_sharding == "rows":
+            if t.table_placement == "auto":
+                raise ValueError(
+                    f"--table-sharding rows: {checkpoint.table_bytes:,} bytes of tables over "
+                    f"the devices still take more than --table-device-share "
+                    f"{t.table_device_share} of one device's memory; serve them from the host "
+                    "(--table-sharding replicated, or --table-placement host)"
+                )
             raise ValueError("--table-sharding rows splits tables on the devices; it needs "
-                             "--table-placement device")  # fmt: skip
+                             "--table-placement device or auto")  # fmt: skip
         pinned = config.batcher.pipeline_depth * plan.max_rows
         share = config.prefix_cache_bytes // len(plan.history_buckets)
         self.caches = {}
@@ -168,28 +184,36 @@ class ModelRunner:
             gather_seconds=time.perf_counter() - began,
         )  # fmt: skip
 
-    def run(self, packed: PackedBatch):
-        """Scores float32 [B, C, 2A] of a packed batch: the A logits of each candidate, then
-        their sigmoids. Encodes the batch's missing prefixes first. Blocks until the device
-        is done; releases the batch's prefixes whatever happens."""
+    def run(self, packed: PackedBatch, wanted: Callable[[], bool] | None = None) -> Scores:
+        """The `Scores` of a packed batch (float32 [B, C, 2A]: the A logits of each
+        candidate, then their sigmoids; and which candidates' logits are finite). Encodes the
+        batch's missing prefixes first. `wanted()`, asked before each device call, says
+        whether any call still waits for the batch: when none does, the rest is not run
+        (`Unwanted`), so at most the device call already running finishes late. Blocks until
+        the device is done; releases the batch's prefixes whatever happens."""
         history = packed.shape.history
         cache, model = self.caches[history], packed.model
         try:
             packed = self.gather(packed)
             calls = list(packed.prefix_calls)
-            # A prefix another batch was to encode, and did not (it failed): encode it here.
+            # A prefix another batch was to encode, and did not (it failed, or nobody wanted
+            # it any more): encode it here.
             own = {e for call in calls for e in call.entries}
             lost = set(cache.unwritten(e for e, _ in packed.hits if e not in own))
             if lost:
                 todo = {e: r for e, r in packed.hits if e in lost}
                 calls += self.packer.prefix_calls(history, list(todo.items()))
             for call in calls:
+                _check_wanted(wanted)
                 if model.host_tables is not None and call.tables is None:  # one of the lost
                     call, _ = _gathered(model.host_tables, call)
                 self.engine.encode(call.shape, model.params, call.inputs, call.slots, call.tables)
                 cache.written(call.entries)
+            _check_wanted(wanted)
             return self.engine.score(packed.shape, model.params, packed.chunks,
                                      packed.chunk_slots, packed.tables)  # fmt: skip
+        except Unwanted:
+            raise  # the slab is whole: what was written stays, the rest is encoded by whoever needs it
         except BaseException:
             # The slab may be gone (a call that took it failed) or hold what nobody wrote:
             # start it afresh, and let every batch that reads a prefix encode it again.

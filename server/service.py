@@ -55,11 +55,11 @@ import grpc
 
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest
-from server.call_limits import CallEnded
+from server.call_limits import CallEnded, ended_code
 from server.checkpoint_dir import ReloadState
 from server.codecs import Codec, Decoded, PredictCodec, RankCodec
 from server.config import Limits
-from server.errors import InvalidArgument, QueueFull, ServiceError, Unimplemented
+from server.errors import DataLoss, InvalidArgument, QueueFull, ServiceError, Unimplemented
 from server.lifecycle import Lifecycle
 from server.logs import RateLimited
 from server.metrics import CallRecord
@@ -67,14 +67,20 @@ from server.rpc import ranking_pb2 as pb
 from server.rpc import recsys_pb2 as xpb
 
 log = logging.getLogger("phoenix.requests")
-# Bad requests are the caller's doing and can come by the thousand: one line a second at most.
+# Bad requests are the caller's doing and can come by the thousand: one line a second at most;
+# so can DATA_LOSS answers of a model gone bad (until it is withdrawn).
 _invalid_requests = RateLimited(log)
+_data_losses = RateLimited(log)
 
 # The longest an admin call waits for the serving process's answer.
 ADMIN_SECONDS = 10.0
-# Requests up to this many bytes are decoded on the event loop: ~50 us of work, less than a
-# hop to the host thread and back. A 32-candidate request in the row form is ~2.4 KB, a
-# 2,800-candidate one in the columnar form ~56 KB.
+# Requests whose decoding costs up to this many bytes of work (`Codec.cost`: a RankRequest's
+# bytes, ~3 ns each) are decoded on the event loop: ~50 us of work, less than a hop to a host
+# thread and back. A 32-candidate Rank in the row form is ~2.4 KB, a 2,800-candidate one in
+# the columnar form ~56 KB. Costlier ones are decoded on the host thread; those that may
+# inflate past their own size (a compressed history, an Arrow stream: up to the request
+# limit's worth of bytes, whatever their size) on a thread of their own, so a small request
+# that inflates stalls neither the loop (the queue, the batcher) nor the other calls' decoding.
 INLINE_BYTES = 16 * 1024
 # grpcio reports a call without a deadline as this much time remaining at least (~9.2e18 s).
 NO_DEADLINE_S = 1e12
@@ -92,6 +98,14 @@ class Queue(Protocol):
     def precheck(self, deadline: float | None) -> None:
         """Any thread: refuse at once what no queue state would admit now."""
 
+    def queue_full(self) -> bool:
+        """Any thread: whether a typical request would be refused for want of room now."""
+        ...
+
+    def retry_hint_ms(self) -> int:
+        """Any thread: the retry hint of a refusal at the transport, in ms."""
+        ...
+
     def submit(self, encoded: EncodedRequest, deadline: float | None) -> asyncio.Future:
         """On the queue's loop: scores float32 [m, 2A] (logits, then probabilities) and the
         version that computed them; cancelling the future drops the request."""
@@ -106,6 +120,10 @@ class Recorder(Protocol):
         """A scoring call began; its `finished` (a record with `scoring`) follows."""
 
     def finished(self, record: CallRecord) -> None: ...
+
+    def refused_at_door(self, method: str, reason: str) -> None:
+        """gRPC refused a call before any handler (`server.call_limits.Door`), on its polling
+        thread: `method` its full name ("/package.Service/Method"), `reason` why."""
 
 
 class Admin(Protocol):
@@ -199,13 +217,8 @@ def _unlink(error: BaseException) -> None:
 
 def _seen(context: grpc.ServicerContext, code: grpc.StatusCode) -> grpc.StatusCode:
     """The code a call ending now with `code` has for its client: its own if the call is
-    still open, else how it ended (its deadline passed, or its client cancelled)."""
-    if context.is_active():
-        return code
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
+    still open, else how it ended (`server.call_limits.ended_code`)."""
+    return code if context.is_active() else ended_code(context)
 
 
 class RankingService:
@@ -229,6 +242,7 @@ class RankingService:
         self.info = model.info
         self.predict = PredictCodec.from_environment()
         self._host = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host")
+        self._inflate = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inflate")
 
     def Rank(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         return self._score(RANK, requests, context)
@@ -244,9 +258,7 @@ class RankingService:
         otherwise hold the loop for milliseconds). One request failing, or this being
         cancelled (the call ended), cancels the call's other requests."""
         with self.lifecycle.entering():
-            work.decoded = decoded = await self._off_loop_if(
-                len(data) > INLINE_BYTES, codec.decode, data, self.model, self.limits
-            )
+            work.decoded = decoded = await self._decoded(codec, data)
             work.request_id = work.request_id or decoded.request_id
             work.prepared = time.perf_counter()
             futures = []
@@ -271,6 +283,16 @@ class RankingService:
         if not large:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._host, fn, *args)
+
+    async def _decoded(self, codec: Codec, data: bytes) -> Decoded:
+        """The request decoded where its cost says (see INLINE_BYTES)."""
+        cost = codec.cost(data, self.limits)
+        if cost.work <= INLINE_BYTES and not cost.inflates:
+            return codec.decode(data, self.model, self.limits)
+        pool = self._inflate if cost.inflates else self._host
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, codec.decode, data, self.model, self.limits
+        )
 
     def _score(self, codec: Codec, requests: Iterator[bytes], context: grpc.ServicerContext
                ) -> bytes:  # fmt: skip
@@ -305,6 +327,8 @@ class RankingService:
         except ServiceError as e:
             code = _seen(context, e.code)
             _unlink(e)
+            if isinstance(e, DataLoss):
+                work.request_id = work.request_id or uuid.uuid4().hex
             self._refuse(codec.method, e, work.request_id, context)
         except CallEnded as e:
             code = e.code
@@ -335,12 +359,17 @@ class RankingService:
                 context: grpc.ServicerContext) -> None:  # fmt: skip
         """End the call with a ServiceError's code (and retry hint), logging an invalid
         request (one line a second at most). Raises, as `context.abort` does."""
+        details = str(error)
         if isinstance(error, InvalidArgument):
             _invalid_requests.warning("invalid %s request: %s", method, error,
                                       fields={"request_id": request_id})  # fmt: skip
+        elif isinstance(error, DataLoss):
+            details = f"{details} (request_id={request_id})"
+            _data_losses.error("%s answered DATA_LOSS: %s", method, details,
+                               fields={"request_id": request_id})  # fmt: skip
         if isinstance(error, QueueFull):
             context.set_trailing_metadata((("grpc-retry-pushback-ms", str(error.retry_after_ms)),))
-        _end(context, error.code, str(error))
+        _end(context, error.code, details)
 
     def _answer(self, method: str, requests: Iterator[bytes], context: grpc.ServicerContext,
                 answer: Callable[[bytes], bytes]) -> bytes:  # fmt: skip

@@ -2,11 +2,12 @@
 options, its limits and its drain; and `Front`, the one interface of the two ways to serve the
 port.
 
-The server is grpcio's synchronous one, whose handlers run on a pool of threads
-(`call_capacity` of them) and whose limit on calls at once refuses the next calls on its
-polling thread, before a handler or the request body is touched: RESOURCE_EXHAUSTED with a
-retry hint (`server.call_limits`), about 50 us of CPU a call (grpcio 1.85.3, measured in a
-probe). Its asyncio server can only refuse in a handler, at about four times that cost, or let
+The server is grpcio's synchronous one, whose handlers run on a pool of threads (as many as
+the calls it may hold: `server.call_limits.call_capacity`, sized from the process's threads
+and memory) and which decides on its polling thread, before a handler or the request body is
+touched, whether to take a call: `server.call_limits.Door` refuses a scoring call while the
+queue is full, or past the capacity, RESOURCE_EXHAUSTED with a retry hint computed from the
+queue, about 50 us of CPU a call (grpcio 1.85.3, measured in a probe). Its asyncio server can only refuse in a handler, at about four times that cost, or let
 gRPC's core shed calls past a backlog with status CANCELLED (the previous design: the README's
 host-path figures compare them). The handlers hand their requests to the queue on the
 process's event loop (`server.service`).
@@ -16,14 +17,17 @@ Two fronts serve the gRPC port, both driven the same way by `server.app`:
                                     worker process runs, with `server.frontend_worker`)
   `server.frontend_hub.FrontendHub` frontend worker processes sharing the port, fed from here
 
-Drain (SIGTERM), everything by the grace period's end (`server.lifecycle` holds the phases):
+Shutdown (SIGTERM), everything by the grace period's end (`server.lifecycle` holds the phases):
 
-1. DRAINING: health NOT_SERVING; new calls are answered UNAVAILABLE at once (retry
+0. LAME_DUCK (`lame_duck`, then `server.app` waits `--drain-delay-seconds`): health
+   NOT_SERVING and readiness 503 at once, while new calls are still admitted and answered,
+   so that balancers polling either stop sending before anything is refused.
+1. DRAINING: new calls are answered UNAVAILABLE at once (retry
    elsewhere); calls already past the door finish decoding and join the queue;
    `drain_queue` waits until the accepted work is answered (until `STOP_RESERVE_SECONDS`
    before the end at the latest).
-2. LAME_DUCK: new calls are *parked* (held, unanswered) until no call has arrived for
-   `LAME_DUCK_QUIET_SECONDS`, at most `LAME_DUCK_MAX_SECONDS`.
+2. PARKING: new calls are *parked* (held, unanswered) until no call has arrived for
+   `PARK_QUIET_SECONDS`, at most `PARK_MAX_SECONDS`.
 3. STOPPED: the transport stops (listener closed, GOAWAY sent), then the parked calls are
    answered UNAVAILABLE, and the server waits for the last responses to be written.
 
@@ -34,7 +38,7 @@ callers go quiet, and whatever moment the server stopped at, their calls in tran
 CANCELLED. A parked caller is waiting for its answer and sends nothing; once every caller is
 parked, nothing is in transit, and each gets UNAVAILABLE after the listener has closed (a
 re-send then fails to connect: UNAVAILABLE again, at the client). A caller waits at most
-`LAME_DUCK_MAX_SECONDS` longer for its refusal.
+`PARK_MAX_SECONDS` longer for its refusal.
 """
 
 from __future__ import annotations
@@ -53,7 +57,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import transport_stats
-from server.call_limits import ReceiveWatchdog, install_retry_hint
+from server.call_limits import (
+    CONTROL_RESERVE,
+    Door,
+    ReceiveWatchdog,
+    call_capacity,
+    install_door,
+    install_retry_hint,
+    remove_door,
+    watch_receive_failures,
+)
 from server.config import ServerConfig, Transport
 from server.lifecycle import Lifecycle, Phase
 from server.rpc import ranking_pb2 as pb
@@ -63,8 +76,8 @@ from server.transport_stats import TransportCounts
 
 log = logging.getLogger("phoenix.server")
 
-LAME_DUCK_QUIET_SECONDS = 0.05  # no arrival for this long: every caller is parked
-LAME_DUCK_MAX_SECONDS = 0.5  # the longest a call is parked
+PARK_QUIET_SECONDS = 0.05  # no arrival for this long: every caller is parked
+PARK_MAX_SECONDS = 0.5  # the longest a call is parked
 STOP_RESERVE_SECONDS = 0.5  # of the grace period, kept for writing the last responses and exit
 # Python's thread switch interval in a serving process (the default is 5 ms). gRPC's polling
 # thread, which takes and refuses calls, must get the interpreter promptly while handler
@@ -73,6 +86,10 @@ SWITCH_INTERVAL_S = 0.0005
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 XAI_SERVICE_NAME = xpb.DESCRIPTOR.services_by_name["RecsysPredictor"].full_name
 SERVICE_NAMES = (SERVICE_NAME, XAI_SERVICE_NAME)  # health reports each, reflection lists them
+SCORING_METHODS = frozenset((f"/{SERVICE_NAME}/Rank", f"/{XAI_SERVICE_NAME}/PredictNextActions"))
+# Of the scoring calls at once, the share that may be waiting for their request bodies before
+# slow ones are ended (`server.call_limits.ReceiveWatchdog`: slowloris).
+SLOW_BODY_SHARE = 0.25
 
 
 def _ms(seconds: float) -> int:
@@ -135,32 +152,33 @@ def server_credentials(transport: Transport) -> grpc.ServerCredentials | None:
     )
 
 
-def call_capacity(transport: Transport) -> int:
-    """Calls the server takes at once, each on a handler thread: `--max-concurrent-rpcs`, and
-    a quarter more. The headroom is for closed-loop clients: a call's place is freed just after
-    its response is sent, and the client's next call can arrive first, so a server that took
-    exactly N would refuse some calls of N such clients (measured: 39 of 4,181)."""
-    n = transport.max_concurrent_rpcs
-    return n + max(8, n // 4)
+def scoring_capacity(transport: Transport, max_request_bytes: int) -> int:
+    """Scoring calls a gRPC server takes at once (`server.call_limits.call_capacity`): each
+    holds a thread and at most a transport-limit-sized request."""
+    return call_capacity(transport.max_concurrent_rpcs, transport_limit(max_request_bytes))
 
 
 def create_grpc_server(
     address: str, transport: Transport, max_request_bytes: int, reuse_port: bool = False
-) -> tuple[grpc.Server, int]:
-    """A server bound to `address` ("host:0" picks a port): (server, bound port).
+) -> tuple[grpc.Server, int, concurrent.futures.ThreadPoolExecutor]:
+    """A server bound to `address` ("host:0" picks a port): (server, bound port, the pool of
+    its handler threads).
 
-    It takes `call_capacity` calls at once, each on a thread of its own; gRPC refuses the
-    next ones (RESOURCE_EXHAUSTED) before any handler runs. `reuse_port`: several processes
-    may bind the same port (SO_REUSEPORT); the kernel spreads connections across them.
+    It takes `scoring_capacity` calls at once and `CONTROL_RESERVE` more for other calls,
+    each on a thread of its own; gRPC refuses the next ones (RESOURCE_EXHAUSTED) before any
+    handler runs (and `server.call_limits.Door` refuses by the queue's state, once installed).
+    `reuse_port`: several processes may bind the same port (SO_REUSEPORT); the kernel spreads
+    connections across them.
     """
-    capacity = call_capacity(transport)
+    places = scoring_capacity(transport, max_request_bytes) + CONTROL_RESERVE
+    pool = concurrent.futures.ThreadPoolExecutor(places, thread_name_prefix="grpc")
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(capacity, thread_name_prefix="grpc"),
+        pool,
         options=[
             *channel_options(transport, max_request_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
         ],
-        maximum_concurrent_rpcs=capacity,
+        maximum_concurrent_rpcs=places,
     )
     credentials = server_credentials(transport)
     try:
@@ -172,7 +190,7 @@ def create_grpc_server(
         port = 0
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}: in use, or not an address of this host")
-    return server, port
+    return server, port, pool
 
 
 DrainQueue = Callable[[float], Awaitable[bool]]  # (timeout s) -> every accepted call answered
@@ -192,6 +210,16 @@ class Front(Protocol):
     def publish(self, info: pb.ModelInfo) -> None:
         """A new serving version's ModelInfo (GetModelInfo answers it from now on)."""
 
+    def hold(self, reason: str | None) -> None:
+        """No version may serve (`reason`): health NOT_SERVING, calls refused UNAVAILABLE
+        with the reason; None: serving again (`server.lifecycle`). On the loop."""
+
+    async def lame_duck(self) -> None:
+        """SIGTERM: health NOT_SERVING and not ready, calls still admitted (LAME_DUCK)."""
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not or "ready"): what /readyz answers; any thread."""
+
     def transport_counts(self) -> TransportCounts | None:
         """What gRPC's transport counted (`server.transport_stats`); any thread."""
 
@@ -210,16 +238,22 @@ class GrpcFront:
         """`admin`: the admin calls' side (None: they are off); `port`: the port to bind
         (default `config.port`)."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        t, limits = config.transport, config.limits
         self.lifecycle = Lifecycle()
-        self.watchdog = ReceiveWatchdog(config.transport.receive_timeout_s)
+        self.capacity = scoring_capacity(t, limits.max_request_bytes)
+        self.watchdog = ReceiveWatchdog(t.receive_timeout_s, int(SLOW_BODY_SHARE * self.capacity))
         install_retry_hint(queue.retry_hint_ms)
-        self.service = RankingService(facts, queue, config.limits, recorder, self.lifecycle,
+        watch_receive_failures()
+        self.service = RankingService(facts, queue, limits, recorder, self.lifecycle,
                                       loop, self.watchdog.receive, admin)  # fmt: skip
         self.health = health.HealthServicer()
         address = f"{config.host}:{config.port if port is None else port}"
-        self.server, self.port = create_grpc_server(
-            address, config.transport, config.limits.max_request_bytes, reuse_port
+        self.server, self.port, self._pool = create_grpc_server(
+            address, t, limits.max_request_bytes, reuse_port
         )
+        self.door = Door(self.capacity, SCORING_METHODS, queue.queue_full,
+                         recorder.refused_at_door)  # fmt: skip
+        install_door(self.server, self._pool, self.door)
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.transport.reflection:
@@ -236,10 +270,24 @@ class GrpcFront:
 
     async def serve(self) -> None:
         self.lifecycle.advance(Phase.SERVING)
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.lifecycle.held is None:
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def publish(self, info: pb.ModelInfo) -> None:
         self.service.info = info
+
+    async def lame_duck(self) -> None:
+        self.health.enter_graceful_shutdown()  # NOT_SERVING, whatever is set later
+        self.lifecycle.advance(Phase.LAME_DUCK)
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.lifecycle.readiness()
+
+    def hold(self, reason: str | None) -> None:
+        self.lifecycle.hold(reason)
+        if self.lifecycle.serving:
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING if reason is not None
+                             else health_pb2.HealthCheckResponse.SERVING)  # fmt: skip
 
     def transport_counts(self) -> TransportCounts | None:
         return transport_stats.read()
@@ -259,22 +307,23 @@ class GrpcFront:
         drained = await drain_queue(max(0.0, work_deadline - time.monotonic()))
         if not drained:
             log.warning("grace period ran out with requests still queued")
-        lifecycle.advance(Phase.LAME_DUCK)
+        lifecycle.advance(Phase.PARKING)
         now = time.monotonic()
-        await self._lame_duck(min(work_deadline, now + LAME_DUCK_MAX_SECONDS), quiet_since=now)
+        await self._park(min(work_deadline, now + PARK_MAX_SECONDS), quiet_since=now)
         # The stop begins at once (no new connection, GOAWAY on the old ones); then the parked
         # calls are answered UNAVAILABLE, within what is left of the grace period.
         stopped = self.server.stop(max(0.0, deadline - time.monotonic()))
         lifecycle.advance(Phase.STOPPED)
         await asyncio.to_thread(stopped.wait)
         self.watchdog.stop()
+        remove_door(self._pool)
         return drained
 
-    async def _lame_duck(self, until: float, quiet_since: float) -> None:
+    async def _park(self, until: float, quiet_since: float) -> None:
         """Park arriving calls until none arrived for a quiet period (or `until`)."""
         while True:
             now = time.monotonic()
-            quiet_at = self.lifecycle.quiet_since(quiet_since) + LAME_DUCK_QUIET_SECONDS
+            quiet_at = self.lifecycle.quiet_since(quiet_since) + PARK_QUIET_SECONDS
             if now >= quiet_at or now >= until:
                 return
             await asyncio.sleep(min(quiet_at, until) - now)

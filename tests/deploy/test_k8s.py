@@ -29,15 +29,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from server.app import DRAIN_RESERVE_SECONDS
 from server.flags import ENV_PREFIX, add_flags, config_from_args, options
 from server.metrics import Metrics
-from server.transport import SERVICE_NAME
 from tests.conftest import ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"
 MANIFESTS = sorted(K8S_DIR.glob("*.yaml"))
 VARIANTS = ("deployment.yaml", "deployment-gpu.yaml")  # alternatives: one Deployment name
-# The `sleep` preStop action needs 1.30 (beta, on by default); the newest the package ships.
+# The oldest Kubernetes the manifests target, and the newest the package ships.
 K8S_VERSIONS = ("1.30", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
 SCHEMA_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
 STRUCTURAL_KINDS = {"PodMonitor", "ServiceMonitor", "Kustomization"}  # CRDs, kustomize
@@ -47,7 +47,8 @@ LIVENESS_MIN_S = 30  # failing for less than this must not restart a pod
 EXIT_MARGIN_S = 2  # after the drain, for the process to exit
 RUN_AS_USER = 10001  # the image's user
 JOB_NAME = "phoenix-ranker"  # the scrape job deploy/prometheus/alerts.yml selects
-HEALTH_SERVICES = ("", SERVICE_NAME)  # the health service names the server sets
+PROBES = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+LAME_DUCK_MIN_S = 3  # a balancer polling readiness every second or two notices within it
 IANA_SVC_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$")
 QUANTITY = re.compile(r"^(?P<num>[+-]?(\d+(\.\d*)?|\.\d+))(?P<suffix>[eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")  # fmt: skip
 SUFFIXES = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
@@ -282,6 +283,11 @@ def ports_match_settings(b: Bundle) -> list[str]:
     problems = []
     if ports.get("grpc") != settings["port"]:
         problems.append(f"container port grpc {ports.get('grpc')} != PHOENIX_PORT {settings['port']}")  # fmt: skip
+    if ports.get("readiness") != settings["readiness_port"]:
+        problems.append(
+            f"container port readiness {ports.get('readiness')} != PHOENIX_READINESS_PORT "
+            f"{settings['readiness_port']}"
+        )
     if ports.get("metrics") != settings["metrics_port"]:
         problems.append(
             f"container port metrics {ports.get('metrics')} != PHOENIX_METRICS_PORT "
@@ -291,21 +297,23 @@ def ports_match_settings(b: Bundle) -> list[str]:
 
 
 @check
-def probes_call_grpc_health(b: Bundle) -> list[str]:
+def probes_read_readiness_over_http(b: Bundle) -> list[str]:
+    """One readiness story: startup and readiness read /readyz, liveness /healthz, on the
+    server's readiness port (what home-mixer polls), by the container port's name."""
     problems = []
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for kind, path in PROBES.items():
         probe = b.container.get(kind)
         if probe is None:
             problems.append(f"no {kind}")
-        elif "grpc" not in probe:
-            problems.append(f"{kind} is not a native gRPC probe of grpc.health.v1")
-        elif probe["grpc"].get("port") != b.container_ports.get("grpc"):
-            problems.append(
-                f"{kind} probes port {probe['grpc'].get('port')}, not the grpc container port "
-                f"{b.container_ports.get('grpc')}"
-            )
-        elif probe["grpc"].get("service", "") not in HEALTH_SERVICES:
-            problems.append(f"{kind} asks about service {probe['grpc']['service']!r}")
+        elif "httpGet" not in probe:
+            problems.append(f"{kind} does not read {path} over HTTP")
+        elif probe["httpGet"].get("path") != path:
+            problems.append(f"{kind} reads {probe['httpGet'].get('path')}, not {path}")
+        elif probe["httpGet"].get("port") != "readiness" or "readiness" not in b.container_ports:
+            problems.append(f"{kind} probes port {probe['httpGet'].get('port')!r}, not the "
+                            "container port named readiness")  # fmt: skip
+        elif probe["httpGet"].get("scheme", "HTTP") != "HTTP":
+            problems.append(f"{kind} speaks {probe['httpGet']['scheme']}: the port is plain HTTP")
     return problems
 
 
@@ -333,18 +341,24 @@ def liveness_probe_tolerant(b: Bundle) -> list[str]:
 
 
 @check
-def termination_grace_covers_drain(b: Bundle) -> list[str]:
-    pause = prestop_pause_s(b.container)
-    if pause is None:
-        return ["no preStop pause (sleep action or exec sleep N)"]
-    grace = b.settings()["grace_seconds"]
+def termination_grace_covers_shutdown(b: Bundle) -> list[str]:
+    """The pod is given the whole shutdown: a preStop pause if any, then the server's grace
+    period (lame duck and drain), then time to exit; and the lame duck leaves time to drain."""
+    settings = b.settings()
+    pause = prestop_pause_s(b.container) or 0
+    grace, delay = settings["grace_seconds"], settings["drain_delay_seconds"]
     total = b.pod.get("terminationGracePeriodSeconds", 30)
+    problems = []
     if total < pause + grace + EXIT_MARGIN_S:
-        return [
-            f"terminationGracePeriodSeconds {total} < preStop {pause} + PHOENIX_GRACE_SECONDS "
-            f"{grace} + {EXIT_MARGIN_S} s to exit"
-        ]
-    return []
+        problems.append(f"terminationGracePeriodSeconds {total} < preStop {pause} + "
+                        f"PHOENIX_GRACE_SECONDS {grace} + {EXIT_MARGIN_S} s to exit")  # fmt: skip
+    if delay < LAME_DUCK_MIN_S:
+        problems.append(f"PHOENIX_DRAIN_DELAY_SECONDS {delay} < {LAME_DUCK_MIN_S} s: balancers "
+                        "polling readiness would still be sending when calls are refused")  # fmt: skip
+    if delay > grace - DRAIN_RESERVE_SECONDS:
+        problems.append(f"PHOENIX_DRAIN_DELAY_SECONDS {delay} leaves less than "
+                        f"{DRAIN_RESERVE_SECONDS} s of PHOENIX_GRACE_SECONDS {grace} to drain")  # fmt: skip
+    return problems
 
 
 @check
@@ -591,8 +605,8 @@ def _wrong_type(d):
     d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "20"
 
 
-def _named_grpc_probe_port(d):
-    d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc"
+def _named_grpc_probe_port(d):  # gRPC probes take port numbers only
+    d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"grpc": {"port": "grpc"}}
 
 
 def _no_selector(d):
@@ -656,24 +670,32 @@ MUTATIONS: list[tuple[str, str, Callable[[Bundle], None]]] = [
      lambda b: _set_env(b, "PHOENIX_PORT", "50052")),
     ("ports_match_settings", "metrics container port 9090",
      lambda b: _port(b, "metrics").update({"containerPort": 9090})),
-    ("probes_call_grpc_health", "readiness on another port",
-     lambda b: b.container["readinessProbe"]["grpc"].update({"port": 9464})),
-    ("probes_call_grpc_health", "health service name typo",
-     lambda b: b.container["readinessProbe"]["grpc"].update({"service": "phoenix.ranking.v1.Ranking"})),
-    ("probes_call_grpc_health", "no liveness probe",
+    ("probes_read_readiness_over_http", "readiness on the metrics port",
+     lambda b: b.container["readinessProbe"]["httpGet"].update({"port": "metrics"})),
+    ("probes_read_readiness_over_http", "readiness from /healthz",
+     lambda b: b.container["readinessProbe"]["httpGet"].update({"path": "/healthz"})),
+    ("probes_read_readiness_over_http", "no liveness probe",
      lambda b: b.container.pop("livenessProbe")),
-    ("probes_call_grpc_health", "tcp probe",
-     lambda b: b.container.update({"startupProbe": {"tcpSocket": {"port": "grpc"}, "failureThreshold": 100}})),
+    ("probes_read_readiness_over_http", "gRPC probe beside HTTP ones",
+     lambda b: b.container.update({"startupProbe": {"grpc": {"port": 50051}, "failureThreshold": 100}})),
+    ("probes_read_readiness_over_http", "HTTPS on a plain port",
+     lambda b: b.container["livenessProbe"]["httpGet"].update({"scheme": "HTTPS"})),
+    ("ports_match_settings", "readiness port moved",
+     lambda b: _set_env(b, "PHOENIX_READINESS_PORT", "9092")),
     ("startup_probe_covers_cold_warmup", "startup budget 60 s",
      lambda b: b.container["startupProbe"].update({"failureThreshold": 12, "periodSeconds": 5})),
     ("liveness_probe_tolerant", "liveness after 3 s",
      lambda b: b.container["livenessProbe"].update({"periodSeconds": 1, "failureThreshold": 3})),
-    ("termination_grace_covers_drain", "grace 10 s raised to 30 s",
+    ("termination_grace_covers_shutdown", "grace 15 s raised to 30 s",
      lambda b: _set_env(b, "PHOENIX_GRACE_SECONDS", "30")),
-    ("termination_grace_covers_drain", "terminationGracePeriodSeconds 10",
+    ("termination_grace_covers_shutdown", "terminationGracePeriodSeconds 10",
      lambda b: b.pod.update({"terminationGracePeriodSeconds": 10})),
-    ("termination_grace_covers_drain", "no preStop",
-     lambda b: b.container.pop("lifecycle")),
+    ("termination_grace_covers_shutdown", "a preStop pause beside the same budget",
+     lambda b: b.container.update({"lifecycle": {"preStop": {"sleep": {"seconds": 5}}}})),
+    ("termination_grace_covers_shutdown", "no lame duck",
+     lambda b: _set_env(b, "PHOENIX_DRAIN_DELAY_SECONDS", "0")),
+    ("termination_grace_covers_shutdown", "a lame duck as long as the grace period",
+     lambda b: _set_env(b, "PHOENIX_DRAIN_DELAY_SECONDS", "15")),
     ("metrics_bound_beyond_loopback", "PHOENIX_METRICS_HOST unset (127.0.0.1)",
      lambda b: _set_env(b, "PHOENIX_METRICS_HOST", None)),
     ("metrics_bound_beyond_loopback", "localhost",

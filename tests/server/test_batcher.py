@@ -69,7 +69,7 @@ class FakeRunner:
         assert shape is not None, "the batcher formed a batch that fits no planned shape"
         return FakePacked(shape, tuple(pieces), model)
 
-    def run(self, packed: FakePacked) -> np.ndarray:
+    def run(self, packed: FakePacked, wanted=None) -> np.ndarray:
         self.started.set()
         self.gate.wait(10)
         users = [int(p.request.user_rows[0]) for p in packed.pieces]
@@ -224,10 +224,10 @@ class GatheringRunner(FakeRunner):
             raise OSError("the table could not be read")
         return replace(packed, gathered=True, gathered_rows=5, gather_seconds=0.001)
 
-    def run(self, packed):
+    def run(self, packed, wanted=None):
         if not packed.gathered:  # as the real runner: gather here, where a failure fails
             self.gather(packed)
-        return super().run(packed)
+        return super().run(packed, wanted)
 
 
 def test_a_failed_gather_fails_its_batch_in_run_and_the_rest_are_gathered_first():
@@ -537,3 +537,88 @@ def test_a_request_no_batch_takes_fails_instead_of_freezing_the_loop(monkeypatch
     thread.join(10)
     assert not thread.is_alive(), "the event loop froze"
     assert outcome.get("ok")
+
+
+class CheckingRunner(FakeRunner):
+    """A fake that asks `wanted()` before its one device call, as the real runner does before
+    each, and scores NaN for the users in `nan_users` (a model gone bad for some rows)."""
+
+    def __init__(self, nan_users=(), **kw):
+        super().__init__(**kw)
+        self.nan_users = set(nan_users)
+
+    def run(self, packed, wanted=None):
+        from server.batch_result import Scores, Unwanted
+
+        self.started.set()
+        self.gate.wait(10)
+        if wanted is not None and not wanted():
+            raise Unwanted("nobody waits")
+        out = super().run(packed)
+        for r, p in enumerate(packed.pieces):
+            if int(p.request.user_rows[0]) in self.nan_users:
+                out[r, 0, 3] = np.nan
+        return Scores(out, np.isfinite(out).all(axis=-1))
+
+
+def test_non_finite_scores_fail_their_requests_data_loss_and_report_the_version():
+    from server.errors import DataLoss
+
+    async def main():
+        runner = CheckingRunner(nan_users={2})
+        batcher = make(runner, max_batch_wait_ms=50)
+        reported = []
+        batcher.on_non_finite = reported.append
+        results = await asyncio.gather(
+            *(batcher.submit(request(u, 3)) for u in (1, 2, 3)), return_exceptions=True
+        )
+        assert isinstance(results[1], DataLoss) and "non-finite" in str(results[1])
+        np.testing.assert_allclose(results[0].scores, expected(1, 3))
+        np.testing.assert_allclose(results[2].scores, expected(3, 3))
+        assert reported == [None]  # the fake's version
+        assert batcher.metrics.non_finite_batches._value.get() == 1
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_batch_nobody_waits_for_any_more_is_not_run():
+    async def main():
+        runner = CheckingRunner(gated=True)
+        batcher, running = await busy(runner, pipeline_depth=2)
+        late = batcher.submit(request(2, 1))
+        while batcher.queued_requests:  # packed and handed to the device thread, behind 1
+            await asyncio.sleep(0.001)
+        late.cancel()
+        runner.gate.set()
+        await running
+        while not batcher.metrics.batches_unwanted._value.get():
+            await asyncio.sleep(0.001)
+        assert 2 not in sum(runner.batches, [])  # never scored
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_withdrawn_version_refuses_new_requests_and_drops_queued_ones():
+    from server.errors import Withdrawn
+
+    class Version:
+        version, withdrawn = "7", None
+
+    async def main():
+        runner = CheckingRunner(gated=True)
+        runner.model = Version()
+        batcher, running = await busy(runner, pipeline_depth=1)
+        queued = batcher.submit(request(2, 1))
+        Version.withdrawn = "its file changed"
+        with pytest.raises(Withdrawn, match="its file changed"):
+            batcher.submit(request(3, 1))
+        runner.gate.set()
+        with pytest.raises(Withdrawn):
+            await queued
+        assert batcher.metrics.dropped.labels("withdrawn")._value.get() == 1
+        await running  # the batch already on the device finishes
+        await batcher.stop()
+
+    asyncio.run(main())

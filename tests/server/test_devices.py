@@ -50,8 +50,8 @@ RUNNER_CHECK = textwrap.dedent(
     batches = [pieces[i : i + 4] for i in range(0, len(pieces) - 1, 4)] + [pieces[-1:]]
     for part in batches:  # 4-row batches (split across devices) and 1-row ones (whole on each)
         packed = runner.pack(part)
-        out = runner.run(packed)
-        sharding = runner.engine.executable(packed.shape).output_shardings
+        out = runner.run(packed).values
+        sharding = runner.engine.executable(packed.shape).output_shardings[0]  # the scores'
         spread.add((packed.shape.rows, len(sharding.device_set), str(sharding.spec)))
         for row, p in enumerate(part):
             got[id(p.request)][p.start : p.stop] = out[row, : p.stop - p.start]

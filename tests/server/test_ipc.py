@@ -70,12 +70,16 @@ def test_done_cancel_reload_and_state_frames():
     _, payload = asyncio.run(_read(ipc.reload_frame(5, True)))
     assert ipc.parse_reload(payload) == (5, True)
     counts = TransportCounts(60, 9, 2, 1)
-    _, payload = asyncio.run(_read(ipc.transport_frame(counts, 17)))
-    assert ipc.parse_transport(payload) == (counts, 17)
+    refusals = {("Rank", "queue_full"): 17, ("PredictNextActions", "capacity"): 3,
+                (None, "capacity"): 2}  # fmt: skip
+    _, payload = asyncio.run(_read(ipc.transport_frame(counts, refusals)))
+    assert ipc.parse_transport(payload) == (counts, refusals)
     kind, payload = asyncio.run(_read(ipc.cancel_frame(2**40 + 7)))
     assert (kind, ipc.parse_cancel(payload)) == (ipc.CANCEL, 2**40 + 7)
     _, payload = asyncio.run(_read(ipc.state_frame(ipc.DRAINING)))
-    assert ipc.parse_state(payload) == ipc.DRAINING
+    assert ipc.parse_state(payload) == (ipc.DRAINING, "")
+    _, payload = asyncio.run(_read(ipc.state_frame(ipc.HELD, "version 3 withdrawn: é")))
+    assert ipc.parse_state(payload) == (ipc.HELD, "version 3 withdrawn: é")
 
 
 def test_a_submit_frame_with_stray_bytes_is_refused(parity_config, layout):

@@ -39,9 +39,9 @@ def test_calls_are_refused_unavailable_unless_serving(phase, message):
         lifecycle.admit()  # admitted: returns
 
 
-def test_lame_duck_parks_calls_until_stopped():
+def test_parking_parks_calls_until_stopped():
     lifecycle = Lifecycle()
-    lifecycle.advance(Phase.LAME_DUCK)
+    lifecycle.advance(Phase.PARKING)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         parked = pool.submit(lifecycle.admit)
         with pytest.raises(concurrent.futures.TimeoutError):
@@ -69,3 +69,36 @@ def test_settled_waits_for_calls_between_the_door_and_the_queue():
     leave.set()
     assert lifecycle.wait_settled(5)
     thread.join()
+
+
+def test_the_lame_duck_still_admits_calls_but_is_not_ready():
+    lifecycle = Lifecycle()
+    lifecycle.advance(Phase.SERVING)
+    assert lifecycle.readiness() == (True, "ready")
+    lifecycle.advance(Phase.LAME_DUCK)
+    lifecycle.admit()  # admitted: returns
+    ready, why = lifecycle.readiness()
+    assert not ready and "shutting down" in why
+
+
+def test_a_held_server_refuses_calls_with_the_reason_until_released():
+    from server.errors import Withdrawn
+
+    lifecycle = Lifecycle()
+    lifecycle.advance(Phase.SERVING)
+    lifecycle.hold("model version 3 withdrawn: its file changed")
+    with pytest.raises(Withdrawn, match="its file changed"):
+        lifecycle.admit()
+    assert lifecycle.readiness() == (False, "no model version may serve: model version 3 "
+                                     "withdrawn: its file changed")  # fmt: skip
+    lifecycle.hold(None)
+    lifecycle.admit()
+    assert lifecycle.readiness() == (True, "ready")
+
+
+@pytest.mark.parametrize("phase", [Phase.STARTING, Phase.WARMING, Phase.DRAINING, Phase.PARKING])
+def test_readiness_says_why_not(phase):
+    lifecycle = Lifecycle()
+    lifecycle.advance(phase)
+    ready, why = lifecycle.readiness()
+    assert not ready and why

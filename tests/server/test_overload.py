@@ -137,8 +137,8 @@ def test_an_open_loop_burst_far_above_capacity_is_shed_not_collapsed(compilation
         assert transport_refused >= 0
         # Refused requests were never computed; accepted ones all were.
         assert m["phoenix_candidates_scored_total"] >= CANDIDATES * ok
-        assert m.get("phoenix_admission_refusals_total{reason=queue_full}", 0) + (
-            transport_refused) >= refused  # fmt: skip
+        refusals = sum(v for k, v in m.items() if k.startswith("phoenix_admission_refusals_total{"))
+        assert refusals + transport_refused >= refused
         # The queue never held more work than its bound (plus one request admitted to an
         # empty queue, and the estimate moving while work waits).
         assert m["phoenix_queue_work_peak_seconds"] <= 2 * MAX_QUEUE_MS / 1000

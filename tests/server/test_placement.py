@@ -46,6 +46,23 @@ def test_auto_places_tables_on_the_host_past_their_share_of_device_memory():
     assert choose("auto", 80 * gib, None, 0.5) == "device"  # memory not reported
     assert choose("host", 1, 141 * gib, 0.5) == "host"  # an explicit choice stands
     assert choose("device", 470 * gib, 141 * gib, 0.5) == "device"
+    # Split by rows, a device holds its share: xAI's shape fits 8 H200s, not 2.
+    assert choose("auto", 470 * gib, 141 * gib, 0.5, 8, "rows") == "device"
+    assert choose("auto", 470 * gib, 141 * gib, 0.5, 2, "rows") == "host"
+    assert choose("auto", 470 * gib, 141 * gib, 0.5, 8, "replicated") == "host"
+
+
+def test_rows_sharding_with_the_default_placement_serves_from_the_devices(compilation_cache,
+                                                                         default_ranker):  # fmt: skip
+    env = {**compilation_cache, **TWO_DEVICES}
+    with ServerProcess(*SMALL_PLAN, "--table-sharding", "rows", env=env) as server:
+        info = server.client.model_info()
+        assert (info.table_placement, info.table_sharding) == ("device", "rows")
+        tables = [e for e in server.events() if e.get("event") == "tables"]
+        assert tables[0]["placement"] == "device" and "--table-sharding rows" in tables[0]["msg"]
+        raw = random_request(np.random.default_rng(12), 16, 40)
+        got = logits_from_pb(server.client.rank(raw_request_to_pb(raw), timeout=30))
+        np.testing.assert_allclose(got, default_ranker.logits_many([raw])[0], atol=1e-5)
 
 
 # -- the host gather ------------------------------------------------------------------------
@@ -232,7 +249,7 @@ RUNNER_PARITY = textwrap.dedent(
             pieces = [Piece(e, s, t) for s, t in windows(e.num_candidates, 8)]
             for i in range(0, len(pieces), 4):
                 part = pieces[i : i + 4]
-                result = runner.run(runner.pack(part))
+                result = runner.run(runner.pack(part)).values
                 for row, p in enumerate(part):
                     scores[p.start : p.stop] = result[row, : p.stop - p.start, :scores.shape[1]]
             got.append(scores.tolist())

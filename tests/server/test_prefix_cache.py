@@ -96,7 +96,7 @@ def score(runner, raw):
     for start, stop in windows(encoded.num_candidates, 8):
         packed = runner.pack([Piece(encoded, start, stop)])
         prefix_calls += len(packed.prefix_calls)
-        out.append(runner.run(packed)[0, : stop - start])
+        out.append(runner.run(packed).values[0, : stop - start])
     return np.concatenate(out), prefix_calls
 
 
@@ -152,7 +152,7 @@ def test_a_failed_batch_leaves_no_stale_prefix(runner, monkeypatch):
     with pytest.raises(RuntimeError, match="device lost"):
         runner.run(first)
     monkeypatch.setattr(runner.engine, "executable", real)
-    got = runner.run(second)[0, :8]
+    got = runner.run(second).values[0, :8]
     want = score(ModelRunnerFor(runner), raw2)[0][8:16]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(score(runner, raw)[0], expected)  # others unharmed

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +20,9 @@ import grpc
 import numpy as np
 import pytest
 import safetensors.numpy
+from prometheus_client import CollectorRegistry
 
+import server.reload
 from model import Ranker
 from model.checkpoint import (
     content_sha256,
@@ -29,6 +33,8 @@ from model.checkpoint import (
 from model.params import flatten, unflatten
 from server.checkpoint_dir import candidates, scan
 from server.convert import logits_from_pb, raw_request_to_pb
+from server.metrics import Metrics
+from server.reload import VersionWatcher, load_best
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess, phoenix_ranker
@@ -41,8 +47,8 @@ def test_only_integer_safetensors_names_are_versions(tmp_path):
     for name in ("1.safetensors", "12.safetensors", ".3.safetensors.tmp", "4.safetensors.part",
                  "latest.safetensors", "05.safetensors", "7.npz"):  # fmt: skip
         (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "9.safetensors").mkdir()  # a directory is not a version
-    assert [v.number for v in scan(tmp_path)] == [12, 1]
+    (tmp_path / "9.safetensors").mkdir()  # listed: the loader refuses it, once
+    assert [v.number for v in scan(tmp_path)] == [12, 9, 1]
 
 
 def test_refused_versions_are_skipped_until_their_file_changes(tmp_path):
@@ -57,12 +63,99 @@ def test_refused_versions_are_skipped_until_their_file_changes(tmp_path):
     assert [v.number for v in candidates(scan(tmp_path), refused)] == [1]
 
 
+def odd_entries(directory: Path) -> None:
+    """Versions 2-7 named like versions but not checkpoints: a FIFO, a socket, a directory, a
+    dangling symlink, a symlink loop, a file whose header's dtype is a list."""
+    os.mkfifo(directory / "2.safetensors")
+    directory.joinpath("3.safetensors").mkdir()
+    directory.joinpath("4.safetensors").symlink_to(directory / "absent")
+    directory.joinpath("5.safetensors").symlink_to(directory / "5.safetensors")
+    data = default_checkpoint_path().read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["phoenix_model/proj_mat_1"]["dtype"] = ["F32"]
+    text = json.dumps(header).encode()
+    directory.joinpath("7.safetensors").write_bytes(len(text).to_bytes(8, "little") + text
+                                                    + data[8 + n :])  # fmt: skip
+
+
+def failures(metrics) -> float:
+    return metrics.reload_failures._value.get()
+
+
+def refusals(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("version ")
+            and " refused: " in r.getMessage()]  # fmt: skip
+
+
+def test_whatever_has_a_version_name_is_refused_once_and_the_best_valid_one_loads(tmp_path,
+                                                                                    caplog):  # fmt: skip
+    shutil.copyfile(default_checkpoint_path(), tmp_path / "1.safetensors")
+    odd_entries(tmp_path)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "6.safetensors"))
+        assert [v.number for v in scan(tmp_path)] == [7, 6, 5, 4, 3, 2, 1]  # nothing opened
+        refused, metrics = set(), Metrics(CollectorRegistry())
+        for _ in range(3):  # at start, and at each later look: each refused once
+            version, checkpoint = load_best(tmp_path, refused, metrics)
+            assert version.number == 1 and checkpoint.info.file_sha256
+    assert failures(metrics) == 6
+    lines = refusals(caplog)
+    assert sorted(r.fields["version"] for r in lines) == [2, 3, 4, 5, 6, 7]
+    assert not any(r.exc_info for r in lines)  # reasons, not tracebacks
+    text = "\n".join(r.getMessage() for r in lines)
+    for reason in ("is a FIFO", "is a directory", "no such file", "is a socket",
+                   "dtype ['F32'] is not a string", "Too many levels of symbolic links"):  # fmt: skip
+        assert reason in text
+
+
+class ServingOne:
+    """`server.versions.Versions` serving version 1, for a watcher that never gets as far as
+    preparing another (nothing loads)."""
+
+    resident = 1
+
+    def __init__(self):
+        self.serving = Version("1")
+
+
+def test_a_loader_bug_refuses_its_version_with_a_traceback_and_a_lower_one_serves(
+    tmp_path, monkeypatch, caplog
+):
+    for number in (1, 2):
+        shutil.copyfile(default_checkpoint_path(), tmp_path / f"{number}.safetensors")
+    real = server.reload.load_checkpoint
+
+    def buggy(path, verify_tables=True):
+        if Path(path).name != "1.safetensors":
+            raise TypeError("a bug in the loader")
+        return real(path, verify_tables)
+
+    monkeypatch.setattr(server.reload, "load_checkpoint", buggy)
+    refused, metrics = set(), Metrics(CollectorRegistry())
+    serving, _ = load_best(tmp_path, refused, metrics)  # at start
+    assert serving.number == 1 and failures(metrics) == 1
+    shutil.copyfile(default_checkpoint_path(), tmp_path / "3.safetensors")
+    watcher = VersionWatcher(tmp_path, 1.0, ServingOne(), serving, refused, metrics,
+                             on_swap=lambda model: None)  # fmt: skip
+
+    async def look_twice():
+        return [await watcher.check(), await watcher.check()]
+
+    assert asyncio.run(look_twice()) == [False, False]  # while serving: refused once
+    assert failures(metrics) == 2 and watcher.serving.number == 1
+    lines = refusals(caplog)
+    assert [r.fields["version"] for r in lines] == [2, 3]
+    assert all(r.exc_info and "TypeError: a bug in the loader" in r.getMessage() for r in lines)
+
+
 # -- a request stays on one version ----------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
 class Version:
     version: str
+    withdrawn: str | None = None
 
 
 class VersionedRunner(FakeRunner):
@@ -73,8 +166,8 @@ class VersionedRunner(FakeRunner):
         self.model = Version("1")
         self.scored_by: list[tuple[str, list[int]]] = []
 
-    def run(self, packed):
-        out = super().run(packed)
+    def run(self, packed, wanted=None):
+        out = super().run(packed, wanted)
         self.scored_by.append((packed.model.version, self.batches[-1]))
         return out
 

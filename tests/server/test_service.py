@@ -27,10 +27,10 @@ POISON_USER = 666
 class FlakyRunner(ModelRunner):
     """The real runner, except that a batch holding the poison user's request blows up."""
 
-    def run(self, packed):
+    def run(self, packed, wanted=None):
         if any(int(p.request.user_rows[0]) == self.poison_row for p in packed.pieces):
             raise ValueError("simulated bug in the runner")
-        return super().run(packed)
+        return super().run(packed, wanted)
 
 
 @pytest.fixture(scope="module")

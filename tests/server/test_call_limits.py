@@ -1,0 +1,150 @@
+"""What bounds a call at the transport, alone: the door's decision, the capacity's sizing, and
+the receive watchdog's slow-body budget (real threads, fake calls)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from server import call_limits
+from server.call_limits import CONTROL_RESERVE, Door, ReceiveWatchdog, call_capacity
+from server.errors import InvalidArgument
+
+RANK = "/phoenix.ranking.v1.RankingService/Rank"
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def test_the_door_refuses_scoring_calls_while_the_queue_is_full_and_past_capacity():
+    full = [False]
+    counted = []
+    door = Door(10, frozenset({RANK}), lambda: full[0], lambda m, r: counted.append((m, r)))
+    assert door.refusal(RANK, 9) is None
+    assert door.refusal(RANK, 10) == "capacity"
+    full[0] = True
+    assert door.refusal(RANK, 0) == "queue_full"
+
+
+def test_the_door_keeps_places_for_health_checks_whatever_the_queue():
+    door = Door(10, frozenset({RANK}), lambda: True)
+    assert door.refusal(HEALTH, 10) is None  # scoring calls fill the capacity: probes go on
+    assert door.refusal(HEALTH, 10 + CONTROL_RESERVE - 1) is None
+    assert door.refusal(HEALTH, 10 + CONTROL_RESERVE) == "capacity"
+
+
+def test_capacity_is_the_configured_count_or_what_the_process_can_hold(monkeypatch):
+    assert call_capacity(7, 2**20) == 7
+    monkeypatch.setattr(call_limits, "_thread_limit", lambda: 400)
+    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**40)
+    assert call_capacity(0, 2**20) == 200  # half the threads
+    monkeypatch.setattr(call_limits, "_thread_limit", lambda: 100_000)
+    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**30)
+    assert call_capacity(0, 2**20) == 256  # a quarter of 1 GiB at 1 MiB a call
+    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**26)
+    assert call_capacity(0, 2**20) == call_limits.MIN_AUTO_CAPACITY
+    monkeypatch.setattr(call_limits, "_thread_limit", lambda: None)
+    monkeypatch.setattr(call_limits, "_memory_limit", lambda: None)
+    assert call_capacity(0, 2**20) == call_limits.MAX_AUTO_CAPACITY
+
+
+class FakeCall:
+    """What the watchdog sees of a call: a body that arrives when `send` is called, or never;
+    ending the call (the watchdog's `cancel`) ends its stream."""
+
+    def __init__(self):
+        self.body = threading.Event()
+        self.ended = threading.Event()
+        self.code = None
+        self._rpc_event = self  # the watchdog ends a call through context._rpc_event.call
+        self.call = self
+
+    def cancel(self, code=None, details=None):
+        self.code = code
+        self.ended.set()
+
+    def time_remaining(self):
+        return 100.0
+
+    def requests(self):
+        while not (self.body.is_set() or self.ended.is_set()):
+            self.body.wait(0.01)
+        if self.ended.is_set():
+            raise grpc.RpcError()
+        yield b"body"
+
+
+def _receive(watchdog, call, results):
+    try:
+        results.append(watchdog.receive(call.requests(), call))
+    except Exception as e:  # noqa: BLE001 - what the handler would see
+        results.append(e)
+
+
+def test_a_body_that_never_arrives_ends_its_call_deadline_exceeded():
+    watchdog = ReceiveWatchdog(0.2)
+    call, results = FakeCall(), []
+    started = time.monotonic()
+    _receive(watchdog, call, results)
+    assert isinstance(results[0], call_limits.CallEnded)
+    assert results[0].code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.15 < time.monotonic() - started < 2
+    watchdog.stop()
+
+
+def test_past_their_budget_the_oldest_slow_bodies_are_ended_early():
+    watchdog = ReceiveWatchdog(30.0, slow_budget=4)
+    slow = []
+    threads = []
+    results: list = []
+    for _ in range(8):  # twice the budget, never sending, each a little younger
+        slow.append(FakeCall())
+        threads.append(threading.Thread(target=_receive, args=(watchdog, slow[-1], results)))
+        threads[-1].start()
+        time.sleep(0.01)
+    # Over budget: the oldest go once SLOW_BODY_SECONDS old, long before the 30 s timeout,
+    # until the budget holds the rest.
+    for c in slow[:4]:
+        assert c.ended.wait(5), "a slow body past the budget was not ended"
+    deadline = time.monotonic() + 5
+    while watchdog.waiting > 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert watchdog.waiting == 4 and watchdog.ended_slow == 4
+    assert not any(c.ended.is_set() for c in slow[4:])
+    # A prompt body still gets through beside them; the slow ones within the budget too.
+    prompt, got = FakeCall(), []
+    prompt.body.set()
+    _receive(watchdog, prompt, got)
+    assert got == [b"body"]
+    for c in slow[4:]:
+        c.body.set()
+    for t in threads:
+        t.join(5)
+    assert results.count(b"body") == 4
+    assert sum(isinstance(r, call_limits.CallEnded) for r in results) == 4
+    watchdog.stop()
+
+
+def test_within_the_budget_a_slow_body_keeps_its_full_timeout():
+    watchdog = ReceiveWatchdog(30.0, slow_budget=4)
+    calls = [FakeCall() for _ in range(3)]
+    results: list = []
+    threads = [threading.Thread(target=_receive, args=(watchdog, c, results)) for c in calls]
+    for t in threads:
+        t.start()
+    time.sleep(3 * call_limits.SLOW_BODY_SECONDS)  # what the test asserts: nothing happens
+    assert not any(c.ended.is_set() for c in calls)
+    for c in calls:
+        c.body.set()
+    for t in threads:
+        t.join(5)
+    assert results == [b"body"] * 3
+    watchdog.stop()
+
+
+def test_a_call_with_no_message_is_invalid():
+    watchdog = ReceiveWatchdog(5.0)
+    with pytest.raises(InvalidArgument, match="no request message"):
+        watchdog.receive(iter(()), FakeCall())
+    watchdog.stop()
