@@ -1,7 +1,10 @@
 """deploy/prometheus and deploy/grafana against real programs: promtool checks the rules and
-the example config and runs the rules' unit tests; a real Prometheus, configured from the
-example config, scrapes a real server while Rank calls are sent, loads the rules and answers
-every dashboard query; every metric the rules and the dashboard name is one the server exports.
+the example config and runs the rules' unit tests (every alert on calls has a case fed xAI's
+PredictNextActions calls only); every alert links its runbook section in docs/monitoring.md;
+no rule or dashboard query selects one scoring method's calls only; a real Prometheus,
+configured from the example config, scrapes a real server while Rank and PredictNextActions
+calls are sent, loads the rules and answers every dashboard query; every metric the rules and
+the dashboard name is one the server exports.
 
 Needs Prometheus's `prometheus` and `promtool` on PATH (Debian/Ubuntu: apt-get install
 prometheus). Without them these tests fail rather than skip: CI installs them.
@@ -23,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from server.convert import raw_request_to_pb
-from server.metrics import LATENCY_BUCKETS
+from server.metrics import LATENCY_BUCKETS, METHODS
 from tests.conftest import ROOT
 from tests.helpers import random_request
+from tests.server import xai_forms
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess
 
@@ -36,7 +41,16 @@ ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "phoenix-ranker.json"
+RUNBOOKS = ROOT / "docs" / "monitoring.md"
 JOB = "phoenix-ranker"
+# The scoring RPCs, served on one port: ours, and xAI's (what xAI's home-mixer calls).
+SCORING = ("Rank", "PredictNextActions")
+# Series with a `method` label: what a rule or a query about calls selects.
+CALL_SERIES = {
+    "phoenix_requests_total", "phoenix_client_requests_total",
+    "phoenix_request_latency_seconds_bucket", "phoenix_request_latency_seconds_sum",
+    "phoenix_request_latency_seconds_count",
+}  # fmt: skip
 
 # The dashboard must chart these (the _bucket/_sum/_count of a histogram count as it).
 DASHBOARD_MUST_USE = {
@@ -47,10 +61,16 @@ DASHBOARD_MUST_USE = {
     "phoenix_candidates_scored_total", "phoenix_compilations_total", "phoenix_model_info",
     "phoenix_reloads_total", "phoenix_reload_failures_total", "phoenix_models_resident",
     "process_cpu_seconds_total", "process_resident_memory_bytes",
+    "phoenix_client_requests_total", "phoenix_admission_refusals_total",
+    "phoenix_queue_work_limit_seconds", "phoenix_device_calls_total",
+    "phoenix_batches_unwanted_total", "phoenix_serving_withdrawn",
+    "phoenix_non_finite_batches_total", "phoenix_withdrawals_total",
 }  # fmt: skip
 
 RANK_CALLS = 240  # sent at RANK_RATE per second: a steady stream of a few seconds
 RANK_RATE = 40.0
+PREDICT_EVERY = 3  # and a PredictNextActions call after every third Rank call,
+CLIENT = "home-mixer"  # named so (x-client-name); the Rank calls carry no name
 DEADLINE = 30.0  # seconds any wait-until below may take
 # A warmed-up server that has had no Rank call: its no-traffic alert is pending (it fires
 # after 15 minutes), and no other alert is.
@@ -110,6 +130,30 @@ def metric_names(expr: str) -> set[str]:
     }
 
 
+_MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def method_matchers(expr: str) -> list[tuple[str, str, str]]:
+    """(series, operator, value) of each `method` matcher on a series with a method label."""
+    out = []
+    for name, braces in _SELECTOR.findall(expr):
+        if name in CALL_SERIES:
+            out += [(name, op, value) for label, op, value in _MATCHER.findall(braces)
+                    if label == "method"]  # fmt: skip
+    return out
+
+
+def matches(op: str, value: str, method: str) -> bool:
+    """Whether the matcher `method<op>"value"` selects `method` (PromQL anchors regexes)."""
+    value = value.encode().decode("unicode_escape")
+    return {
+        "=": method == value,
+        "!=": method != value,
+        "=~": re.fullmatch(value, method) is not None,
+        "!~": re.fullmatch(value, method) is None,
+    }[op]
+
+
 def exported_names(metrics_text: str) -> dict[str, str]:
     """{sample name: metric type} from the # TYPE lines of an exposition, so that a labelled
     counter with no sample yet counts too; a histogram stands for its _bucket/_sum/_count."""
@@ -122,6 +166,47 @@ def exported_names(metrics_text: str) -> dict[str, str]:
             else:
                 names[name] = kind
     return names
+
+
+def unsampled_names(metrics_text: str) -> set[str]:
+    """Exported names with no sample yet (a labelled counter before its first count)."""
+    sampled = {line.split("{")[0].split()[0] for line in metrics_text.splitlines()
+               if line and not line.startswith("#")}  # fmt: skip
+    return set(exported_names(metrics_text)) - sampled
+
+
+# -- the rules ------------------------------------------------------------------------------
+
+
+def rule_groups() -> list[dict]:
+    return yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in rule_groups() for r in g["rules"] if "alert" in r]
+
+
+def unit_tests() -> list[dict]:
+    return yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+
+
+def anchors(markdown: str) -> list[str]:
+    """GitHub's anchors of a document's headings: lower case, punctuation dropped, spaces
+    to hyphens (a repeated heading's -1, -2 suffixes are not made: none is expected)."""
+    out = []
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*$", line)
+        if m:
+            text = re.sub(r"[`*_\[\]()]", "", m.group(1)).strip().lower()
+            out.append(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return out
+
+
+def runbook_sections(markdown: str) -> dict[str, str]:
+    """{heading: body} of the `### ` sections under `## Runbooks` (none without it)."""
+    part = markdown.partition("\n## Runbooks\n")[2].split("\n## ", 1)[0]
+    sections = re.split(r"^### (.+)$", part, flags=re.M)
+    return dict(zip(sections[1::2], sections[2::2], strict=True))
 
 
 # -- the dashboard ----------------------------------------------------------------------------
@@ -187,9 +272,78 @@ def test_promtool_checks_the_example_config(tmp_path):
 def test_rule_unit_tests_pass_and_cover_every_alert():
     out = run(tool("promtool"), "test", "rules", ALERTS_TEST.name, cwd=PROMETHEUS_DIR)
     assert "SUCCESS" in out, out
-    alerts = set(re.findall(r"^\s*- alert: (\w+)$", ALERTS.read_text(), re.M))
-    tested = set(re.findall(r"^\s*alertname: (\w+)$", ALERTS_TEST.read_text(), re.M))
-    assert len(alerts) >= 8 and alerts <= tested, f"alerts without a unit test: {alerts - tested}"
+    alerts = {r["alert"] for r in alert_rules()}
+    assert len(alerts) == len(alert_rules()), "two alerts share a name"
+    fired = {c["alertname"] for case in unit_tests() for c in case.get("alert_rule_test", [])
+             if c.get("exp_alerts")}  # fmt: skip
+    assert len(alerts) >= 8 and alerts <= fired, f"alerts never seen firing: {alerts - fired}"
+
+
+def test_every_alert_on_calls_fires_on_predict_next_actions_alone():
+    """xAI's home-mixer may be a fleet's only caller: each alert on calls (a rule that selects
+    a series with a method label) has a unit test fed PredictNextActions calls and no Rank
+    call, in which it fires."""
+    assert set(SCORING) <= set(METHODS)
+    on_calls = {r["alert"] for r in alert_rules() if metric_names(r["expr"]) & CALL_SERIES}
+    assert {"PhoenixRankerHighErrorRatio", "PhoenixRankerOverloaded",
+            "PhoenixRankerHighLatencyP99", "PhoenixRankerNoTraffic"} <= on_calls  # fmt: skip
+    fired_on_xai = set()
+    for case in unit_tests():
+        series = " ".join(s["series"] for s in case["input_series"])
+        if 'method="PredictNextActions"' in series and 'method="Rank"' not in series:
+            fired_on_xai |= {c["alertname"] for c in case.get("alert_rule_test", [])
+                             if c.get("exp_alerts")}  # fmt: skip
+    missing = on_calls - fired_on_xai
+    assert not missing, f"no unit test fires these on PredictNextActions calls alone: {missing}"
+
+
+def test_every_alert_links_its_runbook_section():
+    text = RUNBOOKS.read_text()
+    found = anchors(text)
+    sections = runbook_sections(text)
+    table = set(re.findall(r"^\| `(PhoenixRanker\w+)` \|", text, re.M))
+    for rule in alert_rules():
+        name = rule["alert"]
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/monitoring.md" and anchor == name.lower(), f"{name}: {url!r}"
+        assert found.count(anchor) == 1, f"{name}: no (or no single) heading #{anchor}"
+        body = sections.get(name, "")
+        for part in ("**Means:**", "**Check", "**Do:**"):
+            assert part in body, f"{name}'s runbook section has no {part}"
+    names = {r["alert"] for r in alert_rules()}
+    assert set(sections) == names, f"runbooks for no alert: {set(sections) - names}"
+    assert table == names, f"the alerts table differs from the rules: {table ^ names}"
+    # The sections' own links to each other land too.
+    for target in re.findall(r"\]\(#([\w-]+)\)", text):
+        assert target in found, f"docs/monitoring.md links to #{target}, which is no heading"
+
+
+def test_no_query_selects_one_scoring_method_only():
+    """Traffic and errors are both scoring RPCs': a selector of calls that matches Rank also
+    matches PredictNextActions (method=~"Rank|PredictNextActions", or no method matcher)."""
+    sources = [(f"rule {r.get('alert') or r.get('record')}", r["expr"])
+               for g in rule_groups() for r in g["rules"]]  # fmt: skip
+    sources += dashboard_exprs(dashboard())
+    seen = 0
+    for where, expr in sources:
+        for series, op, value in method_matchers(expr):
+            seen += 1
+            selects = {m: matches(op, value, m) for m in SCORING}
+            assert len(set(selects.values())) == 1, (
+                f'{where}: {series}{{method{op}"{value}"}} selects {selects}: {expr}'
+            )
+    assert seen >= 10, seen  # the matchers are being found
+
+
+def test_method_matchers_are_read_as_promql_reads_them():
+    assert method_matchers('sum(rate(phoenix_requests_total{method="Rank", code="OK"}[5m]))') == [
+        ("phoenix_requests_total", "=", "Rank")
+    ]
+    assert not matches("=", "Rank", "PredictNextActions")
+    assert matches("=~", "Rank|PredictNextActions", "PredictNextActions")
+    assert not matches("=~", "Rank|Predict", "PredictNextActions")  # anchored
+    assert matches("!=", "GetModelInfo", "Rank")
 
 
 def test_dashboard_structure():
@@ -340,7 +494,8 @@ def prometheus(server, tmp_path_factory):
 class Traffic:
     """What the test sent, and what the alerts looked like before it."""
 
-    calls: int
+    calls: int  # Rank calls
+    predicts: int  # PredictNextActions calls, named CLIENT
     started: float  # wall clock, as Prometheus timestamps are
     ended: float
     slowest: float  # seconds, as the client measured it
@@ -349,8 +504,9 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def traffic(server, prometheus) -> Traffic:
-    """RANK_CALLS Rank calls at RANK_RATE per second, once Prometheus scrapes the idle server;
-    returns once Prometheus has scraped all of them."""
+    """RANK_CALLS Rank calls at RANK_RATE per second, and a PredictNextActions call named
+    CLIENT after every PREDICT_EVERY-th, once Prometheus scrapes the idle server; returns once
+    Prometheus has scraped all of them."""
     wait_until(lambda: prometheus.value(f'up{{job="{JOB}"}}') == 1, "up == 1")
     out = Traffic()
 
@@ -364,7 +520,13 @@ def traffic(server, prometheus) -> Traffic:
         raw_request_to_pb(random_request(rng, int(rng.integers(0, 30)), int(rng.integers(1, 41))))
         for _ in range(16)
     ]
+    predicts = [
+        xai_forms.request([xai_forms.expressible(random_request(rng, 12, 8), False)],
+                          "orderedAggregatedUserActionsList")
+        for _ in range(4)
+    ]  # fmt: skip
     out.slowest = 0.0
+    out.predicts = 0
     start = time.monotonic()
     out.started = time.time()
     for i in range(RANK_CALLS):
@@ -373,10 +535,16 @@ def traffic(server, prometheus) -> Traffic:
         response = server.client.rank(requests[i % len(requests)], timeout=10)
         out.slowest = max(out.slowest, time.perf_counter() - t)
         assert len(response.model_version) > 0
+        if i % PREDICT_EVERY == 0:
+            answer = server.client.predict(predicts[out.predicts % len(predicts)], timeout=10,
+                                           metadata=(("x-client-name", CLIENT),))  # fmt: skip
+            assert len(answer.distributionSets) == 1
+            out.predicts += 1
     out.ended = time.time()
     out.calls = RANK_CALLS
-    ok = f'sum(phoenix_requests_total{{job="{JOB}", method="Rank", code="OK"}})'
-    wait_until(lambda: prometheus.value(ok) == RANK_CALLS, f"{ok} == {RANK_CALLS}")
+    for method, calls in (("Rank", out.calls), ("PredictNextActions", out.predicts)):
+        ok = f'sum(phoenix_requests_total{{job="{JOB}", method="{method}", code="OK"}})'
+        wait_until(lambda ok=ok, calls=calls: prometheus.value(ok) == calls, f"{ok} == {calls}")
     return out
 
 
@@ -385,7 +553,20 @@ def test_prometheus_scrapes_the_calls_sent(server, prometheus, traffic):
     assert prometheus.value(f'up{{job="{JOB}"}}') == 1
     ok = f'phoenix_requests_total{{job="{JOB}", method="Rank", code="OK"}}'
     assert prometheus.value(f"sum({ok})") == traffic.calls  # nothing else called Rank
-    assert server.metrics()["phoenix_requests_total{code=OK,method=Rank}"] == traffic.calls
+    samples = server.metrics()
+    assert samples["phoenix_requests_total{code=OK,method=Rank}"] == traffic.calls
+    assert samples["phoenix_requests_total{code=OK,method=PredictNextActions}"] == traffic.predicts
+    # Each caller as it named itself: xAI's calls by their x-client-name, ours by none.
+    by_client = {
+        (s["metric"]["method"], s["metric"]["client"]): float(s["value"][1])
+        for s in prometheus.query(
+            f'sum by (method, client) (phoenix_client_requests_total{{job="{JOB}"}})'
+        )
+    }
+    assert by_client == {
+        ("Rank", "unknown"): traffic.calls,
+        ("PredictNextActions", CLIENT): traffic.predicts,
+    }
 
     # In the middle of the stream the rate Prometheus computes is the rate it was sent at.
     sent_rate = traffic.calls / (traffic.ended - traffic.started)
@@ -423,8 +604,11 @@ def test_rules_load_and_hold_no_alert_under_traffic(prometheus, traffic):
 
     # With Rank calls flowing, no alert is pending or firing.
     wait_until(lambda: prometheus.alerts() == {} or None, "no alert under traffic", timeout=10)
-    # The recording rules see the calls.
-    assert prometheus.value(f'job_code:phoenix_rank_requests:rate5m{{job="{JOB}",code="OK"}}') > 0
+    # The recording rules see the calls of both scoring methods, and who sent them.
+    for method in SCORING:
+        rate = f'job_method_code:phoenix_scoring_requests:rate5m{{job="{JOB}",method="{method}",code="OK"}}'
+        assert prometheus.value(rate) > 0, rate
+    assert prometheus.value(f'job_client:phoenix_scoring_requests:rate5m{{client="{CLIENT}"}}') > 0
 
 
 @pytest.mark.slow
@@ -453,9 +637,16 @@ def test_every_dashboard_query_answers(server, prometheus, traffic):
         values = prometheus.api(f"label/{label}/values", **{"match[]": substitute(selector, "")})
         expected = JOB if label == "job" else instance
         assert expected in values, f"variable {variable}: {values}"
+    # Labelled counters with no sample yet: refusals and withdrawals (none were provoked).
+    unsampled = unsampled_names(server.metrics_text())
+    assert {"phoenix_admission_refusals_total", "phoenix_withdrawals_total"} <= unsampled
     for where, expr in dashboard_exprs(d):
         result = prometheus.query(substitute(expr, instance))
-        # refusals (none were provoked) and reloads (none happened) have no series yet
-        if "phoenix_admission_refusals_total" in expr or where.startswith("annotation"):
+        # annotations mark events (reloads, withdrawals) that did not happen
+        if metric_names(expr) & unsampled or where.startswith("annotation"):
             continue
         assert result, f"{where} returned no series: {substitute(expr, instance)}"
+        # a query by method answers for both scoring methods
+        methods = {s["metric"]["method"] for s in result if "method" in s["metric"]}
+        if methods and method_matchers(expr):
+            assert set(SCORING) <= methods, f"{where}: only {methods}: {expr}"
