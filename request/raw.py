@@ -34,6 +34,18 @@ class RequestError(ValueError):
         self.message = message
 
 
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A JSON file's value; RequestError (one line) if it is missing or not JSON."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise RequestError("request", f"cannot read {path}: {e.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError("request", f"{path} is not JSON: {e}") from None
+
+
 @dataclass(frozen=True, eq=False)
 class RawRequest:
     """One ranking request in raw ids. History is oldest first; candidates in request order."""
@@ -102,15 +114,7 @@ class RawRequest:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RawRequest:
         """Read a request file; RequestError (one line) if it is missing or malformed."""
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise RequestError("request", f"cannot read {path}: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RequestError("request", f"{path} is not JSON: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form `from_dict` reads."""

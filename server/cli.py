@@ -75,8 +75,11 @@ def _client(args, timeout: float):
 def _add_client_commands(sub) -> None:
     p = sub.add_parser("rank", help="rank a request with a running server and print the table")
     _add_connection(p)
-    p.add_argument("--request", type=Path, help="request JSON file (format: README, "
-                   "request/request.schema.json, examples/request.json); default: a synthetic user")  # fmt: skip
+    p.add_argument("--request", type=Path, help="request JSON file: ours (README, "
+                   "request/request.schema.json, examples/request.json), or xAI's "
+                   "PredictNextActionsRequest in protobuf's JSON mapping, told apart by its "
+                   "candidateSets and sent to PredictNextActions (examples/xai-*.json, "
+                   "docs/xai-compat.md); default: a synthetic user")  # fmt: skip
     p.add_argument("--seed", type=int, default=7, help="synthetic user and candidates "
                    "(the Rust client's `rank --seed` sends the same request)")  # fmt: skip
     p.add_argument("--candidates", type=int, default=12, help="synthetic candidates")
@@ -99,11 +102,14 @@ def cmd_rank(args) -> int:
     from google.protobuf import json_format
 
     from model.scoring import format_ranking, parse_weights
-    from request.raw import RawRequest
+    from request.raw import RawRequest, read_json_file
     from request.synthetic import synthetic_request_dict
     from server.convert import probabilities_from_pb, raw_request_to_pb
 
-    raw = RawRequest.from_json_file(args.request) if args.request else None
+    data = read_json_file(args.request) if args.request else None
+    if isinstance(data, dict) and "candidateSets" in data:
+        return _rank_xai(args, data)
+    raw = RawRequest.from_dict(data) if args.request else None
     with _client(args, args.timeout) as client:
         info = client.model_info()
         if raw is None:
@@ -122,6 +128,46 @@ def cmd_rank(args) -> int:
           f"{raw.num_history} history events, request_id {response.request_id}")  # fmt: skip
     print(format_ranking(raw.candidate_post_ids, raw.candidate_author_ids, probabilities,
                          actions=list(info.actions), weights=parse_weights(args.weights), top=args.top))  # fmt: skip
+    return 0
+
+
+def _rank_xai(args, data: dict) -> int:
+    """`rank` of an xAI PredictNextActionsRequest (`data`, protobuf's JSON mapping; fields
+    outside our subset are ignored, as the server ignores them): one table per candidate set,
+    each candidate's probabilities of the actions its answer carries."""
+    import numpy as np
+    from google.protobuf import json_format
+
+    from model.actions import ACTIONS
+    from model.scoring import format_ranking, parse_weights
+    from server.rpc import recsys_pb2 as xpb
+    from server.xai import distribution_probabilities, response_mode
+
+    request = xpb.PredictNextActionsRequest()
+    try:
+        json_format.ParseDict(data, request, ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise ValueError(f"{args.request}: not a PredictNextActionsRequest: {e}") from None
+    with _client(args, args.timeout) as client:
+        response = client.predict(request)
+    if args.json:
+        print(json_format.MessageToJson(response))
+        return 0
+    weights = parse_weights(args.weights)
+    for dist_set in response.distributionSets:
+        dists = dist_set.candidateDistributions
+        probabilities = np.array([distribution_probabilities(d, request.requestedActionIndices)
+                                  for d in dists]).reshape(len(dists), len(ACTIONS))  # fmt: skip
+        carried = ~np.isnan(probabilities).any(axis=0)  # the actions every answer holds
+        actions = [a for a, kept in zip(ACTIONS, carried, strict=True) if kept]
+        columns = [c for c in ("favorite", "reply", "repost", "click", "not_interested",
+                               "report") if c in actions] or actions[:6]  # fmt: skip
+        print(f"{args.target} model {dist_set.checkpointPath}: user {dist_set.userId}, "
+              f"{len(dists)} candidates, {response_mode(request)}, "
+              f"{len(actions)} of {len(ACTIONS)} actions returned")  # fmt: skip
+        print(format_ranking([d.candidate.tweetId for d in dists],
+                             [d.candidate.authorId for d in dists], probabilities[:, carried],
+                             actions=actions, weights=weights, columns=columns, top=args.top))  # fmt: skip
     return 0
 
 

@@ -12,8 +12,10 @@ the set's, else the sequence at the set's position (`pair_sequences`), in whiche
 contract's forms it comes (`history_of`): a list of UserAction (one action each), the same in a
 container, a list of AggregatedUserAction (the union of an entry's actions), zstd-compressed,
 or an Arrow IPC stream (`columnar_sequences`). Every set is then scored through the same queue
-as a Rank call, and the response says, per candidate, log(sigmoid(logit)) of each action at the
-index of its ActionName value.
+as a Rank call, and the response says, per candidate, what the request's mode asks for, as xAI's
+engine decides it (`response_mode`): log(sigmoid(logit)) or the logit of each action at the
+index of its ActionName value, the logits of the requested ActionName values as a map or a list
+in request order, and the continuous values (our dwell_time head) as a vector or a map.
 
 Every inflating path (a zstd history, an Arrow stream's compressed buffers) draws from one
 budget per call (`server.inflate`: what the request could have been sent as uncompressed), an
@@ -77,11 +79,22 @@ _OUR_ACTION_OF_VALUE = np.full(VECTOR_LENGTH, -1, np.int64)
 _OUR_ACTION_OF_VALUE[ACTION_VALUES] = OUR_INDEX
 DWELL_TIME = xpb.ContinuousActionName.Value("DWELL_TIME")
 CONTINUOUS_LENGTH = DWELL_TIME + 1
+# ContinuousActionName values the model predicts (indexToContinuousValues' keys): int64 [1]
+CONTINUOUS_VALUES = np.array([DWELL_TIME], np.int64)
+_CONTINUOUS_OURS = ACTIONS.index(CONTINUOUS_ACTION)  # its index in our actions
+_CONTINUOUS_COLUMN = NUM_ACTIONS + _CONTINUOUS_OURS  # its probability's column in the scores
 # The value of vector entries the model has no head for: log(0), a probability of 0 (see
 # docs/xai-compat.md: a caller's weighted sum stays finite and unaffected).
 NOT_PREDICTED = -math.inf
-# The widest actionNameMultiHot read: ActionName values are below 100 (xAI's engine sends 64).
-MAX_MULTI_HOT = 256
+# ActionName values are below 256 (PLACE_HOLDER_255 is xAI's largest; its engine sends 64).
+ACTION_NAME_VALUES = 256
+MAX_MULTI_HOT = ACTION_NAME_VALUES  # the widest actionNameMultiHot read
+# The most requestedActionIndices (and requestedContinuousActionIndices) a request may carry
+# where they are read: every response row holds one entry per index.
+MAX_REQUESTED = ACTION_NAME_VALUES
+# The modes that return requested indices (in a map, in a list), and indexToContinuousValues.
+REQUESTED_MODES = ("logmap", "logits_list")
+_NO_INDICES = np.zeros(0, np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +120,13 @@ class ResponsePlan:
     """What the response needs besides the scores: the request's options and, per set, its
     user and its candidates as they are to be echoed."""
 
-    mode: str  # "logprob" (topLogProbs), "logits" or "logmap" (indexToLogits)
-    requested: np.ndarray  # int64 [k]: ActionName values for "logmap", below V
+    mode: str  # "logprob" (topLogProbs), "logits", "logmap" (indexToLogits) or "logits_list"
+    # (requestedActionLogits): see `response_mode`
+    requested: np.ndarray  # int64 [k]: requestedActionIndices ("logmap": those below V)
     user_ids: tuple[int, ...]  # per set
     echoes: tuple[tuple[bytes, ...], ...]  # per set: each candidate's TweetInfo, serialized
+    # int64 [c]: requestedContinuousActionIndices the model predicts, sorted, for REQUESTED_MODES
+    continuous: np.ndarray = dataclasses.field(default_factory=lambda: _NO_INDICES)
 
 
 def action_values_to_ours(values: np.ndarray) -> np.ndarray:
@@ -146,6 +162,7 @@ def decode_request(
         raise InvalidArgument(
             "candidateSets", f"{len(sets)} exceed max_candidate_sets={limits.max_candidate_sets}"
         )
+    mode, requested, continuous = response_options(request)
     sequences = pair_sequences(request)
     columnar = pair_columnar(request)
     raws, user_ids, echoes = [], [], []
@@ -185,9 +202,39 @@ def decode_request(
         if request.returnCandidateTweetIdOnly:
             echo = [_tweet_id_only(int(t)) for t in ids[:, 0]]
         echoes.append(tuple(echo))
-    mode = "logmap" if request.returnLogMap else "logprob" if request.returnLogprob else "logits"
-    requested = np.array([i for i in request.requestedActionIndices if i < VECTOR_LENGTH], np.int64)
-    return request.metadata, raws, ResponsePlan(mode, requested, tuple(user_ids), tuple(echoes))
+    plan = ResponsePlan(mode, requested, tuple(user_ids), tuple(echoes), continuous)
+    return request.metadata, raws, plan
+
+
+def response_mode(request) -> str:
+    """What a request asks to be returned, as xAI's engine decides it: returnLogitsList wins
+    over returnLogMap, which wins over returnLogprob; with none of them, the logits."""
+    if request.returnLogitsList:
+        return "logits_list"
+    if request.returnLogMap:
+        return "logmap"
+    return "logprob" if request.returnLogprob else "logits"
+
+
+def response_options(request) -> tuple[str, np.ndarray, np.ndarray]:
+    """(mode, requested ActionName values, requested ContinuousActionName values the model
+    predicts) of a request, as ResponsePlan holds them; InvalidArgument when a mode that reads
+    the indices gets more than MAX_REQUESTED of them."""
+    mode = response_mode(request)
+    if mode not in REQUESTED_MODES:
+        return mode, _NO_INDICES, _NO_INDICES
+    indices = []
+    for field in ("requestedActionIndices", "requestedContinuousActionIndices"):
+        values = getattr(request, field)
+        if len(values) > MAX_REQUESTED:
+            raise InvalidArgument(field, f"{len(values)} exceed the {MAX_REQUESTED} a request "
+                                  "may ask for")  # fmt: skip
+        indices.append(np.array(values, np.int64))
+    requested, continuous = indices
+    if mode == "logmap":  # a map holds the indices below V (the vectors' length), once each
+        requested = requested[requested < VECTOR_LENGTH]
+        requested = requested[np.sort(np.unique(requested, return_index=True)[1])]
+    return mode, requested, np.intersect1d(continuous, CONTINUOUS_VALUES)
 
 
 def _history_once(histories: dict[str, History], sequence, arrow, bounds: Bounds) -> History:
@@ -570,11 +617,26 @@ def log_sigmoid(logits: np.ndarray) -> np.ndarray:
     return (np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))).astype(np.float32)
 
 
-def action_vectors(values: np.ndarray) -> np.ndarray:
-    """Per-action values float32 [m, A] (our order) -> ActionName-indexed float32 [m, V], with
-    NOT_PREDICTED where the model has no head."""
-    out = np.full((len(values), VECTOR_LENGTH), NOT_PREDICTED, np.float32)
+def action_vectors(values: np.ndarray, width: int = VECTOR_LENGTH) -> np.ndarray:
+    """Per-action values float32 [m, A] (our order) -> ActionName-indexed float32 [m, width]
+    (width >= V), with NOT_PREDICTED where the model has no head."""
+    out = np.full((len(values), width), NOT_PREDICTED, np.float32)
     out[:, ACTION_VALUES] = values[:, OUR_INDEX]
+    return out
+
+
+def requested_values(values: np.ndarray, requested: np.ndarray) -> np.ndarray:
+    """Per-action values float32 [m, A] (our order) -> the value of each requested ActionName,
+    float32 [m, k], NOT_PREDICTED where the model has no head (any value from V up included:
+    they all read column V, past every head)."""
+    return action_vectors(values, VECTOR_LENGTH + 1).take(requested, axis=1, mode="clip")
+
+
+def continuous_vectors(scores: np.ndarray) -> np.ndarray:
+    """Scores float32 [m, 2A] -> ContinuousActionName-indexed float32 [m, CONTINUOUS_LENGTH]:
+    our dwell_time probability at DWELL_TIME, 0 at the slots the model has no head for."""
+    out = np.zeros((len(scores), CONTINUOUS_LENGTH), "<f4")
+    out[:, DWELL_TIME] = scores[:, _CONTINUOUS_COLUMN]
     return out
 
 
@@ -607,27 +669,48 @@ def encode_response(plan: ResponsePlan, scores: Sequence[np.ndarray], versions: 
 
 
 def _score_fields(plan: ResponsePlan, scores: np.ndarray) -> np.ndarray:
-    """Each candidate's serialized score fields (all but its candidate): uint8 [m, F]."""
+    """Each candidate's serialized score fields (all but its candidate), in field number
+    order: uint8 [m, F]."""
     m = len(scores)
     logits = scores[:, :NUM_ACTIONS]
-    if plan.mode == "logmap":  # map entries {key: ActionName value, value: its logit}
-        values = action_vectors(logits)[:, plan.requested].astype("<f4")  # [m, k]
-        parts = []
-        for k, column in zip(plan.requested, values.T, strict=True):
-            entry = b"\x08" + varint(int(k)) + b"\x15"  # key, then the value's tag
-            parts += (_rows(varint(5 << 3 | 2) + varint(len(entry) + 4) + entry, m),
-                      column[:, None].view(np.uint8))  # fmt: skip
+    if plan.mode in REQUESTED_MODES:
+        values = requested_values(logits, plan.requested)  # [m, k]
+        continuous = []
+        if len(plan.continuous):
+            kept = continuous_vectors(scores)[:, plan.continuous]  # [m, c]
+            continuous = _float_map(7, plan.continuous, kept)
+        if plan.mode == "logmap":  # indexToLogits (5), indexToContinuousValues (7)
+            parts = _float_map(5, plan.requested, values) + continuous
+        else:  # indexToContinuousValues (7), requestedActionLogits (12)
+            parts = continuous + _packed_floats(12, values)
         return np.concatenate(parts, axis=1) if parts else np.zeros((m, 0), np.uint8)
-    continuous = np.zeros((m, CONTINUOUS_LENGTH), "<f4")
-    continuous[:, DWELL_TIME] = scores[:, NUM_ACTIONS + ACTIONS.index(CONTINUOUS_ACTION)]
-    field = 3 if plan.mode == "logprob" else 2
+    field = 3 if plan.mode == "logprob" else 2  # topLogProbs or logits
     values = log_sigmoid(logits) if plan.mode == "logprob" else logits
-    return np.concatenate([
-        _rows(varint(field << 3 | 2) + varint(4 * VECTOR_LENGTH), m),
-        action_vectors(values).astype("<f4").view(np.uint8),
-        _rows(varint(6 << 3 | 2) + varint(4 * CONTINUOUS_LENGTH), m),
-        continuous.view(np.uint8),
-    ], axis=1)  # fmt: skip
+    vectors = _packed_floats(field, action_vectors(values))
+    return np.concatenate(vectors + _packed_floats(6, continuous_vectors(scores)), axis=1)
+
+
+def _packed_floats(number: int, values: np.ndarray) -> list[np.ndarray]:
+    """Field `number`, a packed repeated float holding row i of `values` float32 [m, k] in
+    record i: its parts, uint8 [m, *] each to be joined (none when k is 0: an empty field)."""
+    m, k = values.shape
+    if not k:
+        return []
+    return [_rows(varint(number << 3 | 2) + varint(4 * k), m),
+            np.ascontiguousarray(values, "<f4").view(np.uint8)]  # fmt: skip
+
+
+def _float_map(number: int, keys: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
+    """Field `number`, a map<uint32, float> with an entry {keys[j]: values[i, j]} per key in
+    record i (`values` float32 [m, k]): its parts, uint8 [m, *] each to be joined."""
+    m = len(values)
+    values = values.astype("<f4", copy=False)
+    parts = []
+    for k, column in zip(keys, values.T, strict=True):
+        entry = b"\x08" + varint(int(k)) + b"\x15"  # key, then the value's tag
+        parts += (_rows(varint(number << 3 | 2) + varint(len(entry) + 4) + entry, m),
+                  column[:, None].view(np.uint8))  # fmt: skip
+    return parts
 
 
 def _rows(data: bytes, m: int) -> np.ndarray:
@@ -641,3 +724,38 @@ def _field_varint(number: int, value: int) -> bytes:
 
 def _field_bytes(number: int, data: bytes) -> bytes:
     return length_delimited(number, data) if data else b""
+
+
+# -- reading a response (clients) ----------------------------------------------------------------
+
+
+def distribution_probabilities(distribution, requested: Sequence[int] = ()) -> np.ndarray:
+    """One NextActionDistribution read back as probabilities in our action order, float64 [A],
+    NaN for the actions it carries none of: exp(topLogProbs), else sigmoid of its logits,
+    indexToLogits or requestedActionLogits (entry j is `requested[j]`'s: the request's
+    requestedActionIndices); dwell_time from continuousActionsValues or
+    indexToContinuousValues."""
+    if len(distribution.topLogProbs):
+        vector = np.exp(np.array(distribution.topLogProbs, np.float64))
+    elif len(distribution.logits):
+        vector = _sigmoid(np.array(distribution.logits, np.float64))
+    else:
+        by_value = dict(distribution.indexToLogits)
+        by_value.update(zip(requested, distribution.requestedActionLogits, strict=False))
+        vector = np.full(VECTOR_LENGTH, np.nan)
+        for value, logit in by_value.items():
+            if value < VECTOR_LENGTH:
+                vector[value] = _sigmoid(logit)
+    out = np.full(NUM_ACTIONS, np.nan)
+    seen = ACTION_VALUES < len(vector)
+    out[OUR_INDEX[seen]] = vector[ACTION_VALUES[seen]]
+    continuous = distribution.continuousActionsValues
+    if len(continuous) > DWELL_TIME:
+        out[_CONTINUOUS_OURS] = continuous[DWELL_TIME]
+    elif DWELL_TIME in distribution.indexToContinuousValues:
+        out[_CONTINUOUS_OURS] = distribution.indexToContinuousValues[DWELL_TIME]
+    return out
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))

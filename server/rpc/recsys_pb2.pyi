@@ -33,11 +33,27 @@ class ActionName(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLIENT_TWEET_BLOCK_AUTHOR: _ClassVar[ActionName]
     CLIENT_TWEET_MUTE_AUTHOR: _ClassVar[ActionName]
     CLIENT_TWEET_REPORT: _ClassVar[ActionName]
+    CLIENT_TWEET_LIVE_STREAM_REPLY: _ClassVar[ActionName]
+    LLM_JUDGE_RELEVANT_TO_SEARCH: _ClassVar[ActionName]
+    LLM_JUDGE_NOT_RELEVANT_TO_SEARCH: _ClassVar[ActionName]
+    CLIENT_NOTIFICATION_SETTING_OPT_OUT: _ClassVar[ActionName]
+    ADS_PIXEL_FIRE: _ClassVar[ActionName]
+    ADS_LONG_DWELL_AND_PIXEL_FIRE: _ClassVar[ActionName]
+    P_LONG_DWELL_AND_PIXEL_FIRE: _ClassVar[ActionName]
+    ADS_ATTRIBUTED_MACT_MMP_CLICK_INSTALL: _ClassVar[ActionName]
+    ADS_ATTRIBUTED_MACT_MMP_VIEW_INSTALL: _ClassVar[ActionName]
+    ADS_MMP_CLICK: _ClassVar[ActionName]
 
 class ContinuousActionName(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    INVALID_CONTINUOUS_ACTION_NAME: _ClassVar[ContinuousActionName]
+    HOME_PROFILE_VISIT_SECS: _ClassVar[ContinuousActionName]
     DWELL_TIME: _ClassVar[ContinuousActionName]
+    CLICK_DWELL_TIME: _ClassVar[ContinuousActionName]
+    HOME_VIDEO_CONTINUATION_SECS: _ClassVar[ContinuousActionName]
+    BRIDGE_PROBABILITY: _ClassVar[ContinuousActionName]
+    ADS_WEB_CT_PURCHASE_VALUE: _ClassVar[ContinuousActionName]
+    WEB_CONV_VALUE_USD: _ClassVar[ContinuousActionName]
+    WEB_CONV_VALUE_RATIO: _ClassVar[ContinuousActionName]
 
 class ProductSurface(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,14 +81,30 @@ CLIENT_TWEET_NOT_INTERESTED_IN: ActionName
 CLIENT_TWEET_BLOCK_AUTHOR: ActionName
 CLIENT_TWEET_MUTE_AUTHOR: ActionName
 CLIENT_TWEET_REPORT: ActionName
-INVALID_CONTINUOUS_ACTION_NAME: ContinuousActionName
+CLIENT_TWEET_LIVE_STREAM_REPLY: ActionName
+LLM_JUDGE_RELEVANT_TO_SEARCH: ActionName
+LLM_JUDGE_NOT_RELEVANT_TO_SEARCH: ActionName
+CLIENT_NOTIFICATION_SETTING_OPT_OUT: ActionName
+ADS_PIXEL_FIRE: ActionName
+ADS_LONG_DWELL_AND_PIXEL_FIRE: ActionName
+P_LONG_DWELL_AND_PIXEL_FIRE: ActionName
+ADS_ATTRIBUTED_MACT_MMP_CLICK_INSTALL: ActionName
+ADS_ATTRIBUTED_MACT_MMP_VIEW_INSTALL: ActionName
+ADS_MMP_CLICK: ActionName
+HOME_PROFILE_VISIT_SECS: ContinuousActionName
 DWELL_TIME: ContinuousActionName
+CLICK_DWELL_TIME: ContinuousActionName
+HOME_VIDEO_CONTINUATION_SECS: ContinuousActionName
+BRIDGE_PROBABILITY: ContinuousActionName
+ADS_WEB_CT_PURCHASE_VALUE: ContinuousActionName
+WEB_CONV_VALUE_USD: ContinuousActionName
+WEB_CONV_VALUE_RATIO: ContinuousActionName
 PRODUCT_SURFACE_UNKNOWN: ProductSurface
 PRODUCT_SURFACE_HOME_TIMELINE_RANKING: ProductSurface
 PRODUCT_SURFACE_HOME_TIMELINE_RANKED_FOLLOWING: ProductSurface
 
 class PredictNextActionsRequest(_message.Message):
-    __slots__ = ("sequences", "candidateSets", "returnLogprob", "topLogprobsNum", "metadata", "returnLogMap", "requestedActionIndices", "returnCandidateTweetIdOnly", "columnar_sequences")
+    __slots__ = ("sequences", "candidateSets", "returnLogprob", "topLogprobsNum", "metadata", "returnLogMap", "requestedActionIndices", "returnCandidateTweetIdOnly", "columnar_sequences", "requestedContinuousActionIndices", "returnLogitsList")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATESETS_FIELD_NUMBER: _ClassVar[int]
     RETURNLOGPROB_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +114,8 @@ class PredictNextActionsRequest(_message.Message):
     REQUESTEDACTIONINDICES_FIELD_NUMBER: _ClassVar[int]
     RETURNCANDIDATETWEETIDONLY_FIELD_NUMBER: _ClassVar[int]
     COLUMNAR_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTEDCONTINUOUSACTIONINDICES_FIELD_NUMBER: _ClassVar[int]
+    RETURNLOGITSLIST_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedCompositeFieldContainer[UserActionSequence]
     candidateSets: _containers.RepeatedCompositeFieldContainer[CandidateSet]
     returnLogprob: bool
@@ -91,7 +125,9 @@ class PredictNextActionsRequest(_message.Message):
     requestedActionIndices: _containers.RepeatedScalarFieldContainer[int]
     returnCandidateTweetIdOnly: bool
     columnar_sequences: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, sequences: _Optional[_Iterable[_Union[UserActionSequence, _Mapping]]] = ..., candidateSets: _Optional[_Iterable[_Union[CandidateSet, _Mapping]]] = ..., returnLogprob: _Optional[bool] = ..., topLogprobsNum: _Optional[int] = ..., metadata: _Optional[str] = ..., returnLogMap: _Optional[bool] = ..., requestedActionIndices: _Optional[_Iterable[int]] = ..., returnCandidateTweetIdOnly: _Optional[bool] = ..., columnar_sequences: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    requestedContinuousActionIndices: _containers.RepeatedScalarFieldContainer[int]
+    returnLogitsList: bool
+    def __init__(self, sequences: _Optional[_Iterable[_Union[UserActionSequence, _Mapping]]] = ..., candidateSets: _Optional[_Iterable[_Union[CandidateSet, _Mapping]]] = ..., returnLogprob: _Optional[bool] = ..., topLogprobsNum: _Optional[int] = ..., metadata: _Optional[str] = ..., returnLogMap: _Optional[bool] = ..., requestedActionIndices: _Optional[_Iterable[int]] = ..., returnCandidateTweetIdOnly: _Optional[bool] = ..., columnar_sequences: _Optional[_Iterable[bytes]] = ..., requestedContinuousActionIndices: _Optional[_Iterable[int]] = ..., returnLogitsList: _Optional[bool] = ...) -> None: ...
 
 class UserActionSequence(_message.Message):
     __slots__ = ("userId", "userActions", "userActionsData")
@@ -206,8 +242,15 @@ class CandidateDistributionSet(_message.Message):
     def __init__(self, userId: _Optional[int] = ..., candidateDistributions: _Optional[_Iterable[_Union[NextActionDistribution, _Mapping]]] = ..., checkpointPath: _Optional[str] = ...) -> None: ...
 
 class NextActionDistribution(_message.Message):
-    __slots__ = ("candidate", "logits", "topLogProbs", "indexToLogits", "continuousActionsValues")
+    __slots__ = ("candidate", "logits", "topLogProbs", "indexToLogits", "continuousActionsValues", "indexToContinuousValues", "requestedActionLogits")
     class IndexToLogitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+    class IndexToContinuousValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -219,12 +262,16 @@ class NextActionDistribution(_message.Message):
     TOPLOGPROBS_FIELD_NUMBER: _ClassVar[int]
     INDEXTOLOGITS_FIELD_NUMBER: _ClassVar[int]
     CONTINUOUSACTIONSVALUES_FIELD_NUMBER: _ClassVar[int]
+    INDEXTOCONTINUOUSVALUES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTEDACTIONLOGITS_FIELD_NUMBER: _ClassVar[int]
     candidate: TweetInfo
     logits: _containers.RepeatedScalarFieldContainer[float]
     topLogProbs: _containers.RepeatedScalarFieldContainer[float]
     indexToLogits: _containers.ScalarMap[int, float]
     continuousActionsValues: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, candidate: _Optional[_Union[TweetInfo, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., topLogProbs: _Optional[_Iterable[float]] = ..., indexToLogits: _Optional[_Mapping[int, float]] = ..., continuousActionsValues: _Optional[_Iterable[float]] = ...) -> None: ...
+    indexToContinuousValues: _containers.ScalarMap[int, float]
+    requestedActionLogits: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, candidate: _Optional[_Union[TweetInfo, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., topLogProbs: _Optional[_Iterable[float]] = ..., indexToLogits: _Optional[_Mapping[int, float]] = ..., continuousActionsValues: _Optional[_Iterable[float]] = ..., indexToContinuousValues: _Optional[_Mapping[int, float]] = ..., requestedActionLogits: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReloadModelRequest(_message.Message):
     __slots__ = ("do_reload", "copy_urls", "target_prefix")

@@ -120,3 +120,58 @@ def test_a_compilation_cache_that_cannot_be_created_is_a_warning(tmp_path, caplo
     blocker.write_text("")
     enable_compilation_cache(blocker / "cache")  # under a file: cannot be created
     assert "compilation cache off" in caplog.text
+
+
+# -- `rank` with xAI's requests ------------------------------------------------------------
+
+
+def rank_cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*phoenix_ranker(), "rank", "--target", server.target, *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_rank_sends_each_xai_example_to_predict_next_actions(default_server):
+    from tests.server import xai_forms
+
+    raw = xai_forms.example_raw()
+    for name in xai_forms.EXAMPLES:
+        ranked = rank_cli(default_server, "--request", str(ROOT / "examples" / name))
+        assert ranked.returncode == 0, ranked.stderr
+        lines = ranked.stdout.splitlines()
+        assert f"user {raw.user_id}, 3 candidates, logprob, 19 of 19 actions" in lines[0], lines
+        assert "score" in lines[1] and "favorite" in lines[1]
+        rows = [line.split() for line in lines[3:]]
+        assert sorted(int(r[1]) for r in rows) == sorted(raw.candidate_post_ids.tolist())
+        scores = [float(r[3]) for r in rows]
+        assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.slow
+def test_rank_prints_what_a_logits_list_answer_carries_and_the_answer_itself(default_server,
+                                                                              tmp_path):  # fmt: skip
+    import json
+
+    request = json.loads((ROOT / "examples" / "xai-aggregated.json").read_text())
+    request |= {"returnLogitsList": True, "requestedActionIndices": [1, 107, 38],
+                "requestedContinuousActionIndices": [1], "returnBackboneScores": True}  # fmt: skip
+    path = tmp_path / "logits-list.json"
+    path.write_text(json.dumps(request))
+    ranked = rank_cli(default_server, "--request", str(path))
+    assert ranked.returncode == 0, ranked.stderr
+    # favorite (1), quoted_click (38) and dwell_time: what the answer carries
+    assert "logits_list, 3 of 19 actions returned" in ranked.stdout
+    assert "favorite" in ranked.stdout.splitlines()[1]
+    answer = json.loads(rank_cli(default_server, "--request", str(path), "--json").stdout)
+    first = answer["distributionSets"][0]["candidateDistributions"][0]
+    assert first["requestedActionLogits"][1] == "-Infinity" and set(first) == {
+        "candidate", "indexToContinuousValues", "requestedActionLogits"}  # fmt: skip
+
+
+def test_rank_refuses_a_malformed_xai_request_in_one_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"candidateSets": [{"candidates": "not a list"}]}')
+    run = subprocess.run([*phoenix_ranker(), "rank", "--request", str(path), "--target", "127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "not a PredictNextActionsRequest" in run.stderr and "Traceback" not in run.stderr

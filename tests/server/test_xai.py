@@ -52,6 +52,19 @@ def test_every_history_form_decodes_to_the_same_request(config, form):
     assert_same_request(got, raw)
 
 
+@pytest.mark.parametrize("name", xai_forms.EXAMPLES)
+def test_each_example_holds_the_same_request_in_its_form(config, name):
+    request = xai_forms.example(name)
+    form = xai_forms.EXAMPLES[name]
+    assert (form == "columnar_sequences") == bool(request.columnar_sequences)
+    if form != "columnar_sequences":
+        kind = request.sequences[0].userActionsData.WhichOneof("data")
+        assert (kind or "userActions") == form
+    request_id, (got,), plan = decode(request, config)
+    assert request_id == name.removesuffix(".json") and plan.mode == "logprob"
+    assert_same_request(got, xai_forms.example_raw())
+
+
 def test_actions_the_model_does_not_predict_are_dropped_and_their_event_kept(config):
     seq = xpb.UserActionSequence(userId=5, userActions=[
         xpb.UserAction(tweetInfo=xpb.TweetInfo(tweetId=11, authorId=3),
@@ -308,7 +321,8 @@ def test_decode_request_answers_any_bytes_or_refuses_naming_a_field(config, data
     try:
         _, raws, plan = xai.decode_request(data, config, Limits())
     except InvalidArgument as e:
-        assert re.match(r"(request|metadata|candidateSets|sequences|columnar_sequences)\b", e.field)
+        assert re.match(r"(request|metadata|candidateSets|sequences|columnar_sequences|"
+                        r"requested(Continuous)?ActionIndices)\b", e.field)  # fmt: skip
         return
     assert len(raws) == len(plan.echoes) >= 1
 
@@ -366,6 +380,137 @@ def test_logits_and_log_map_modes():
     dist = mapped.distributionSets[0].candidateDistributions[1]
     assert dict(dist.indexToLogits) == {fav: pytest.approx(scores[1, 0]), 2: -np.inf}
     assert not dist.logits and not dist.topLogProbs
+
+
+FAV = xpb.ActionName.Value("SERVER_TWEET_FAV")
+QUOTED = xpb.ActionName.Value("CLIENT_QUOTED_TWEET_CLICK")  # 38, the vectors' last entry
+NEW = xpb.ActionName.Value("CLIENT_TWEET_LIVE_STREAM_REPLY")  # 107: no head, past the vectors
+
+
+def encode_one(plan, scores) -> xpb.PredictNextActionsResponse:
+    """`scores` encoded by `plan`, parsed back by protobuf itself."""
+    data = xai.encode_response(plan, [scores], ["v"], None, None)
+    return xpb.PredictNextActionsResponse.FromString(data)
+
+
+def test_logits_list_mode_is_one_logit_per_requested_index_in_order():
+    scores = scores_for(3, 2)
+    requested = np.array([QUOTED, 2, NEW, FAV, 2**32 - 1, FAV], np.int64)  # repeats kept
+    plan = xai.ResponsePlan("logits_list", requested, (1,), ((b"", b"", b"\x08\x06"),),
+                            np.array([xpb.DWELL_TIME]))  # fmt: skip
+    (dset,) = encode_one(plan, scores).distributionSets
+    for row, dist in zip(scores, dset.candidateDistributions, strict=True):
+        fav, quoted = row[ACTIONS.index("favorite")], row[ACTIONS.index("quoted_click")]
+        np.testing.assert_array_equal(dist.requestedActionLogits,
+                                      np.float32([quoted, -np.inf, -np.inf, fav, -np.inf, fav]))  # fmt: skip
+        assert dict(dist.indexToContinuousValues) == {
+            xpb.DWELL_TIME: pytest.approx(row[NUM_ACTIONS + 18])
+        }
+        assert not (
+            dist.logits or dist.topLogProbs or dist.indexToLogits or dist.continuousActionsValues
+        )
+    assert dset.candidateDistributions[2].candidate.tweetId == 6
+
+
+def test_log_map_mode_fills_the_requested_continuous_values_too():
+    scores = scores_for(2, 3)
+    plan = xai.ResponsePlan("logmap", np.array([FAV, 2], np.int64), (1,), ((b"", b""),),
+                            np.array([xpb.DWELL_TIME]))  # fmt: skip
+    for row, dist in zip(scores, encode_one(plan, scores).distributionSets[0].candidateDistributions,
+                         strict=True):  # fmt: skip
+        assert dict(dist.indexToLogits) == {FAV: pytest.approx(row[0]), 2: -np.inf}
+        assert dict(dist.indexToContinuousValues) == {
+            xpb.DWELL_TIME: pytest.approx(row[NUM_ACTIONS + 18])
+        }
+        assert not (dist.requestedActionLogits or dist.continuousActionsValues)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(mode=st.sampled_from(["logprob", "logits", "logmap", "logits_list"]),
+       m=st.integers(0, 4), sets=st.integers(1, 3),
+       requested=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 300), max_size=8),
+       continuous=st.booleans(), tweet_id_only=st.booleans())  # fmt: skip
+def test_every_mode_is_what_protobuf_parses_and_serializes(mode, m, sets, requested, continuous,
+                                                          tweet_id_only):  # fmt: skip
+    """Our hand-written bytes against protobuf's own parse, and re-serialized by protobuf
+    (fields in number order, map entries in request order), byte for byte."""
+    requested = np.array(requested, np.int64)
+    if mode == "logmap":  # below V, once each (as decoding leaves them)
+        requested = np.array(
+            list(dict.fromkeys(requested[requested < xai.VECTOR_LENGTH])), np.int64
+        )
+    elif mode not in xai.REQUESTED_MODES:
+        requested = np.zeros(0, np.int64)
+    kept = np.array(
+        [xpb.DWELL_TIME] if continuous and mode in xai.REQUESTED_MODES else [], np.int64
+    )
+    echoes = tuple(tuple(xpb.TweetInfo(tweetId=7 * j + i + 1, authorId=0 if tweet_id_only else 9)
+                         .SerializeToString() for i in range(m)) for j in range(sets))  # fmt: skip
+    plan = xai.ResponsePlan(mode, requested, tuple(range(sets)), echoes, kept)
+    scores = [scores_for(m, s) for s in range(sets)]
+    data = xai.encode_response(plan, scores, ["v"] * sets, "p", "")
+    response = xpb.PredictNextActionsResponse.FromString(data)
+    assert response.SerializeToString() == data
+    for score, dset in zip(scores, response.distributionSets, strict=True):
+        for row, dist in zip(score, dset.candidateDistributions, strict=True):
+            logits = xai.requested_values(row[None, :NUM_ACTIONS], requested)[0]
+            got = {"logprob": dist.topLogProbs, "logits": dist.logits,
+                   "logmap": [dist.indexToLogits[k] for k in requested],
+                   "logits_list": dist.requestedActionLogits}[mode]  # fmt: skip
+            if mode in xai.REQUESTED_MODES:
+                np.testing.assert_array_equal(np.float32(got), logits)
+                assert list(dist.indexToContinuousValues) == kept.tolist()
+            else:
+                assert len(got) == xai.VECTOR_LENGTH and len(dist.continuousActionsValues) == 2
+
+
+def test_the_mode_and_the_requested_indices_are_read_as_xais_engine_reads_them(config):
+    request = xai_forms.request([raw_for("userActions", 14)], "userActions")
+    request.requestedActionIndices.extend([QUOTED, 2, NEW, QUOTED])
+    request.requestedContinuousActionIndices.extend([0, xpb.DWELL_TIME, 3, xpb.DWELL_TIME, 9])
+    assert decode(request, config)[2].mode == "logprob"
+    request.returnLogMap = True
+    plan = decode(request, config)[2]
+    assert (plan.mode, plan.requested.tolist()) == ("logmap", [QUOTED, 2])
+    assert plan.continuous.tolist() == [xpb.DWELL_TIME]  # the only one the model predicts
+    request.returnLogitsList = True  # wins over returnLogMap
+    plan = decode(request, config)[2]
+    assert (plan.mode, plan.requested.tolist()) == ("logits_list", [QUOTED, 2, NEW, QUOTED])
+    request.ClearField("returnLogprob")
+    request.ClearField("returnLogMap")
+    request.ClearField("returnLogitsList")
+    assert decode(request, config)[2].mode == "logits"
+
+
+@pytest.mark.parametrize("field", ["requestedActionIndices", "requestedContinuousActionIndices"])
+def test_more_requested_indices_than_a_response_may_hold_are_refused(config, field):
+    request = xai_forms.request([raw_for("userActions", 15)], "userActions")
+    getattr(request, field).extend([1] * (xai.MAX_REQUESTED + 1))
+    decode(request, config)  # not read without a mode that returns them
+    request.returnLogitsList = True
+    with pytest.raises(InvalidArgument, match="257 exceed") as error:
+        decode(request, config)
+    assert error.value.field == field
+
+
+@pytest.mark.parametrize("mode", ["logprob", "logits", "logmap", "logits_list"])
+def test_a_distribution_reads_back_as_the_probabilities_of_what_it_carries(mode):
+    scores = scores_for(1, 4)
+    requested = np.array([FAV, NEW, QUOTED], np.int64)
+    if mode == "logmap":
+        requested = requested[requested < xai.VECTOR_LENGTH]
+    elif mode not in xai.REQUESTED_MODES:
+        requested = np.zeros(0, np.int64)
+    plan = xai.ResponsePlan(mode, requested, (1,), ((b"",),), np.array([xpb.DWELL_TIME]))
+    (dist,) = encode_one(plan, scores).distributionSets[0].candidateDistributions
+    got = xai.distribution_probabilities(dist, requested.tolist())
+    want = sigmoid(scores[0, :NUM_ACTIONS])
+    if mode in xai.REQUESTED_MODES:  # favorite, quoted_click and dwell_time only
+        carried = [ACTIONS.index(a) for a in ("favorite", "quoted_click", "dwell_time")]
+        assert np.flatnonzero(~np.isnan(got)).tolist() == sorted(carried)
+        want[np.setdiff1d(np.arange(NUM_ACTIONS), carried)] = np.nan
+    want[ACTIONS.index("dwell_time")] = scores[0, NUM_ACTIONS + 18]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_log_sigmoid_is_exact_far_from_zero():

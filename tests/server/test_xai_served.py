@@ -1,6 +1,7 @@
 """xAI's PredictNextActions served beside Rank, on the real server over real gRPC: the same
-scores as Rank for every history form, several users per call, clients built from a fuller
-proto, refusals counted, metadata, compression and ReloadModel."""
+scores as Rank for every history form and every example (examples/xai-*.json), several users
+per call, clients built from a fuller proto, refusals counted, metadata, compression and
+ReloadModel."""
 
 from __future__ import annotations
 
@@ -75,6 +76,18 @@ def test_every_history_form_scores_as_rank(server, form):
     assert response.servingPodName == "pod-7" and response.servingNodeName == "node-3"
     (dist_set,) = response.distributionSets
     assert_matches_rank(server, raw, dist_set)
+
+
+@pytest.mark.parametrize("name", xai_forms.EXAMPLES)
+def test_each_example_is_answered_with_ranks_scores(server, name):
+    response = server.client.predict(xai_forms.example(name))
+    (dist_set,) = response.distributionSets
+    raw = xai_forms.example_raw()
+    assert_matches_rank(server, raw, dist_set)
+    probabilities = probabilities_from_pb(server.client.rank(raw_request_to_columnar_pb(raw)))
+    top = np.array([d.topLogProbs for d in dist_set.candidateDistributions])[:, ACTION_VALUES]
+    assert np.isfinite(top).all()
+    np.testing.assert_allclose(np.exp(top), probabilities[:, OUR_INDEX], rtol=1e-5, atol=1e-5)
 
 
 def test_several_users_in_one_call_each_score_as_rank(server):

@@ -1,16 +1,20 @@
 """Building xAI PredictNextActions requests from our RawRequests, in each history form the
-contract defines (for the tests of server/xai.py and the served parity tests)."""
+contract defines (for the tests of server/xai.py and the served parity tests), and reading the
+examples for xAI's caller (examples/xai-*.json)."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
+from google.protobuf import json_format
 
 from model.actions import ACTIONS
 from request.raw import RawRequest
 from server.rpc import recsys_pb2 as xpb
 from server.xai import XAI_ACTION_OF
+from tests.conftest import ROOT
 
 # Each history form of the contract; the first two carry one action per event.
 FORMS = ("userActions", "orderedUserActionList", "orderedAggregatedUserActionsList",
@@ -18,6 +22,11 @@ FORMS = ("userActions", "orderedUserActionList", "orderedAggregatedUserActionsLi
 ONE_ACTION_FORMS = FORMS[:2]
 IMPRESSION = 71  # an ActionName the model does not predict (CLIENT_TWEET_RENDER_IMPRESSION)
 WIDTH = 64  # actionNameMultiHot's list size, as xAI's engine sizes its action vocabulary
+# The examples for xAI's caller, each file the same request (user, history, candidates) with its
+# history in one form.
+EXAMPLES = {"xai-aggregated.json": "orderedAggregatedUserActionsList",
+            "xai-user-actions.json": "userActions", "xai-columnar.json": "columnar_sequences",
+            "xai-zstd.json": "compressedUserActions"}  # fmt: skip
 
 
 def action_value(index: int) -> int:
@@ -102,8 +111,9 @@ def sequence(raw: RawRequest, form: str) -> xpb.UserActionSequence:
     return seq
 
 
-def arrow_history(raw: RawRequest) -> bytes:
-    """The history as an Arrow IPC stream, the columns xAI's engine reads."""
+def arrow_history(raw: RawRequest, batches: int = 2) -> bytes:
+    """The history as an Arrow IPC stream, the columns xAI's engine reads, in record batches
+    of num_history // `batches` rows (at least one)."""
     import pyarrow as pa
     import pyarrow.ipc
 
@@ -119,7 +129,7 @@ def arrow_history(raw: RawRequest) -> bytes:
     })  # fmt: skip
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(1, raw.num_history // 2))  # several batches
+        writer.write_table(table, max_chunksize=max(1, raw.num_history // batches))
     return sink.getvalue()
 
 
@@ -133,3 +143,40 @@ def request(raws: list[RawRequest], form: str, **options) -> xpb.PredictNextActi
         else:
             out.sequences.append(sequence(raw, form))
     return out
+
+
+def example(name: str) -> xpb.PredictNextActionsRequest:
+    """examples/`name`, in protobuf's JSON mapping, as a request."""
+    data = json.loads((ROOT / "examples" / name).read_text())
+    return json_format.ParseDict(data, xpb.PredictNextActionsRequest())
+
+
+def example_raw() -> RawRequest:
+    """What every example holds: a user, four history events (a favorite, a repost, an
+    impression on the following tab, a video quality view) and three candidates."""
+    actions = np.zeros((4, len(ACTIONS)), np.uint8)
+    for event, action in ((0, "favorite"), (1, "repost"), (3, "video_quality_view")):
+        actions[event, ACTIONS.index(action)] = 1
+    return RawRequest(
+        user_id=4242424242,
+        history_post_ids=np.array([7191089600892374487, 6353848000608806813, 740264374230832003,
+                                   14696359123380530193], np.uint64),
+        history_author_ids=np.array([804, 3815, 4150, 4931], np.uint64),
+        history_actions=actions, history_surface=np.array([1, 1, 15, 1], np.int64),
+        candidate_post_ids=np.array([15353075157857049030, 1234638223158467977,
+                                     12831733888665064643], np.uint64),
+        candidate_author_ids=np.array([4701, 1513, 2854], np.uint64),
+        candidate_surface=np.ones(3, np.int64),
+    )  # fmt: skip
+
+
+def write_examples() -> None:
+    """Write examples/xai-*.json from `example_raw` (the Arrow stream in one record batch):
+    python -c "from tests.server.xai_forms import write_examples; write_examples()"."""
+    raw = example_raw()
+    for name, form in EXAMPLES.items():
+        out = request([raw], form, metadata=name.removesuffix(".json"))
+        if form == "columnar_sequences":
+            out.columnar_sequences[0] = arrow_history(raw, batches=1)
+        text = json.dumps(json_format.MessageToDict(out), indent=2)
+        (ROOT / "examples" / name).write_text(text + "\n")

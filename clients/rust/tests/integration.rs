@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use phoenix_client::{pb, synthetic, ClientConfig, ClientError, PhoenixClient, TlsConfig, ACTIONS};
+use phoenix_client::{
+    pb, synthetic, xai, xai_request, ClientConfig, ClientError, PhoenixClient, TlsConfig, ACTIONS,
+    XAI_ACTIONS,
+};
 use tonic::Code;
 
 struct Server {
@@ -461,6 +464,59 @@ async fn predict_next_actions_scores_as_rank() {
             19,
             "every action, dwell_time included"
         );
+    }
+
+    // xAI's 2026-10 logits list: one logit per requested ActionName, in request order, Rank's
+    // logit where the model has a head and -inf elsewhere; the dwell_time head by its
+    // ContinuousActionName, the continuous heads the model lacks absent.
+    let fav = xai::ActionName::ServerTweetFav as u32;
+    let requested = vec![
+        fav,
+        2,
+        xai::ActionName::ClientQuotedTweetClick as u32,
+        xai::ActionName::ClientTweetLiveStreamReply as u32,
+        xai::ActionName::AdsMmpClick as u32,
+        fav,
+    ];
+    let dwell = xai::ContinuousActionName::DwellTime as u32;
+    let mut logits_list = xai_request(
+        request.user_id,
+        &request.history,
+        &request.candidates,
+        String::new(),
+    );
+    logits_list.return_logprob = false;
+    logits_list.return_logits_list = true;
+    logits_list.requested_action_indices = requested.clone();
+    logits_list.requested_continuous_action_indices = vec![
+        xai::ContinuousActionName::HomeProfileVisitSecs as u32,
+        dwell,
+        xai::ContinuousActionName::HomeVideoContinuationSecs as u32,
+    ];
+    let answer = client.predict_next_actions(logits_list).await.unwrap();
+    let actions = &client.model_info().actions;
+    let column = |value: u32| -> Option<usize> {
+        let (name, _) = XAI_ACTIONS.iter().find(|(_, a)| *a as u32 == value)?;
+        actions.iter().position(|a| a == name)
+    };
+    let distributions = &answer.distribution_sets[0].candidate_distributions;
+    assert_eq!(distributions.len(), ranked.len());
+    for (d, r) in distributions.iter().zip(&ranked) {
+        assert_eq!(d.requested_action_logits.len(), requested.len());
+        for (&value, &got) in requested.iter().zip(&d.requested_action_logits) {
+            match column(value) {
+                Some(c) => assert!((got - r.logits[c]).abs() <= 1e-5, "{value}: {got}"),
+                None => assert_eq!(got, f32::NEG_INFINITY, "{value}"),
+            }
+        }
+        assert_eq!(
+            d.index_to_continuous_values.len(),
+            1,
+            "only the head the model has"
+        );
+        let p = f64::from(d.index_to_continuous_values[&dwell]);
+        assert!((p - r.scores.dwell_time.unwrap()).abs() <= 1e-5);
+        assert!(d.top_log_probs.is_empty() && d.continuous_actions_values.is_empty());
     }
 
     // The load generator sends the same form, with zero errors.
