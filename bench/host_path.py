@@ -128,38 +128,12 @@ def xai_request_file(candidates: int, form: str, history: int = 64, seed: int = 
         )
         request = xai_forms.request([raw], form)
         for i, candidate in enumerate(request.candidateSets[0].candidates):
-            candidate.MergeFromString(home_mixer_fields(i))  # fields our subset does not declare
+            candidate.MergeFromString(xai_forms.tweet_fields(i))  # fields our subset lacks
         return request.SerializeToString()
 
     path = OUT / f"xai-{form}-{history}-{candidates}-{seed}.bin"
     path.write_bytes(ghz_safe(make, seed))
     return path
-
-
-def home_mixer_fields(i: int) -> bytes:
-    """The TweetInfo fields xAI's home-mixer sets beside the ids (about 70 bytes: counts, the
-    author's info, semantic ids, language, safety mask), encoded by hand: the server must
-    parse past them and echo them back."""
-
-    def varint(v: int) -> bytes:
-        out = bytearray()
-        while True:
-            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-            v >>= 7
-            if not v:
-                return bytes(out)
-
-    def field(number: int, value: int) -> bytes:
-        return varint(number << 3) + varint(value)
-
-    def message(number: int, body: bytes) -> bytes:
-        return varint(number << 3 | 2) + varint(len(body)) + body
-
-    counts = b"".join(field(n, 1000 + 37 * i + n) for n in (21, 22, 23, 24, 28, 34))
-    return (counts + field(19, 12) + field(25, i % 2) + field(30, 15_000) + field(33, 4 * (i % 3))
-            + message(11, field(3, 1) + field(6, 1))
-            + message(12, b"".join(varint(100_000 + i * k) for k in range(1, 5)))
-            + message(14, field(1, 7_000 + i) + field(2, 1) + field(3, 50_000 + i)))  # fmt: skip
 
 
 def ghz(target: str, data: Path, *flags: str, details: bool = False, server_pid: int = 0,

@@ -11,8 +11,9 @@ of compute) and 256 queued 16-candidate ones (milliseconds) are not the same que
 2. A request that cannot finish before its deadline, given the work ahead of it (queued plus
    in flight) and its own: DEADLINE_EXCEEDED at once, not computed late. With nothing ahead
    of it a request is always tried (its own estimate alone is not trusted to refuse it).
-3. A queue that would hold more than `max_queue_s` of work with this request, or more than
-   `max_queue` requests: RESOURCE_EXHAUSTED, with a retry hint equal to the time the device
+3. A queue that would hold more than `max_queue_s` of work with this request (or, for a
+   request with a far deadline, more than a share of the time it has left: `queue_bound_s`),
+   or more than `max_queue` requests: RESOURCE_EXHAUSTED, with a retry hint equal to the time the device
    needs to work the queue down to where this request would fit (at least `MIN_RETRY_MS`). A
    request always fits an empty queue, however large it is (the request limits bound it).
 """
@@ -74,12 +75,15 @@ def decide(
     remaining_s: float | None,
     max_queue_s: float,
     max_queue: int,
+    deadline_share: float = 0.0,
 ) -> Refusal | None:
     """None to admit, else the refusal. Times in seconds; `remaining_s` None = no deadline.
 
-    own_s        estimated device time of this request
-    queued_s     estimated device time of the requests already queued
-    in_flight_s  estimated device time of the batches on the device now
+    own_s           estimated device time of this request
+    queued_s        estimated device time of the requests already queued
+    in_flight_s     estimated device time of the batches on the device now
+    deadline_share  the queue may also hold up to this share of the request's remaining
+                    deadline (`queue_bound_s`)
     """
     if remaining_s is not None and remaining_s <= 0:
         return Refusal(
@@ -95,9 +99,10 @@ def decide(
             f"cannot finish before the deadline: ~{_ms(wait_s)} ms of work is ahead of it and it "
             f"needs ~{_ms(own_s)} ms, the deadline is in {_ms(remaining_s)} ms; not computed",
         )
-    too_much_work = queued_s + own_s > max_queue_s
+    bound_s = queue_bound_s(max_queue_s, remaining_s, deadline_share)
+    too_much_work = queued_s + own_s > bound_s
     if queued_requests and (too_much_work or queued_requests >= max_queue):
-        excess_s = queued_s + own_s - max_queue_s if too_much_work else queued_s / queued_requests
+        excess_s = queued_s + own_s - bound_s if too_much_work else queued_s / queued_requests
         retry_ms = retry_hint_ms(in_flight_s + excess_s)
         return Refusal(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -107,6 +112,33 @@ def decide(
             retry_ms,
         )
     return None
+
+
+def queue_bound_s(max_queue_s: float, remaining_s: float | None, deadline_share: float
+                  ) -> float:  # fmt: skip
+    """The most queued work (seconds) a request is admitted behind: `max_queue_s`, or, for a
+    request whose deadline is far, `deadline_share` of the time it has left. The estimate is
+    device time, which misses the host's own time under load by several times: a bound of a
+    small share of the deadline keeps what is admitted well within it."""
+    if remaining_s is None:
+        return max_queue_s
+    return max(max_queue_s, deadline_share * remaining_s)
+
+
+def fullness_s(own_s: float, queued_s: float, queued_requests: int, max_queue_s: float,
+               max_queue: int, deadline_share: float) -> float:  # fmt: skip
+    """For which requests the queue is full now: those with less than this many seconds to
+    their deadline (0: none, inf: all) would be refused for want of room (`decide`'s third
+    rule, for a request of `own_s`). What a door needs to refuse by deadline without asking
+    the queue (`server.call_limits.Door`, a frontend worker's)."""
+    if not queued_requests:
+        return 0.0
+    if queued_requests >= max_queue:
+        return math.inf
+    work = queued_s + own_s
+    if work <= max_queue_s:
+        return 0.0
+    return work / deadline_share if deadline_share > 0 else math.inf
 
 
 def retry_hint_ms(wait_s: float) -> int:

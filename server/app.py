@@ -151,6 +151,9 @@ class RankingServer:
         self._failures: dict[int, FailureWindow] = {}  # per version: its non-finite batches
         self.port = self.metrics_port = 0
         self._http: list[MetricsHTTPServer] = []  # /metrics (and probes), the probes' own
+        self._recorder = MetricsRecorder(self.metrics)
+        self._door_counted: dict[tuple[str | None, str], int] = {}  # in the metrics already
+        self._door_lock = threading.Lock()
         self.readiness_port = 0
         self.batcher: Batcher | None = None
         self.front: Front | None = None
@@ -285,7 +288,7 @@ class RankingServer:
         self._beat = time.monotonic()
         self._heart = asyncio.get_running_loop().create_task(self._heartbeat(), name="heartbeat")
         self._http = [start_metrics_http(c.metrics_host, c.metrics_port, self.registry, context,
-                                         probes)]  # fmt: skip
+                                         probes, self._count_door_refusals)]  # fmt: skip
         self.metrics_port = self._http[0].port
         try:
             if c.readiness_port is not None:
@@ -298,6 +301,20 @@ class RankingServer:
             if self.batcher is not None:
                 await self.batcher.stop()
             raise
+
+    def _count_door_refusals(self) -> None:
+        """Before a scrape (the metrics thread): the calls this process's transport refused
+        before any handler since the last, into the metrics (`server.call_limits.Door` only
+        counts them; a frontend worker reports its own with its transport counts)."""
+        front = self.front
+        if not isinstance(front, GrpcFront):
+            return
+        with self._door_lock:
+            for key, total in front.door_refusals().items():
+                new = total - self._door_counted.get(key, 0)
+                if new > 0:
+                    self._recorder.refused_before_handler(*key, new)
+                    self._door_counted[key] = total
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: whether the server takes traffic, and why not (any thread)."""
@@ -342,7 +359,7 @@ class RankingServer:
         if workers:
             self.front = FrontendHub(c, workers, facts, self.batcher, self.metrics, admin)
         else:
-            self.front = GrpcFront(facts, self.batcher, MetricsRecorder(self.metrics), c,
+            self.front = GrpcFront(facts, self.batcher, self._recorder, c,
                                    asyncio.get_running_loop(), admin)  # fmt: skip
         await self.front.start()
         self.port = self.front.port

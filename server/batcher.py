@@ -69,7 +69,7 @@ from prometheus_client import Counter
 from model.config import PhoenixModelConfig
 from request.encoding import EncodedRequest
 from request.layout import Piece, windows
-from server.admission import DeviceRate, Refusal, decide, retry_hint_ms
+from server.admission import DeviceRate, Refusal, decide, fullness_s, retry_hint_ms
 from server.batch_result import Scores, Unwanted
 from server.buckets import BucketPlan
 from server.composition import next_batch_size
@@ -253,30 +253,35 @@ class Batcher:
         units = self._queued_units + self._in_flight_units + round(self._typical_units)
         return retry_hint_ms(self.rate.seconds(units))
 
-    def queue_full(self) -> bool:
-        """Whether the queue would refuse a typical request for want of room now (any thread:
-        it only reads). The transport's door refuses scoring calls while it does, before they
-        reach a handler (`server.call_limits.Door`); not counted here (the door counts)."""
+    def fullness_s(self) -> float:
+        """For which calls the queue is full now: a typical request with less than this many
+        seconds to its deadline would be refused for want of room (0: none; inf: all;
+        `server.admission.fullness_s`). Any thread: it only reads. The transport's door
+        refuses scoring calls by it before they reach a handler (`server.call_limits.Door`);
+        not counted here (the door counts)."""
         if self._broken is not None or not self._accepting:
-            return False  # the handler says why, with its own status
-        return self._refusal(round(self._typical_units), None, time.monotonic()) is not None
+            return 0.0  # the handler says why, with its own status
+        c = self.config
+        return fullness_s(self.rate.seconds(round(self._typical_units)),
+                          self.rate.seconds(self._queued_units), self._queued_requests,
+                          c.max_queue_ms / 1000, c.max_queue, c.queue_deadline_share)  # fmt: skip
 
-    def door(self) -> tuple[bool, int]:
+    def door(self) -> tuple[float, int]:
         """What a frontend worker's door needs to know of the queue (sent with each answer):
-        whether it would refuse a typical request for want of room now, and the retry hint in
-        ms. Not counted as a refusal."""
-        full = self._refusal(round(self._typical_units), None, time.monotonic()) is not None
-        return full, self.retry_hint_ms()
+        `fullness_s`, and the retry hint in ms. Not counted as a refusal."""
+        return self.fullness_s(), self.retry_hint_ms()
 
     def _refusal(self, units: int, deadline: float | None, now: float) -> Refusal | None:
+        c = self.config
         return decide(
             own_s=self.rate.seconds(units),
             queued_s=self.rate.seconds(self._queued_units),
             in_flight_s=self.rate.seconds(self._in_flight_units),
             queued_requests=self._queued_requests,
             remaining_s=None if deadline is None else deadline - now,
-            max_queue_s=self.config.max_queue_ms / 1000,
-            max_queue=self.config.max_queue,
+            max_queue_s=c.max_queue_ms / 1000,
+            max_queue=c.max_queue,
+            deadline_share=c.queue_deadline_share,
         )
 
     def _admit(self, units: int, deadline: float | None, now: float) -> None:

@@ -1,18 +1,20 @@
 """What bounds a call at the transport, before the service decodes a byte of it.
 
 How many at once (`call_capacity`). gRPC's synchronous server runs each call on a thread of
-its own, from its headers to its answer, so the calls a process holds at once are bounded by
-the threads and memory it may use: by default `call_capacity` sizes that from the process's
-limits (threads allowed, memory), not from a fixed count, so that closed-loop callers up to
-that many are queued, not refused. What bounds the *work* admitted is the queue
-(`server.admission`: work and deadlines).
+its own, from its headers to its answer, and every thread shares the interpreter with the one
+polling thread that takes and refuses calls: by default it holds what that thread keeps up
+with under a flood (MAX_AUTO_CAPACITY, measured), within the threads and memory the process
+may use. What bounds the *work* admitted is the queue (`server.admission`: work and
+deadlines).
 
 Who is refused at the door (`Door`, installed with `install_door`). gRPC's server decides on
 its polling thread, before a handler thread or the request body is touched, whether to take a
 call (about 50 us of CPU to refuse one, where a refusal by a handler costs about three times
 that and one by the asyncio server four: bench/host_path.py's door section). `Door.refuses`
 makes that decision by the queue's state, not by a count: a scoring call is refused while the
-queue would refuse a typical request for want of room (`queue_full`), or past the capacity;
+queue would refuse a typical request with its deadline for want of room (`queue_full`), while
+`HOST_SLOTS` calls are doing host work (`host_busy`: the host, not the device, is behind), or
+past the capacity;
 the other calls (health checks, GetModelInfo, reflection, admin) keep `CONTROL_RESERVE` more
 places, so a probe is answered when the scoring calls fill the server. It replaces grpcio's
 private `grpc._server._handle_call` decision (the flag it is called with), checked against
@@ -59,9 +61,17 @@ log = logging.getLogger("phoenix.server")
 _retry_hint: Callable[[], int] = lambda: 100  # noqa: E731
 _installed = False
 
-# Automatic capacity: at most this many calls at once, and at least this many.
-MAX_AUTO_CAPACITY = 1024
-MIN_AUTO_CAPACITY = 64
+# Automatic capacity: at most this many calls at once, and at least this many. Each call held
+# is a thread of gRPC's synchronous server, and all of them share the interpreter with the one
+# polling thread that takes and refuses calls and drives gRPC's own I/O. Measured at 4x
+# open-loop overload on 2 cores (bench/host_path.py overload): with 80 places goodput 0.96x,
+# nothing shed; with 128, 256 or 1,024 places the polling thread fell seconds behind and
+# goodput collapsed to 0.29-0.47x, with the door refusing by queue and deadline, threads
+# started in advance, and the calls doing host work bounded (HOST_SLOTS) alike. So 80, where
+# threads or memory allow; closed loops of more callers than that get RESOURCE_EXHAUSTED with
+# a retry hint, and those honouring it all get through.
+MAX_AUTO_CAPACITY = 80
+MIN_AUTO_CAPACITY = 16
 # Of the threads the process may start, and of its memory, the share calls at once may take.
 THREAD_SHARE = 0.5
 MEMORY_SHARE = 0.25
@@ -71,6 +81,19 @@ CONTROL_RESERVE = 16
 # While more calls than their budget wait for their bodies, those waiting longer than this
 # are ended (a body that is not trickling arrives within milliseconds of its headers).
 SLOW_BODY_SECONDS = 0.5
+# Calls that may wait for their bodies at once before those waiting longer than
+# SLOW_BODY_SECONDS are ended (slowloris: `ReceiveWatchdog`).
+SLOW_BODIES = 32
+# Calls held at once that are not queued for the device (receiving their body, decoding,
+# waiting for the event loop, answering), at most: every such call costs gRPC's one polling
+# thread several events, and past this many the host, not the device, is behind. A call let in
+# then would wait for the interpreter beside them (and its body, which that thread delivers,
+# would seem slow): refused `host_busy` (RESOURCE_EXHAUSTED, retry hint). 80 is what the
+# transport held in all at 4x overload while still refusing within ~0.1 s (p99; with 256 the
+# process collapsed: bench/host_path.py overload, earlier designs), and slow bodies have their
+# own SLOW_BODIES beside them. Queued calls do not count: they wait for the device, asleep,
+# bounded by the queue's work.
+HOST_SLOTS = 80
 
 
 def call_capacity(configured: int, per_call_bytes: int) -> int:
@@ -129,24 +152,37 @@ class Door:
 
     capacity     scoring calls at once (`call_capacity`)
     scoring      the full names of the scoring methods ("/package.Service/Method")
-    queue_full   whether the queue would refuse a typical request for want of room now
-    count        called with each refused call's full method name and the refusal's reason
-                 ("queue_full" or "capacity"), on gRPC's polling thread
+    fullness     for which calls the queue is full now: those with fewer seconds than this to
+                 their deadline (`server.admission.fullness_s`)
+    default_s    the deadline of a call that carries none (`Limits.default_deadline_ms`)
+    idle         calls held that do no host work now: queued for the device, or awaiting their
+                 body
+    refusals     (full method name, reason) -> calls refused so far: a plain count on gRPC's
+                 polling thread, nothing more (read where the metrics are, at scrape)
     """
 
     capacity: int
     scoring: frozenset[str]
-    queue_full: Callable[[], bool]
-    count: Callable[[str, str], None] = lambda _method, _reason: None
+    fullness: Callable[[], float]
+    default_s: float
+    idle: Callable[[], int] = lambda: 0
     refusals: collections.Counter = field(default_factory=collections.Counter)
 
-    def refusal(self, method: str, active: int) -> str | None:
-        """Why a call of `method` arriving with `active` calls held is refused, or None."""
+    def refused(self) -> dict[tuple[str, str], int]:
+        """The refusals so far, by (full method name, reason): a copy (any thread)."""
+        return dict(self.refusals)
+
+    def refusal(self, method: str, active: int, remaining_s: float | None) -> str | None:
+        """Why a call of `method` arriving with `active` calls held and `remaining_s` seconds
+        to its deadline (None: none) is refused, or None."""
         if method not in self.scoring:
             return "capacity" if active >= self.capacity + CONTROL_RESERVE else None
         if active >= self.capacity:
             return "capacity"
-        return "queue_full" if self.queue_full() else None
+        remaining = self.default_s if remaining_s is None else remaining_s
+        if remaining < self.fullness():
+            return "queue_full"
+        return "host_busy" if active - self.idle() >= HOST_SLOTS else None
 
 
 _doors: dict[int, tuple[Door, object]] = {}  # id(thread pool) -> (door, gRPC's server state)
@@ -154,6 +190,8 @@ _details = threading.local()  # the refusal being sent, for `reject_rpc`
 _DETAILS = {
     "queue_full": b"server overloaded: the queue is full; you may retry after the "
     b"grpc-retry-pushback-ms trailer",
+    "host_busy": b"server overloaded: too many calls are being decoded; you may retry after "
+    b"the grpc-retry-pushback-ms trailer",
     "capacity": b"server busy: every call place is taken; you may retry after the "
     b"grpc-retry-pushback-ms trailer",
 }
@@ -185,11 +223,11 @@ def install_door(server: grpc.Server, thread_pool, door: Door) -> bool:
                 method = method_with_handler.name() or rpc_event.call_details.method
                 if isinstance(method, bytes):
                     method = method.decode("latin-1")
-                reason = door.refusal(method, state.active_rpc_count)
+                reason = door.refusal(method, state.active_rpc_count,
+                                      _remaining_s(rpc_event.call_details.deadline))  # fmt: skip
                 concurrency_exceeded = reason is not None
                 if reason is not None:
-                    door.refusals[reason] += 1
-                    door.count(method, reason)
+                    door.refusals[(method, reason)] += 1
                 _details.reason = reason
             return original(rpc_event, method_with_handler, interceptor_pipeline, thread_pool,
                             concurrency_exceeded)  # fmt: skip
@@ -198,6 +236,16 @@ def install_door(server: grpc.Server, thread_pool, door: Door) -> bool:
         _server._handle_call = handle_call
     _doors[id(thread_pool)] = (door, state)
     return True
+
+
+def _remaining_s(deadline: float) -> float | None:
+    """Seconds to a call's deadline (grpcio's wall-clock seconds), None for none."""
+    remaining = deadline - time.time()
+    return None if remaining > NO_DEADLINE_S else remaining
+
+
+# grpcio gives a call without a deadline one this far away at least (~9.2e18 s).
+NO_DEADLINE_S = 1e12
 
 
 def remove_door(thread_pool) -> None:
@@ -292,6 +340,19 @@ class ReceiveWatchdog:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def slow(self) -> int:
+        """Calls whose body has been awaited for over SLOW_BODY_SECONDS now (any thread: it
+        reads the oldest entries only, and a read racing a change is off by one at most)."""
+        limit, count = time.monotonic() - SLOW_BODY_SECONDS, 0
+        try:
+            for arrived, _ in self._waiting.values():
+                if arrived > limit:
+                    break
+                count += 1
+        except RuntimeError:  # changed while read: the count so far
+            pass
+        return count
 
     def stop(self) -> None:
         with self._cond:

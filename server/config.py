@@ -33,9 +33,12 @@ class Limits:
     max_history_actions: int = setting(
         4096 * 19, "most action entries over all history events of one request"
     )
-    # The largest request the other limits allow is ~250 KB (4,096 events with every action
-    # and 2,800 candidates, row form); anything much larger is refused before it is parsed.
-    max_request_bytes: int = setting(1 * MiB, "largest serialized request", "bytes")
+    # xAI's home-mixer's largest call (2,800 candidates and 1,022 engagements with the
+    # TweetInfo and UserActionMeta fields it sets) is 0.28-0.57 MB depending on the history's
+    # form (tests/server/test_largest_call.py): 2 MiB takes it with room for fields we did not
+    # model. The limit also bounds what a request may inflate to (server.inflate) and what one
+    # may cost to parse (protobuf's own objects: up to ~24 bytes a byte), so it is no larger.
+    max_request_bytes: int = setting(2 * MiB, "largest serialized request", "bytes")
     max_candidate_sets: int = setting(
         64,
         "most candidate sets (users) in one PredictNextActions call; each is ranked as a request",
@@ -74,16 +77,22 @@ class BatcherConfig:
     max_batch_wait_ms: float = setting(
         2.0, "longest a request waits for company while the device is busy", "ms"
     )
-    # Queued work costs its callers latency, which their deadlines bound (a call that cannot
-    # finish in time is refused DEADLINE_EXCEEDED at once), and memory, which max_queue bounds.
-    # A second holds 256 closed-loop callers of ordinary requests on 2 CPU cores (queueing
-    # them is ~0.5 s of work) instead of refusing a third of them for want of room
-    # (tests/server/test_ordinary_load.py), and is what a 4x overload then queues at most.
     max_queue_ms: float = setting(
-        1000.0,
-        "most estimated device time of queued work; more is refused with RESOURCE_EXHAUSTED "
-        "and a retry hint computed from the queue",
+        250.0,
+        "most estimated device time of queued work ahead of a request; more is refused with "
+        "RESOURCE_EXHAUSTED and a retry hint computed from the queue",
         "ms",
+    )
+    # A call whose deadline is far may wait longer: a crowd of callers with 10 s deadlines may
+    # queue up to a second of work (where more than 250 ms of it are in calls at once: with
+    # more transport places, or several frontend workers). A tenth keeps what is admitted well
+    # within its deadline even when the device-time estimate misses the host's time under
+    # load by several times; at 4x open-loop overload with 2 s deadlines the bound stays
+    # max_queue_ms.
+    queue_deadline_share: float = setting(
+        0.1,
+        "a request may also be queued behind work of up to this share of its remaining "
+        "deadline, when that is more than --max-queue-ms",
     )
     max_queue: int = setting(1024, "most queued requests, whatever their work")
     max_batch_ms: float = setting(
@@ -106,18 +115,18 @@ class Transport:
     that never completes its handshake after `handshake_timeout_s`.
     """
 
-    # Each call holds a handler thread while it waits for its batch (asleep: it costs memory,
-    # not CPU). What bounds the work admitted is the queue (max_queue_ms, deadlines), and while
-    # the queue is full the transport refuses scoring calls before any handler
-    # (server.call_limits.Door), so this bound only has to stay within what the process can
-    # hold: by default half the threads it may start and a quarter of its memory at the
-    # transport's message limit per call, at most 1,024.
+    # Each call holds a handler thread while it waits for its batch. What bounds the work
+    # admitted is the queue (max_queue_ms, deadlines), and while the queue is full for a call
+    # the transport refuses it before any handler (server.call_limits.Door); this bound is what
+    # one process's gRPC transport holds at once and still refuses promptly under a flood
+    # (server.call_limits.MAX_AUTO_CAPACITY says what was measured), within its thread and
+    # memory limits. Raise it where each gRPC server has cores to spare.
     max_concurrent_rpcs: int = setting(
         0,
         "scoring calls a gRPC server (each frontend's) holds at once, each on a thread; past "
-        "them (or while the queue is full) gRPC refuses new calls RESOURCE_EXHAUSTED with a "
-        "retry hint, before reading them; 0: sized from the process's thread and memory "
-        "limits (up to 1,024)",
+        "them (or while the queue is full for them) gRPC refuses new calls RESOURCE_EXHAUSTED "
+        "with a retry hint, before reading them; 0: 80, within the process's thread and "
+        "memory limits",
     )
     # The backlog of calls gRPC's core holds before the server's polling thread takes them.
     # That thread takes ~20,000 calls/s a core (it refuses past max_concurrent_rpcs itself),

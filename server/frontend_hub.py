@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import multiprocessing
 import os
 import socket
@@ -316,7 +317,8 @@ class FrontendHub:
         try:
             future = self.batcher.submit(encoded, deadline)
         except ServiceError as e:
-            writer.write(_refusal_frame(call_id, e, ipc.Door(*self.batcher.door())))
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            writer.write(_refusal_frame(call_id, e, ipc.Door(*self.batcher.door()), remaining))
             return
         calls[call_id] = future
         future.add_done_callback(lambda f: (calls.pop(call_id, None),
@@ -338,8 +340,9 @@ class FrontendHub:
         writer.write(frame)
 
 
-def _refusal_frame(call_id: int, error: ServiceError, door: ipc.Door) -> bytes:
+def _refusal_frame(call_id: int, error: ServiceError, door: ipc.Door,
+                   remaining_s: float = math.inf) -> bytes:  # fmt: skip
     """The RESULT frame of a refused call: its status, message and retry hint."""
-    if isinstance(error, QueueFull):
-        door = ipc.Door(True, error.retry_after_ms)
+    if isinstance(error, QueueFull):  # full at least for calls with no more time than this one
+        door = ipc.Door(max(door.fullness_s, remaining_s), error.retry_after_ms)
     return ipc.result_frame(call_id, error.code.value[0], door, message=str(error))

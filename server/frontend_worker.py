@@ -37,7 +37,7 @@ from server.errors import (
     QueueFull,
     ShuttingDown,
 )
-from server.metrics import CallRecord, short_method
+from server.metrics import CallRecord
 from server.rpc import ranking_pb2 as pb
 from server.service import ModelFacts
 from server.transport import GrpcFront
@@ -92,10 +92,11 @@ class DeviceLink:
         self.loop = asyncio.get_running_loop()
         self.in_flight = 0
         self.last_retry_ms = DEFAULT_RETRY_MS  # the device's latest retry hint
-        self.full_until = 0.0  # the device's queue is full until then (its latest answer)
-        # Calls refused for want of room, by (method, reason), reported to the device process:
-        # by the transport's door ("queue_full", "capacity") and by precheck ("queue_full":
-        # those are counted by their handler as calls too, so with method None).
+        # The device queue's latest fullness (`ipc.Door`), holding until its retry hint passes.
+        self._fullness_s, self._fullness_until = 0.0, 0.0
+        # Calls precheck refused for want of room, reported to the device process with those
+        # the transport's door refused (`door_refusals`): counted by their handler as calls
+        # too, so with method None.
         self.door_refusals: ipc.Refusals = {}
         self._door_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -104,6 +105,8 @@ class DeviceLink:
         self._answered.set()
         self.state = asyncio.Queue()  # (STATE, reason) from the device, or None when it is gone
         self.on_info = None  # called with each new ModelInfo the device sends
+        # What this process's transport refused before any handler (`GrpcFront.door_refusals`).
+        self.door_refusals_of_front = dict
         self._reloads: dict[int, asyncio.Future] = {}  # ReloadModel calls awaiting the device
         self.broken = False
 
@@ -119,7 +122,7 @@ class DeviceLink:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline had already passed when the request arrived")
-        if now < self.full_until:
+        if now < self._fullness_until and (deadline is None or deadline - now < self._fullness_s):
             self._refused(None, "queue_full")
             raise QueueFull("the queue is full; retry later", self.last_retry_ms)
 
@@ -127,15 +130,12 @@ class DeviceLink:
         """Any thread: the device's latest retry hint (what its own refusals said)."""
         return self.last_retry_ms
 
-    def queue_full(self) -> bool:
-        """Any thread: whether the device's queue said it was full, until its retry hint
-        has passed (the transport's door refuses scoring calls meanwhile)."""
-        return not self.broken and time.monotonic() < self.full_until
-
-    def refused_at_door(self, method: str, reason: str) -> None:
-        """The transport's door refused a call (polling thread): reported to the device
-        process with the transport's counts."""
-        self._refused(short_method(method), reason)
+    def fullness_s(self) -> float:
+        """Any thread: the device queue's fullness as its latest answer said, until its retry
+        hint has passed (the transport's door refuses scoring calls by it meanwhile)."""
+        if self.broken or time.monotonic() >= self._fullness_until:
+            return 0.0
+        return self._fullness_s
 
     def _refused(self, method: str | None, reason: str) -> None:
         with self._door_lock:
@@ -205,6 +205,8 @@ class DeviceLink:
         if counts is not None and not self.broken:
             with self._door_lock:
                 refusals = dict(self.door_refusals)
+            for key, count in self.door_refusals_of_front().items():
+                refusals[key] = refusals.get(key, 0) + count
             self.writer.write(ipc.transport_frame(counts, refusals))
 
     # -- frames from the device ----------------------------------------------------------
@@ -246,7 +248,8 @@ class DeviceLink:
         if door.retry_ms:
             self.last_retry_ms = door.retry_ms
         # The queue's verdict holds until its retry hint has passed (or a later answer).
-        self.full_until = time.monotonic() + door.retry_ms / 1000 if door.full else 0.0
+        self._fullness_s = door.fullness_s
+        self._fullness_until = time.monotonic() + door.retry_ms / 1000 if door.fullness_s else 0.0
         future = self._pending.pop(call_id, None)
         if not self._pending:
             self._answered.set()
@@ -278,6 +281,7 @@ async def _run(args: WorkerArgs) -> int:
     front = GrpcFront(facts, link, link, config, asyncio.get_running_loop(), admin,
                       reuse_port=True, port=args.port)  # fmt: skip
     link.on_info = front.publish
+    link.door_refusals_of_front = front.door_refusals
     await front.start()
     reading = asyncio.get_running_loop().create_task(link.read_forever())
     reporting = asyncio.get_running_loop().create_task(_report_transport(link))

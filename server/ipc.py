@@ -52,9 +52,8 @@ SERVING, DRAINING, HELD, LAME_DUCK = 1, 2, 3, 4
 
 _FRAME = struct.Struct("<IB")
 _SUBMIT = struct.Struct("<QdIII")  # call id, deadline, in flight, n, m
-# call id, status code, the queue's retry hint ms, whether the queue is full (`Door`),
-# version bytes
-_RESULT = struct.Struct("<QBIBH")
+# call id, status code, the queue's retry hint ms, its fullness (`Door`), version bytes
+_RESULT = struct.Struct("<QBIdH")
 # method, status code, seconds, candidates, in flight, scoring, network delay (NaN: none); then
 # the client's name (UTF-8)
 _DONE = struct.Struct("<BBdIIBd")
@@ -65,7 +64,7 @@ _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
 _TRANSPORT = struct.Struct("<QQQQH")  # calls started, succeeded, failed, open; refusal counts
 _REFUSALS = struct.Struct("<BBQ")  # a method (METHODS, or 255: another), a reason, count
-DOOR_REASONS = ("queue_full", "capacity")
+DOOR_REASONS = ("queue_full", "capacity", "host_busy")
 _OTHER = 255
 TRANSPORT_REPORT_SECONDS = 1.0
 MAX_FRAME_BYTES = 64 * 2**20
@@ -116,16 +115,16 @@ def parse_submit(
 
 @dataclasses.dataclass(frozen=True)
 class Door:
-    """The device queue's state as a frontend's door sees it, sent with every answer: whether
-    it would refuse a typical request for want of room, and its retry hint (ms)."""
+    """The device queue's state as a frontend's door sees it, sent with every answer: for which
+    calls it is full (`server.admission.fullness_s`), and its retry hint (ms)."""
 
-    full: bool = False
+    fullness_s: float = 0.0  # calls with less time to their deadline would be refused
     retry_ms: int = 0
 
 
 def result_frame(call_id: int, code: int, door: Door, scored: Scored | None = None,
                  message: str = "") -> bytes:  # fmt: skip
-    head = (call_id, code, door.retry_ms, door.full)
+    head = (call_id, code, door.retry_ms, door.fullness_s)
     if scored is None:
         return frame(RESULT, _RESULT.pack(*head, 0), message.encode())
     version = scored.model_version.encode()
@@ -136,8 +135,8 @@ def result_frame(call_id: int, code: int, door: Door, scored: Scored | None = No
 def parse_result(payload: memoryview, width: int) -> tuple[int, int, Door, Scored | str]:
     """(call id, status code, the queue's Door, Scored (float32 [m, W]) if OK else the
     message)."""
-    call_id, code, retry_ms, full, version_bytes = _RESULT.unpack_from(payload)
-    door = Door(bool(full), retry_ms)
+    call_id, code, retry_ms, fullness, version_bytes = _RESULT.unpack_from(payload)
+    door = Door(fullness, retry_ms)
     body = payload[_RESULT.size :]
     if code == 0:
         version = bytes(body[:version_bytes]).decode()

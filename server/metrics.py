@@ -103,7 +103,8 @@ class Metrics:
             "phoenix_admission_refusals",
             "Requests refused at admission, before any compute, by reason "
             "(queue_full: RESOURCE_EXHAUSTED, by the queue or, before a handler, by the "
-            "transport's door; capacity: RESOURCE_EXHAUSTED, every call place taken; deadline: "
+            "transport's door; host_busy: RESOURCE_EXHAUSTED, by the door while the host is "
+            "behind decoding; capacity: RESOURCE_EXHAUSTED, every call place taken; deadline: "
             "DEADLINE_EXCEEDED). With frontend workers, their refusals before a handler are "
             "reported with their transport counts, every second; no series until the first.",
             ["reason"], registry=registry,
@@ -333,12 +334,9 @@ class MetricsRecorder:
         if self.in_flight:
             self.metrics.in_flight.inc()
 
-    def refused_at_door(self, method: str, reason: str) -> None:
-        """The transport refused a call before any handler (`server.call_limits.Door`):
-        RESOURCE_EXHAUSTED, counted under the method's short name if it is one of ours."""
-        self.refused_before_handler(short_method(method), reason)
-
     def refused_before_handler(self, method: str | None, reason: str, count: int = 1) -> None:
+        """`count` calls of `method` (None: not one of ours) refused before any handler
+        (`server.call_limits.Door`): RESOURCE_EXHAUSTED."""
         m = self.metrics
         m.refused.labels(reason).inc(count)
         if method is not None:

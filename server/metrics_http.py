@@ -73,10 +73,12 @@ class MetricsHTTPServer:
     """/metrics for one registry on `host:port` (0: a free port); see the module docstring."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry | None,
-                 context: ssl.SSLContext | None = None,
-                 probes: Probes | None = None):  # fmt: skip
-        """`registry` None: no /metrics (the probes' own port); `probes` None: no probes."""
+                 context: ssl.SSLContext | None = None, probes: Probes | None = None,
+                 refresh: Callable[[], None] | None = None):  # fmt: skip
+        """`registry` None: no /metrics (the probes' own port); `probes` None: no probes;
+        `refresh()`: called before each scrape (counts kept elsewhere moved into the registry)."""
         self.registry = registry
+        self.refresh = refresh
         self.context = context
         self.probes = probes
         self.connections = 0  # open now
@@ -149,6 +151,8 @@ class MetricsHTTPServer:
         if method != "GET":
             reply = _response("405 Method Not Allowed", b"GET only\n", "text/plain", keep_alive)
         elif path == "/metrics" and self.registry is not None:
+            if self.refresh is not None:
+                self.refresh()
             encoder, content_type = choose_encoder(headers.get("accept", ""))
             reply = _response("200 OK", encoder(self.registry), content_type, keep_alive)
         elif path in ("/readyz", "/healthz") and self.probes is not None:
@@ -192,8 +196,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def start_metrics_http(host: str, port: int, registry: CollectorRegistry | None,
-                       context: ssl.SSLContext | None = None,
-                       probes: Probes | None = None) -> MetricsHTTPServer:  # fmt: skip
+                       context: ssl.SSLContext | None = None, probes: Probes | None = None,
+                       refresh: Callable[[], None] | None = None) -> MetricsHTTPServer:  # fmt: skip
     """Serve /metrics (and the probes) on `host:port` in a thread of its own (see
     MetricsHTTPServer)."""
-    return MetricsHTTPServer(host, port, registry, context, probes).start()
+    return MetricsHTTPServer(host, port, registry, context, probes, refresh).start()

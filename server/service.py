@@ -55,7 +55,7 @@ import grpc
 
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest
-from server.call_limits import CallEnded, ended_code
+from server.call_limits import NO_DEADLINE_S, CallEnded, ended_code
 from server.checkpoint_dir import ReloadState
 from server.codecs import Codec, Decoded, PredictCodec, RankCodec
 from server.config import Limits
@@ -82,8 +82,6 @@ ADMIN_SECONDS = 10.0
 # limit's worth of bytes, whatever their size) on a thread of their own, so a small request
 # that inflates stalls neither the loop (the queue, the batcher) nor the other calls' decoding.
 INLINE_BYTES = 16 * 1024
-# grpcio reports a call without a deadline as this much time remaining at least (~9.2e18 s).
-NO_DEADLINE_S = 1e12
 # Responses for up to this many candidates are serialized on the event loop (~90 us at 512).
 INLINE_CANDIDATES = 512
 # A caller's name (x-client-name) as a metric label: these characters, this long at most.
@@ -98,8 +96,9 @@ class Queue(Protocol):
     def precheck(self, deadline: float | None) -> None:
         """Any thread: refuse at once what no queue state would admit now."""
 
-    def queue_full(self) -> bool:
-        """Any thread: whether a typical request would be refused for want of room now."""
+    def fullness_s(self) -> float:
+        """Any thread: a typical request with fewer seconds than this to its deadline would
+        be refused for want of room now (`server.admission.fullness_s`)."""
         ...
 
     def retry_hint_ms(self) -> int:
@@ -120,10 +119,6 @@ class Recorder(Protocol):
         """A scoring call began; its `finished` (a record with `scoring`) follows."""
 
     def finished(self, record: CallRecord) -> None: ...
-
-    def refused_at_door(self, method: str, reason: str) -> None:
-        """gRPC refused a call before any handler (`server.call_limits.Door`), on its polling
-        thread: `method` its full name ("/package.Service/Method"), `reason` why."""
 
 
 class Admin(Protocol):
@@ -241,6 +236,7 @@ class RankingService:
         self.admin = admin
         self.info = model.info
         self.predict = PredictCodec.from_environment()
+        self.queued_calls = 0  # calls whose requests are all queued (on the loop; any thread reads)
         self._host = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host")
         self._inflate = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inflate")
 
@@ -269,12 +265,15 @@ class RankingService:
                 for f in futures:
                     f.cancel()
                 raise
+        self.queued_calls += 1  # waiting for the device, not for the host (the door reads it)
         try:
             scored = list(await asyncio.gather(*futures))
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
+        finally:
+            self.queued_calls -= 1
         work.request_id = work.request_id or uuid.uuid4().hex
         return await self._off_loop_if(decoded.candidates > INLINE_CANDIDATES, codec.encode,
                                        decoded, scored, work.request_id)  # fmt: skip

@@ -47,6 +47,7 @@ import asyncio
 import concurrent.futures
 import logging
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,6 +60,7 @@ from grpc_reflection.v1alpha import reflection
 from server import transport_stats
 from server.call_limits import (
     CONTROL_RESERVE,
+    SLOW_BODIES,
     Door,
     ReceiveWatchdog,
     call_capacity,
@@ -69,6 +71,7 @@ from server.call_limits import (
 )
 from server.config import ServerConfig, Transport
 from server.lifecycle import Lifecycle, Phase
+from server.metrics import short_method
 from server.rpc import ranking_pb2 as pb
 from server.rpc import recsys_pb2 as xpb
 from server.service import Admin, ModelFacts, Queue, RankingService, Recorder, add_to_server
@@ -87,9 +90,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 XAI_SERVICE_NAME = xpb.DESCRIPTOR.services_by_name["RecsysPredictor"].full_name
 SERVICE_NAMES = (SERVICE_NAME, XAI_SERVICE_NAME)  # health reports each, reflection lists them
 SCORING_METHODS = frozenset((f"/{SERVICE_NAME}/Rank", f"/{XAI_SERVICE_NAME}/PredictNextActions"))
-# Of the scoring calls at once, the share that may be waiting for their request bodies before
-# slow ones are ended (`server.call_limits.ReceiveWatchdog`: slowloris).
-SLOW_BODY_SHARE = 0.25
 
 
 def _ms(seconds: float) -> int:
@@ -158,6 +158,23 @@ def scoring_capacity(transport: Transport, max_request_bytes: int) -> int:
     return call_capacity(transport.max_concurrent_rpcs, transport_limit(max_request_bytes))
 
 
+def start_threads(pool: concurrent.futures.ThreadPoolExecutor, count: int) -> None:
+    """Start `count` of the pool's threads now. A pool starts a thread when a task finds none
+    idle, and the submitter waits for it to start: gRPC submits each call from its one polling
+    thread, which under a flood would stall on thread starts, each waiting for the interpreter
+    (measured: calls then waited seconds to be taken at all). Started at once, they wait asleep."""
+    started, release = threading.Barrier(count + 1), threading.Event()
+
+    def hold() -> None:
+        started.wait()
+        release.wait()
+
+    for _ in range(count):
+        pool.submit(hold)
+    started.wait()
+    release.set()
+
+
 def create_grpc_server(
     address: str, transport: Transport, max_request_bytes: int, reuse_port: bool = False
 ) -> tuple[grpc.Server, int, concurrent.futures.ThreadPoolExecutor]:
@@ -172,6 +189,7 @@ def create_grpc_server(
     """
     places = scoring_capacity(transport, max_request_bytes) + CONTROL_RESERVE
     pool = concurrent.futures.ThreadPoolExecutor(places, thread_name_prefix="grpc")
+    start_threads(pool, places)
     server = grpc.server(
         pool,
         options=[
@@ -241,7 +259,7 @@ class GrpcFront:
         t, limits = config.transport, config.limits
         self.lifecycle = Lifecycle()
         self.capacity = scoring_capacity(t, limits.max_request_bytes)
-        self.watchdog = ReceiveWatchdog(t.receive_timeout_s, int(SLOW_BODY_SHARE * self.capacity))
+        self.watchdog = ReceiveWatchdog(t.receive_timeout_s, SLOW_BODIES)
         install_retry_hint(queue.retry_hint_ms)
         watch_receive_failures()
         self.service = RankingService(facts, queue, limits, recorder, self.lifecycle,
@@ -251,8 +269,8 @@ class GrpcFront:
         self.server, self.port, self._pool = create_grpc_server(
             address, t, limits.max_request_bytes, reuse_port
         )
-        self.door = Door(self.capacity, SCORING_METHODS, queue.queue_full,
-                         recorder.refused_at_door)  # fmt: skip
+        self.door = Door(self.capacity, SCORING_METHODS, queue.fullness_s,
+                         limits.default_deadline_ms / 1000, self._idle)  # fmt: skip
         install_door(self.server, self._pool, self.door)
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -262,6 +280,10 @@ class GrpcFront:
                  reflection.SERVICE_NAME),
                 self.server,
             )  # fmt: skip
+
+    def _idle(self) -> int:
+        """Calls held that do no host work: those whose requests are queued for the device."""
+        return self.service.queued_calls + self.watchdog.slow()
 
     async def start(self) -> None:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -291,6 +313,15 @@ class GrpcFront:
 
     def transport_counts(self) -> TransportCounts | None:
         return transport_stats.read()
+
+    def door_refusals(self) -> dict[tuple[str | None, str], int]:
+        """Calls the transport refused before any handler so far, by (method, reason): the
+        method's short name if it is one of ours (`server.metrics.short_method`), else None."""
+        out: dict[tuple[str | None, str], int] = {}
+        for (method, reason), count in self.door.refused().items():
+            key = (short_method(method), reason)
+            out[key] = out.get(key, 0) + count
+        return out
 
     def _set_health(self, status) -> None:
         for name in ("", *SERVICE_NAMES):

@@ -3,6 +3,7 @@ the receive watchdog's slow-body budget (real threads, fake calls)."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -17,36 +18,38 @@ RANK = "/phoenix.ranking.v1.RankingService/Rank"
 HEALTH = "/grpc.health.v1.Health/Check"
 
 
-def test_the_door_refuses_scoring_calls_while_the_queue_is_full_and_past_capacity():
-    full = [False]
-    counted = []
-    door = Door(10, frozenset({RANK}), lambda: full[0], lambda m, r: counted.append((m, r)))
-    assert door.refusal(RANK, 9) is None
-    assert door.refusal(RANK, 10) == "capacity"
-    full[0] = True
-    assert door.refusal(RANK, 0) == "queue_full"
+def test_the_door_refuses_scoring_calls_while_the_queue_is_full_for_them_and_past_capacity():
+    fullness = [0.0]  # the queue is full for calls with fewer seconds than this to go
+    door = Door(10, frozenset({RANK}), lambda: fullness[0], default_s=10.0)
+    assert door.refusal(RANK, 9, 1.0) is None
+    assert door.refusal(RANK, 10, 1.0) == "capacity"
+    fullness[0] = 2.0
+    assert door.refusal(RANK, 0, 1.0) == "queue_full"
+    assert door.refusal(RANK, 0, 3.0) is None  # a farther deadline may wait longer
+    assert door.refusal(RANK, 0, None) is None  # no deadline: the default, 10 s
+    fullness[0] = math.inf
+    assert door.refusal(RANK, 0, None) == "queue_full"
 
 
 def test_the_door_keeps_places_for_health_checks_whatever_the_queue():
-    door = Door(10, frozenset({RANK}), lambda: True)
-    assert door.refusal(HEALTH, 10) is None  # scoring calls fill the capacity: probes go on
-    assert door.refusal(HEALTH, 10 + CONTROL_RESERVE - 1) is None
-    assert door.refusal(HEALTH, 10 + CONTROL_RESERVE) == "capacity"
+    door = Door(10, frozenset({RANK}), lambda: math.inf, default_s=10.0)
+    assert door.refusal(HEALTH, 10, None) is None  # scoring calls fill it: probes go on
+    assert door.refusal(HEALTH, 10 + CONTROL_RESERVE - 1, None) is None
+    assert door.refusal(HEALTH, 10 + CONTROL_RESERVE, None) == "capacity"
 
 
 def test_capacity_is_the_configured_count_or_what_the_process_can_hold(monkeypatch):
     assert call_capacity(7, 2**20) == 7
-    monkeypatch.setattr(call_limits, "_thread_limit", lambda: 400)
-    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**40)
-    assert call_capacity(0, 2**20) == 200  # half the threads
-    monkeypatch.setattr(call_limits, "_thread_limit", lambda: 100_000)
-    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**30)
-    assert call_capacity(0, 2**20) == 256  # a quarter of 1 GiB at 1 MiB a call
-    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**26)
-    assert call_capacity(0, 2**20) == call_limits.MIN_AUTO_CAPACITY
     monkeypatch.setattr(call_limits, "_thread_limit", lambda: None)
     monkeypatch.setattr(call_limits, "_memory_limit", lambda: None)
-    assert call_capacity(0, 2**20) == call_limits.MAX_AUTO_CAPACITY
+    assert call_capacity(0, 2**20) == call_limits.MAX_AUTO_CAPACITY  # what the transport holds
+    monkeypatch.setattr(call_limits, "_thread_limit", lambda: 100)
+    assert call_capacity(0, 2**20) == 50  # half the threads the process may start
+    monkeypatch.setattr(call_limits, "_thread_limit", lambda: 100_000)
+    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**27)
+    assert call_capacity(0, 2**20) == 32  # a quarter of 128 MiB at 1 MiB a call
+    monkeypatch.setattr(call_limits, "_memory_limit", lambda: 2**20)
+    assert call_capacity(0, 2**20) == call_limits.MIN_AUTO_CAPACITY
 
 
 class FakeCall:
@@ -148,3 +151,13 @@ def test_a_call_with_no_message_is_invalid():
     with pytest.raises(InvalidArgument, match="no request message"):
         watchdog.receive(iter(()), FakeCall())
     watchdog.stop()
+
+
+def test_the_door_refuses_while_the_host_is_behind():
+    idle = [500]  # of the calls held, those queued for the device or awaiting their body
+    door = Door(1000, frozenset({RANK}), lambda: 0.0, 10.0, lambda: idle[0])
+    assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS - 1, 2.0) is None
+    assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS, 2.0) == "host_busy"
+    assert door.refusal(HEALTH, 500 + call_limits.HOST_SLOTS, 2.0) is None
+    idle[0] = 600  # the same calls, more of them queued: room for host work again
+    assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS, 2.0) is None

@@ -19,9 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "frontend-workers"])
-def test_hostile_requests_cost_the_server_little_and_harm_no_other_call(
-    compilation_cache, workers
-):
+def test_hostile_requests_cost_the_server_little_and_harm_no_other_call(compilation_cache, workers):
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "hostile.py"), "--frontend-workers", str(workers),
          "--slow-clients", "100", "--slow-seconds", "10", "--json"],

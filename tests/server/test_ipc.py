@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import grpc
 import numpy as np
@@ -44,14 +45,14 @@ def test_a_submitted_request_arrives_identical(parity_config, layout, n, m):
 
 def test_results_carry_scores_or_a_refusal_and_the_queues_door():
     scores = np.arange(3 * 38, dtype=np.float32).reshape(3, 38)
-    frame = ipc.result_frame(7, 0, ipc.Door(False, 12), scored=Scored(scores, "v7"))
+    frame = ipc.result_frame(7, 0, ipc.Door(0.0, 12), scored=Scored(scores, "v7"))
     _, payload = asyncio.run(_read(frame))
     call_id, code, door, body = ipc.parse_result(payload, 38)
-    assert (call_id, code, door, body.model_version) == (7, 0, ipc.Door(False, 12), "v7")
+    assert (call_id, code, door, body.model_version) == (7, 0, ipc.Door(0.0, 12), "v7")
     np.testing.assert_array_equal(body.scores, scores)
-    frame = ipc.result_frame(8, 8, ipc.Door(True, 25), message="overloaded ü")
+    frame = ipc.result_frame(8, 8, ipc.Door(math.inf, 25), message="overloaded ü")
     _, payload = asyncio.run(_read(frame))
-    assert ipc.parse_result(payload, 38) == (8, 8, ipc.Door(True, 25), "overloaded ü")
+    assert ipc.parse_result(payload, 38) == (8, 8, ipc.Door(math.inf, 25), "overloaded ü")
 
 
 def test_done_cancel_reload_and_state_frames():
@@ -113,14 +114,21 @@ def test_a_frontend_refuses_at_its_door_while_the_devices_latest_answer_says_ful
     async def main():
         link = DeviceLink(asyncio.StreamReader(), None, None, 38)
         link.precheck(None)  # nothing heard yet: open
-        link._resolve(1, 8, ipc.Door(True, 40), "queue full")
+        link._resolve(1, 8, ipc.Door(math.inf, 40), "queue full")
         with pytest.raises(QueueFull) as refused:
             link.precheck(None)
         assert refused.value.retry_after_ms == 40
-        link._resolve(2, 0, ipc.Door(False, 5), None)  # a later answer: room again
+        link._resolve(2, 0, ipc.Door(0.0, 5), None)  # a later answer: room again
         link.precheck(None)
-        link._resolve(3, 8, ipc.Door(True, 1), "queue full")
+        # Full for calls with under 3 s to their deadline: one with 10 s is let through.
+        link._resolve(3, 8, ipc.Door(3.0, 40), "queue full")
+        with pytest.raises(QueueFull):
+            link.precheck(time.monotonic() + 1.0)
+        link.precheck(time.monotonic() + 10.0)
+        assert link.fullness_s() == 3.0
+        link._resolve(4, 8, ipc.Door(math.inf, 1), "queue full")
         await asyncio.sleep(0.002)  # the verdict lasts its retry hint, no longer
         link.precheck(None)
+        assert link.fullness_s() == 0.0
 
     asyncio.run(main())

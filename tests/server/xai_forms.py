@@ -55,6 +55,48 @@ def expressible(raw: RawRequest, one_action: bool) -> RawRequest:
     )  # fmt: skip
 
 
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _field(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _message(number: int, body: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def tweet_fields(i: int) -> bytes:
+    """The TweetInfo fields xAI's home-mixer sets beside the ids (about 70 bytes: counts, the
+    author's info, semantic ids, language, safety mask), in xAI's numbering, encoded by hand
+    (our subset does not declare them): the server must parse past them and echo them back."""
+    counts = b"".join(_field(n, 1000 + 37 * i + n) for n in (21, 22, 23, 24, 28, 34))
+    return (counts + _field(19, 12) + _field(25, i % 2) + _field(30, 15_000)
+            + _field(33, 4 * (i % 3)) + _message(11, _field(3, 1) + _field(6, 1))
+            + _message(12, b"".join(_varint(100_000 + i * k) for k in range(1, 5)))
+            + _message(14, _field(1, 7_000 + i) + _field(2, 1) + _field(3, 50_000 + i)))  # fmt: skip
+
+
+def action_meta_fields(i: int) -> bytes:
+    """The UserActionMeta fields an engagement carries beside its surface (about 110 bytes:
+    the page, client, version, time zone and network as strings, times and ids), in xAI's
+    numbering, encoded by hand."""
+
+    def text(number: int, value: str) -> bytes:
+        return _message(number, value.encode())
+
+    return (_field(1, i) + text(2, "PAGE_HOME") + text(4, "iphone") + _field(5, 129032)
+            + _field(6, 1_796_000_000_000 + i) + _field(7, 233) + text(15, "11.12.0-release.00")
+            + text(17, "America/Los_Angeles") + text(19, "wifi") + _field(10, 1_796_000_000_000)
+            + _field(24, 10**12 + i) + _field(25, 10**11 + i))  # fmt: skip
+
+
 def candidate_set(raw: RawRequest, user_id: int | None = None) -> xpb.CandidateSet:
     return xpb.CandidateSet(
         userId=raw.user_id if user_id is None else user_id,
