@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 
 from model.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
+from server.config import Limits
 from server.convert import logits_from_pb, raw_request_to_columnar_pb
-from tests.helpers import random_request
+from server.transport import transport_limit
+from tests.helpers import random_request, varint
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess
 
@@ -246,7 +248,8 @@ def test_codes_are_counted_as_the_client_saw_them(default_server):
     channel = server.client.channel
     seen = []
     # Over the transport's message limit: gRPC itself answers RESOURCE_EXHAUSTED.
-    huge = b"\x0a" + bytes([0x80, 0x80, 0xC0, 0x01]) + b"\0" * (3 << 20)  # field 1, 3 MiB
+    size = transport_limit(Limits().max_request_bytes) + 1
+    huge = b"\x0a" + varint(size) + b"\0" * size  # field 1, one byte past gRPC's limit
     with pytest.raises(grpc.RpcError) as e:
         channel.unary_unary("/phoenix.ranking.v1.RankingService/Rank")(huge, timeout=10)
     seen.append(e.value.code())
