@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from model import ACTIONS, load_checkpoint
 from model.checkpoint import default_checkpoint_path
 from server.buckets import make_plan
+from server.config import Limits
 from server.convert import logits_from_pb, raw_request_to_pb
 from server.rpc import ranking_pb2 as pb
 from tests.conftest import ROOT
@@ -132,8 +133,9 @@ BAD_INPUTS = [
     ("too many candidates", lambda r: r.candidates.extend([pb.Candidate(post_id=1)] * 2800), "candidates"),
     ("too many history events", lambda r: r.history.extend([pb.HistoryEvent(post_id=1)] * 5000), "history"),
     ("oversize request_id", mutate("request_id", "x" * 500), "request_id"),
-    # Over --max-request-bytes (1 MiB) and under the transport limit (2x that): refused by us.
-    ("oversize message", mutate("request_id", "x" * 1_500_000), "exceeds the server's limit"),
+    # Over --max-request-bytes and under the transport limit (2x that): refused by us.
+    ("oversize message", mutate("request_id", "x" * (Limits().max_request_bytes * 3 // 2)),
+     "exceeds the server's limit"),
 ]  # fmt: skip
 
 
