@@ -14,7 +14,8 @@ For each front mode, one server (a small batch plan, so warm-up takes seconds):
               resident memory before (peaks reset through /proc/PID/clear_refs), summed
   slow        `--slow-clients` raw HTTP/2 clients each sending a Rank body one byte a second,
               opening another call the moment one is ended, beside 4 closed-loop clients of
-              ordinary calls: the ordinary calls' codes
+              ordinary calls: the ordinary calls' codes, and the slow connections' calls
+              refused at the door (`slow_body`)
 
 Prints JSON lines (one per mode and section) and, unless --json, a markdown table a mode.
 tests/server/test_hostile.py runs it and holds the figures to the issue's bounds.
@@ -210,6 +211,9 @@ class SlowSender(threading.Thread):
         return False
 
 
+SLOW_BODY_REFUSALS = "phoenix_admission_refusals_total{reason=slow_body}"
+
+
 def slow(server: ServerProcess, channel: grpc.Channel, clients: int, seconds: float) -> dict:
     stop = threading.Event()
     senders = [SlowSender(server.port, stop) for _ in range(clients)]
@@ -233,7 +237,10 @@ def slow(server: ServerProcess, channel: grpc.Channel, clients: int, seconds: fl
     for s in senders:
         s.join(10)
     ok = codes.count("OK")
+    # Connections refused at the door for their slow bodies (frontends report every second).
+    refused = server.wait_for_metrics(lambda m: SLOW_BODY_REFUSALS in m, "slow_body refusals")
     return {"slow_clients": clients, "slow_calls": sum(s.calls for s in senders),
+            "refused_slow_body": refused[SLOW_BODY_REFUSALS],
             "ordinary_calls": len(codes), "ordinary_ok": ok,
             "ok_share": round(ok / max(1, len(codes)), 4),
             "codes": {c: codes.count(c) for c in sorted(set(codes))}}  # fmt: skip
@@ -270,8 +277,9 @@ def markdown(result: dict) -> str:
               f"ms over {a['small_calls']} calls ({', '.join(a['small_codes'])})."]  # fmt: skip
     if result["slow"]:
         s = result["slow"]
-        lines.append(f"Beside {s['slow_clients']} slow-body clients ({s['slow_calls']} slow "
-                     f"calls): {s['ordinary_ok']} of {s['ordinary_calls']} ordinary calls OK "
+        lines.append(f"Beside {s['slow_clients']} slow-body clients ({s['slow_calls']:,} slow "
+                     f"calls, {s['refused_slow_body']:,.0f} of them refused at the door): "
+                     f"{s['ordinary_ok']} of {s['ordinary_calls']} ordinary calls OK "
                      f"({100 * s['ok_share']:.1f}%).")  # fmt: skip
     return "\n".join(lines)
 

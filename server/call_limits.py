@@ -14,7 +14,9 @@ that and one by the asyncio server four: bench/host_path.py's door section). `Do
 makes that decision by the queue's state, not by a count: a scoring call is refused while the
 queue would refuse a typical request with its deadline for want of room (`queue_full`), while
 `HOST_SLOTS` calls are doing host work (`host_busy`: the host, not the device, is behind), or
-past the capacity;
+past the capacity. Calls still awaiting their request body do not count against the capacity:
+they have `RECEIVE_PLACES` of their own (a thread each, asleep), so clients that trickle bodies
+cannot take the places of calls that have theirs;
 the other calls (health checks, GetModelInfo, reflection, admin) keep `CONTROL_RESERVE` more
 places, so a probe is answered when the scoring calls fill the server. It replaces grpcio's
 private `grpc._server._handle_call` decision (the flag it is called with), checked against
@@ -35,8 +37,12 @@ DEADLINE_EXCEEDED (through the call object grpcio keeps on the handler's context
 public `cancel()` could only answer CANCELLED). Slow bodies have a budget of their own: while
 more than `slow_budget` calls wait for their bodies at once (a slowloris: clients trickling
 bodies a byte at a time, reconnecting as they are ended), those waiting longer than
-`SLOW_BODY_SECONDS` are ended too, oldest first, so they never hold more than that share of
-the places and ordinary calls keep being served beside them.
+`SLOW_BODY_SECONDS` are ended too, oldest first. A connection whose call was ended so is
+refused at the door for a while (`slow_body`, RESOURCE_EXHAUSTED, its retry hint the time left:
+`penalty_seconds`, doubling with each further ending), so clients that re-send the instant
+they are ended cannot take the places back from ordinary calls. A client that opens a new
+connection for every call evades that: it holds a place for SLOW_BODY_SECONDS at a time, and
+limits per address belong in front of the server (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -84,15 +90,25 @@ SLOW_BODY_SECONDS = 0.5
 # Calls that may wait for their bodies at once before those waiting longer than
 # SLOW_BODY_SECONDS are ended (slowloris: `ReceiveWatchdog`).
 SLOW_BODIES = 32
+# Calls awaiting their request body that the door holds beside the capacity (each a thread,
+# asleep until its body arrives): a slowloris fills these, not the places of calls with bodies.
+RECEIVE_PLACES = 4 * SLOW_BODIES
+# A connection whose call was ended for the slow-body budget is refused at the door for this
+# long, doubled for each further ending while it is remembered, up to SLOW_PENALTY_MAX_SECONDS;
+# it is forgotten SLOW_PENALTY_MAX_SECONDS after its refusals end. At most PENALIZED_PEERS
+# connections are remembered (the oldest forgotten first).
+SLOW_PENALTY_SECONDS = 5.0
+SLOW_PENALTY_MAX_SECONDS = 60.0
+PENALIZED_PEERS = 4096
 # Calls held at once that are not queued for the device (receiving their body, decoding,
 # waiting for the event loop, answering), at most: every such call costs gRPC's one polling
 # thread several events, and past this many the host, not the device, is behind. A call let in
 # then would wait for the interpreter beside them (and its body, which that thread delivers,
 # would seem slow): refused `host_busy` (RESOURCE_EXHAUSTED, retry hint). 80 is what the
 # transport held in all at 4x overload while still refusing within ~0.1 s (p99; with 256 the
-# process collapsed: bench/host_path.py overload, earlier designs), and slow bodies have their
-# own SLOW_BODIES beside them. Queued calls do not count: they wait for the device, asleep,
-# bounded by the queue's work.
+# process collapsed: bench/host_path.py overload, earlier designs). Calls queued for the
+# device and calls awaiting their body do not count: they wait asleep, bounded by the queue's
+# work and by RECEIVE_PLACES.
 HOST_SLOTS = 80
 
 
@@ -108,6 +124,18 @@ def call_capacity(configured: int, per_call_bytes: int) -> int:
     memory = _memory_limit()
     by_memory = int(MEMORY_SHARE * memory / per_call_bytes) if memory else MAX_AUTO_CAPACITY
     return max(MIN_AUTO_CAPACITY, min(MAX_AUTO_CAPACITY, by_threads, by_memory))
+
+
+def door_places(capacity: int) -> int:
+    """Calls a server with `capacity` holds at once: those with their bodies, RECEIVE_PLACES
+    awaiting them and CONTROL_RESERVE others (a handler thread each)."""
+    return capacity + RECEIVE_PLACES + CONTROL_RESERVE
+
+
+def penalty_seconds(endings: int) -> float:
+    """How long a connection is refused after its `endings`-th call ended for the slow-body
+    budget (1: the first)."""
+    return min(SLOW_PENALTY_MAX_SECONDS, SLOW_PENALTY_SECONDS * 2 ** (endings - 1))
 
 
 def _thread_limit() -> int | None:
@@ -155,8 +183,12 @@ class Door:
     fullness     for which calls the queue is full now: those with fewer seconds than this to
                  their deadline (`server.admission.fullness_s`)
     default_s    the deadline of a call that carries none (`Limits.default_deadline_ms`)
-    idle         calls held that do no host work now: queued for the device, or awaiting their
-                 body
+    queued       calls held whose requests are queued for the device (no host work)
+    waiting      calls held that await their request body (`ReceiveWatchdog.waiting`): no
+                 host work, and not counted against `capacity` (RECEIVE_PLACES of their own)
+    penalties    peer (gRPC's "ipv4:host:port": a connection) -> (monotonic time until which
+                 its scoring calls are refused, endings): `ReceiveWatchdog.penalties`, read
+                 without a lock (a dict lookup)
     refusals     (full method name, reason) -> calls refused so far: a plain count on gRPC's
                  polling thread, nothing more (read where the metrics are, at scrape)
     """
@@ -165,24 +197,46 @@ class Door:
     scoring: frozenset[str]
     fullness: Callable[[], float]
     default_s: float
-    idle: Callable[[], int] = lambda: 0
+    queued: Callable[[], int] = lambda: 0
+    waiting: Callable[[], int] = lambda: 0
+    penalties: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     refusals: collections.Counter = field(default_factory=collections.Counter)
+
+    @property
+    def places(self) -> int:
+        """Calls held at once, at most: the handler threads a server needs."""
+        return door_places(self.capacity)
 
     def refused(self) -> dict[tuple[str, str], int]:
         """The refusals so far, by (full method name, reason): a copy (any thread)."""
         return dict(self.refusals)
 
-    def refusal(self, method: str, active: int, remaining_s: float | None) -> str | None:
-        """Why a call of `method` arriving with `active` calls held and `remaining_s` seconds
-        to its deadline (None: none) is refused, or None."""
+    def penalty_s(self, peer: Callable[[], bytes | str]) -> float:
+        """Seconds the connection `peer()` names is still refused for slow bodies (0: none);
+        `peer` is called only while some connection is."""
+        if not self.penalties:
+            return 0.0
+        name = peer()
+        entry = self.penalties.get(name.decode("latin-1") if isinstance(name, bytes) else name)
+        return 0.0 if entry is None else max(0.0, entry[0] - time.monotonic())
+
+    def refusal(self, method: str, active: int, remaining_s: float | None,
+                penalty_s: float = 0.0) -> str | None:  # fmt: skip
+        """Why a call of `method` arriving with `active` calls held, `remaining_s` seconds
+        to its deadline (None: none) and its connection refused for `penalty_s` more seconds
+        is refused, or None."""
+        with_bodies = active - self.waiting()
         if method not in self.scoring:
-            return "capacity" if active >= self.capacity + CONTROL_RESERVE else None
-        if active >= self.capacity:
+            full = with_bodies >= self.capacity + CONTROL_RESERVE or active >= self.places
+            return "capacity" if full else None
+        if penalty_s > 0:
+            return "slow_body"
+        if with_bodies >= self.capacity or active >= self.places - CONTROL_RESERVE:
             return "capacity"
         remaining = self.default_s if remaining_s is None else remaining_s
         if remaining < self.fullness():
             return "queue_full"
-        return "host_busy" if active - self.idle() >= HOST_SLOTS else None
+        return "host_busy" if with_bodies - self.queued() >= HOST_SLOTS else None
 
 
 _doors: dict[int, tuple[Door, object]] = {}  # id(thread pool) -> (door, gRPC's server state)
@@ -194,7 +248,11 @@ _DETAILS = {
     b"the grpc-retry-pushback-ms trailer",
     "capacity": b"server busy: every call place is taken; you may retry after the "
     b"grpc-retry-pushback-ms trailer",
+    "slow_body": b"refused: a request body on this connection arrived too slowly while the "
+    b"server was short of places; you may retry after the grpc-retry-pushback-ms trailer",
 }
+# Why the door refuses a call (a metric label, and the frontends' report: `server.ipc`).
+DOOR_REASONS = tuple(_DETAILS)
 
 
 def install_door(server: grpc.Server, thread_pool, door: Door) -> bool:
@@ -223,12 +281,15 @@ def install_door(server: grpc.Server, thread_pool, door: Door) -> bool:
                 method = method_with_handler.name() or rpc_event.call_details.method
                 if isinstance(method, bytes):
                     method = method.decode("latin-1")
+                penalty = door.penalty_s(rpc_event.call.peer)
                 reason = door.refusal(method, state.active_rpc_count,
-                                      _remaining_s(rpc_event.call_details.deadline))  # fmt: skip
+                                      _remaining_s(rpc_event.call_details.deadline),
+                                      penalty)  # fmt: skip
                 concurrency_exceeded = reason is not None
                 if reason is not None:
                     door.refusals[(method, reason)] += 1
                 _details.reason = reason
+                _details.hint_ms = 1000 * penalty if reason == "slow_body" else None
             return original(rpc_event, method_with_handler, interceptor_pipeline, thread_pool,
                             concurrency_exceeded)  # fmt: skip
 
@@ -274,7 +335,8 @@ def install_retry_hint(hint_ms: Callable[[], int]) -> bool:
     def reject_rpc(rpc_event, rpc_state, status, details):
         metadata = None
         if status == cygrpc.StatusCode.resource_exhausted:
-            metadata = (("grpc-retry-pushback-ms", str(max(1, int(_retry_hint())))),)
+            hint = getattr(_details, "hint_ms", None) or _retry_hint()
+            metadata = (("grpc-retry-pushback-ms", str(max(1, int(hint)))),)
             details = _DETAILS.get(getattr(_details, "reason", None), details)
         operations = (
             _server._get_initial_metadata_operation(rpc_state, None),
@@ -306,6 +368,8 @@ class ReceiveWatchdog:
         )
         self._late: set[int] = set()  # calls this watchdog ended, until their handler sees it
         self.ended_slow = 0  # calls ended for the slow-body budget (not their timeout)
+        # Connections refused for slow bodies (`Door.penalties`), least recently penalized first.
+        self.penalties: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
@@ -341,19 +405,6 @@ class ReceiveWatchdog:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def slow(self) -> int:
-        """Calls whose body has been awaited for over SLOW_BODY_SECONDS now (any thread: it
-        reads the oldest entries only, and a read racing a change is off by one at most)."""
-        limit, count = time.monotonic() - SLOW_BODY_SECONDS, 0
-        try:
-            for arrived, _ in self._waiting.values():
-                if arrived > limit:
-                    break
-                count += 1
-        except RuntimeError:  # changed while read: the count so far
-            pass
-        return count
-
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -376,15 +427,42 @@ class ReceiveWatchdog:
                     # call, and its HTTP/2 stream, open (see server.service._unlink).
                     _, context = self._waiting.pop(call)
                     self._late.add(call)
-                    self.ended_slow += slow and age < self.timeout_s
+                    if slow and age < self.timeout_s:
+                        self.ended_slow += 1
+                        self._penalize(context, now)
                     self._end(context, age)
                     del context
+                self._forget(now)
                 wait = None
                 if self._waiting:  # until the oldest is late (or, over budget, too slow)
                     arrived = next(iter(self._waiting.values()))[0]
                     limit = SLOW_BODY_SECONDS if self._over_budget() else self.timeout_s
                     wait = max(0.0, arrived + limit - now)
                 self._cond.wait(wait)
+
+    def _penalize(self, context: grpc.ServicerContext, now: float) -> None:
+        """Refuse the connection of `context` at the door for `penalty_seconds`."""
+        try:
+            peer = context.peer()
+        except Exception:  # noqa: BLE001 - the call ended meanwhile: nothing to name
+            return
+        _, endings = self.penalties.pop(peer, (0.0, 0))
+        self.penalties[peer] = (now + penalty_seconds(endings + 1), endings + 1)
+        if not endings:  # once a connection: a slowloris opens many
+            log.warning("%s: a request body trickled while %d calls awaited theirs: its "
+                        "connection is refused for %g s", peer, len(self._waiting) + 1,
+                        penalty_seconds(1))  # fmt: skip
+        while len(self.penalties) > PENALIZED_PEERS:
+            self.penalties.popitem(last=False)
+
+    def _forget(self, now: float) -> None:
+        """Forget the connections whose refusals ended SLOW_PENALTY_MAX_SECONDS ago (from the
+        least recently penalized, up to the first that is not)."""
+        while self.penalties:
+            peer, (until, _) = next(iter(self.penalties.items()))
+            if until + SLOW_PENALTY_MAX_SECONDS > now:
+                break
+            del self.penalties[peer]
 
     def _end(self, context: grpc.ServicerContext, age: float) -> None:
         details = f"request body not received within {age:.3g} s"

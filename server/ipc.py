@@ -43,6 +43,7 @@ import numpy as np
 
 from request.columns import EncodedRequest, Layout
 from server.batcher import Scored
+from server.call_limits import DOOR_REASONS
 from server.checkpoint_dir import ReloadState
 from server.metrics import METHODS, CallRecord
 from server.transport_stats import TransportCounts
@@ -64,7 +65,6 @@ _STATE = struct.Struct("<B")
 _READY = struct.Struct("<I")  # worker index
 _TRANSPORT = struct.Struct("<QQQQH")  # calls started, succeeded, failed, open; refusal counts
 _REFUSALS = struct.Struct("<BBQ")  # a method (METHODS, or 255: another), a reason, count
-DOOR_REASONS = ("queue_full", "capacity", "host_busy")
 _OTHER = 255
 TRANSPORT_REPORT_SECONDS = 1.0
 MAX_FRAME_BYTES = 64 * 2**20

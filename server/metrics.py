@@ -104,7 +104,9 @@ class Metrics:
             "Requests refused at admission, before any compute, by reason "
             "(queue_full: RESOURCE_EXHAUSTED, by the queue or, before a handler, by the "
             "transport's door; host_busy: RESOURCE_EXHAUSTED, by the door while the host is "
-            "behind decoding; capacity: RESOURCE_EXHAUSTED, every call place taken; deadline: "
+            "behind decoding; capacity: RESOURCE_EXHAUSTED, every call place taken; slow_body: "
+            "RESOURCE_EXHAUSTED, by the door, a connection whose request body came too slowly "
+            "while places were short, for a while; deadline: "
             "DEADLINE_EXCEEDED). With frontend workers, their refusals before a handler are "
             "reported with their transport counts, every second; no series until the first.",
             ["reason"], registry=registry,

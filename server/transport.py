@@ -59,11 +59,11 @@ from grpc_reflection.v1alpha import reflection
 
 from server import transport_stats
 from server.call_limits import (
-    CONTROL_RESERVE,
     SLOW_BODIES,
     Door,
     ReceiveWatchdog,
     call_capacity,
+    door_places,
     install_door,
     install_retry_hint,
     remove_door,
@@ -181,13 +181,14 @@ def create_grpc_server(
     """A server bound to `address` ("host:0" picks a port): (server, bound port, the pool of
     its handler threads).
 
-    It takes `scoring_capacity` calls at once and `CONTROL_RESERVE` more for other calls,
-    each on a thread of its own; gRPC refuses the next ones (RESOURCE_EXHAUSTED) before any
-    handler runs (and `server.call_limits.Door` refuses by the queue's state, once installed).
+    It holds `door_places` calls at once, each on a thread of its own: `scoring_capacity`
+    scoring calls with their bodies, RECEIVE_PLACES awaiting them, CONTROL_RESERVE others;
+    `server.call_limits.Door`, once installed, decides which it takes (by the queue's state
+    too); without it, gRPC refuses past that count (RESOURCE_EXHAUSTED) before any handler.
     `reuse_port`: several processes may bind the same port (SO_REUSEPORT); the kernel spreads
     connections across them.
     """
-    places = scoring_capacity(transport, max_request_bytes) + CONTROL_RESERVE
+    places = door_places(scoring_capacity(transport, max_request_bytes))
     pool = concurrent.futures.ThreadPoolExecutor(places, thread_name_prefix="grpc")
     start_threads(pool, places)
     server = grpc.server(
@@ -270,7 +271,8 @@ class GrpcFront:
             address, t, limits.max_request_bytes, reuse_port
         )
         self.door = Door(self.capacity, SCORING_METHODS, queue.fullness_s,
-                         limits.default_deadline_ms / 1000, self._idle)  # fmt: skip
+                         limits.default_deadline_ms / 1000,
+                         lambda: self.service.queued_calls, lambda: self.watchdog.waiting, self.watchdog.penalties)  # fmt: skip
         install_door(self.server, self._pool, self.door)
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -280,10 +282,6 @@ class GrpcFront:
                  reflection.SERVICE_NAME),
                 self.server,
             )  # fmt: skip
-
-    def _idle(self) -> int:
-        """Calls held that do no host work: those whose requests are queued for the device."""
-        return self.service.queued_calls + self.watchdog.slow()
 
     async def start(self) -> None:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -52,11 +52,51 @@ def test_capacity_is_the_configured_count_or_what_the_process_can_hold(monkeypat
     assert call_capacity(0, 2**20) == call_limits.MIN_AUTO_CAPACITY
 
 
+def test_calls_awaiting_their_bodies_have_places_of_their_own():
+    waiting = [0]
+    door = Door(10, frozenset({RANK}), lambda: 0.0, 10.0, waiting=lambda: waiting[0])
+    assert door.places == 10 + call_limits.RECEIVE_PLACES + CONTROL_RESERVE
+    assert door.refusal(RANK, 10, 1.0) == "capacity"
+    waiting[0] = 40  # 50 held, 40 of them trickling their bodies: 10 with bodies, room left
+    assert door.refusal(RANK, 49, 1.0) is None
+    assert door.refusal(RANK, 50, 1.0) == "capacity"
+    waiting[0] = call_limits.RECEIVE_PLACES  # every place for bodies awaited is taken
+    held = 9 + call_limits.RECEIVE_PLACES
+    assert door.refusal(RANK, held, 1.0) is None  # one place with a body left
+    assert door.refusal(RANK, held + 1, 1.0) == "capacity"
+    assert door.refusal(HEALTH, door.places - 1, None) is None  # probes keep their reserve
+    assert door.refusal(HEALTH, door.places, None) == "capacity"
+
+
+def test_a_connection_ended_for_a_slow_body_is_refused_at_the_door_for_a_while():
+    peers = []
+
+    def peer():
+        peers.append(1)
+        return b"ipv4:10.0.0.1:5000"
+
+    penalties: dict = {}
+    door = Door(10, frozenset({RANK}), lambda: 0.0, 10.0, penalties=penalties)
+    assert door.penalty_s(peer) == 0 and not peers  # no penalties: the peer is not asked for
+    penalties["ipv4:10.0.0.1:5000"] = (time.monotonic() + 5.0, 1)
+    penalties["ipv4:10.0.0.1:5001"] = (time.monotonic() - 1.0, 1)  # served its time
+    assert 4.0 < door.penalty_s(peer) <= 5.0
+    assert door.penalty_s(lambda: "ipv4:10.0.0.1:5001") == 0
+    assert door.penalty_s(lambda: "ipv4:10.0.0.2:5000") == 0
+    assert door.refusal(RANK, 0, 1.0, penalty_s=4.0) == "slow_body"
+    assert door.refusal(HEALTH, 0, None, penalty_s=4.0) is None  # probes are never slow bodies
+    assert [call_limits.penalty_seconds(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert call_limits.penalty_seconds(10) == call_limits.SLOW_PENALTY_MAX_SECONDS
+
+
 class FakeCall:
     """What the watchdog sees of a call: a body that arrives when `send` is called, or never;
     ending the call (the watchdog's `cancel`) ends its stream."""
 
+    _ports = iter(range(40000, 60000))
+
     def __init__(self):
+        self.peer_name = f"ipv4:127.0.0.1:{next(self._ports)}"  # a connection of its own
         self.body = threading.Event()
         self.ended = threading.Event()
         self.code = None
@@ -69,6 +109,9 @@ class FakeCall:
 
     def time_remaining(self):
         return 100.0
+
+    def peer(self):
+        return self.peer_name
 
     def requests(self):
         while not (self.body.is_set() or self.ended.is_set()):
@@ -115,6 +158,11 @@ def test_past_their_budget_the_oldest_slow_bodies_are_ended_early():
         time.sleep(0.01)
     assert watchdog.waiting == 4 and watchdog.ended_slow == 4
     assert not any(c.ended.is_set() for c in slow[4:])
+    # Their connections are refused at the door for a while; the others are not.
+    assert set(watchdog.penalties) == {c.peer_name for c in slow[:4]}
+    for until, endings in watchdog.penalties.values():
+        assert endings == 1
+        assert 0 < until - time.monotonic() <= call_limits.SLOW_PENALTY_SECONDS
     # A prompt body still gets through beside them; the slow ones within the budget too.
     prompt, got = FakeCall(), []
     prompt.body.set()
@@ -154,10 +202,13 @@ def test_a_call_with_no_message_is_invalid():
 
 
 def test_the_door_refuses_while_the_host_is_behind():
-    idle = [500]  # of the calls held, those queued for the device or awaiting their body
-    door = Door(1000, frozenset({RANK}), lambda: 0.0, 10.0, lambda: idle[0])
+    queued = [500]  # of the calls held, those queued for the device
+    door = Door(1000, frozenset({RANK}), lambda: 0.0, 10.0, lambda: queued[0])
     assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS - 1, 2.0) is None
     assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS, 2.0) == "host_busy"
     assert door.refusal(HEALTH, 500 + call_limits.HOST_SLOTS, 2.0) is None
-    idle[0] = 600  # the same calls, more of them queued: room for host work again
+    queued[0] = 600  # the same calls, more of them queued: room for host work again
+    assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS, 2.0) is None
+    queued[0] = 500
+    door.waiting = lambda: 100  # or awaiting their bodies: no host work either
     assert door.refusal(RANK, 500 + call_limits.HOST_SLOTS, 2.0) is None
