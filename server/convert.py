@@ -17,7 +17,7 @@ from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
 from server.errors import InvalidArgument
 from server.rpc import ranking_pb2 as pb
-from server.wire import length_delimited, varint
+from server.wire import present_bytes, varint
 
 
 def decode_rank_request(data: bytes, config: PhoenixModelConfig, limits: Limits) -> RawRequest:
@@ -213,11 +213,6 @@ def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
     )
 
 
-def _string_field(number: int, text: str) -> bytes:
-    data = text.encode()
-    return length_delimited(number, data) if data else b""
-
-
 def rank_response_bytes(
     post_ids: np.ndarray,
     logits: np.ndarray,
@@ -250,7 +245,11 @@ def rank_response_bytes(
     ):
         record[:, c : c + width] = part
         c += width
-    return record.tobytes() + _string_field(2, model_version) + _string_field(3, request_id)
+    version, request = (
+        present_bytes(2, model_version.encode()),
+        present_bytes(3, request_id.encode()),
+    )
+    return record.tobytes() + version + request
 
 
 def logits_from_pb(response: pb.RankResponse, num_actions: int = NUM_ACTIONS) -> np.ndarray:

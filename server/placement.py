@@ -41,7 +41,7 @@ import numpy as np
 
 from model.checkpoint import release_pages
 from model.tables import TABLES, host_lookup, numpy_dtype, scale_name, table_dtype
-from request.columns import SCHEMA
+from request.columns import SCHEMA, Part
 from server.buckets import BatchShape
 from server.mapped_file import MappedFile
 
@@ -94,7 +94,7 @@ def gathered_rows(shape: BatchShape, hashes: Mapping[str, int]) -> dict[str, int
     for column in SCHEMA.columns:
         if column.table is None or column.part.prefix != shape.is_prefix:
             continue
-        slots = shape.rows * (1 if column.part.value == "user" else
+        slots = shape.rows * (1 if column.part is Part.USER else
                               shape.history if shape.is_prefix else shape.candidates)  # fmt: skip
         out[column.table] = out.get(column.table, 1) + slots * hashes[column.table]
     return {t: out.get(t, 1) for t in TABLES}

@@ -17,3 +17,9 @@ def varint(value: int) -> bytes:
 def length_delimited(number: int, data: bytes) -> bytes:
     """Field `number` holding `data` (wire type 2: bytes, strings, messages, packed)."""
     return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def present_bytes(number: int, data: bytes) -> bytes:
+    """Field `number` holding `data`, or nothing when `data` is empty (proto3's default is
+    never written)."""
+    return length_delimited(number, data) if data else b""

@@ -43,7 +43,7 @@ from server import arrow_stream, inflate
 from server.config import Limits
 from server.errors import InvalidArgument
 from server.rpc import recsys_pb2 as xpb
-from server.wire import length_delimited, varint
+from server.wire import length_delimited, present_bytes, varint
 
 # Our action -> xAI's ActionName: the 18 actions xAI's home-mixer reads, our first 18. Our 19th,
 # dwell_time, has no ActionName: it is returned as the continuous value DWELL_TIME.
@@ -660,7 +660,7 @@ def encode_response(plan: ResponsePlan, scores: Sequence[np.ndarray], versions: 
                 size = len(candidate) + len(echo) + width
                 head = heads[len(echo)] = varint(2 << 3 | 2) + varint(size) + candidate
             parts += (head, echo, flat[i * width : (i + 1) * width])
-        parts.append(_field_bytes(3, version.encode()))
+        parts.append(present_bytes(3, version.encode()))
         out += length_delimited(1, b"".join(parts))
     for number, text in ((3, pod), (4, node)):
         if text is not None:  # `optional`: present even when empty
@@ -720,10 +720,6 @@ def _rows(data: bytes, m: int) -> np.ndarray:
 
 def _field_varint(number: int, value: int) -> bytes:
     return varint(number << 3) + varint(value) if value else b""
-
-
-def _field_bytes(number: int, data: bytes) -> bytes:
-    return length_delimited(number, data) if data else b""
 
 
 # -- reading a response (clients) ----------------------------------------------------------------
