@@ -68,7 +68,10 @@ class RankingServiceServicer:
         deadline gets the server's default (--default-deadline-ms).
         UNAVAILABLE         the server is warming up or shutting down, or the connection
         failed; retry (on another replica).
+        DATA_LOSS           the model scored a non-finite value for the request; nothing
+        non-finite is answered OK. The message carries the request id.
         INTERNAL            an unexpected server error; the message carries the request id.
+        docs/errors.md has the one table of these codes, for both contracts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,7 +60,9 @@ class RecsysPredictorServicer:
         RESOURCE_EXHAUSTED  overloaded; retry after the trailer `grpc-retry-pushback-ms`.
         DEADLINE_EXCEEDED   the deadline passed, or cannot be met given the queued work.
         UNAVAILABLE         warming up or shutting down; retry (on another replica).
+        DATA_LOSS           the model scored a non-finite value; never answered OK.
         INTERNAL            an unexpected error; the message carries the request id.
+        docs/errors.md has the one table of these codes, for both contracts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
