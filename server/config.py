@@ -3,7 +3,7 @@
 `ServerConfig` nests one frozen dataclass per concern. Each leaf field is declared with
 `setting(...)`, and that is the only place its default is written: the `serve` flags and their
 `PHOENIX_*` environment twins are generated from these fields (`server.flags`), and so is the
-README's options table. Library code takes these dataclasses, never flags.
+options table in docs/options.md. Library code takes these dataclasses, never flags.
 """
 
 from __future__ import annotations

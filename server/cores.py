@@ -21,7 +21,7 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 def auto_frontend_workers(cores: int) -> int:
     """`--frontend-workers auto`: a frontend per core beyond the device process's two, up to
     `MAX_AUTO_FRONTEND_WORKERS`. On 2 cores none: measured there, a frontend's gain does not
-    pay for the cores it takes from the model (README, "Frontend workers")."""
+    pay for the cores it takes from the model (docs/performance.md, "Frontend workers")."""
     return max(0, min(MAX_AUTO_FRONTEND_WORKERS, cores - DEVICE_PROCESS_CORES))
 
 

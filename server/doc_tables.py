@@ -2,7 +2,7 @@
 
 A generated table is found in a document by its header line and replaced up to the blank
 line that ends it. `server.flags` (the serve options) and `server.metrics` (the exported
-series) render their tables; `python -m server.flags --update-readme` and
+series) render their tables; `python -m server.flags --update-docs` and
 `python -m server.metrics --update-docs` write them; tests fail while a copy is stale.
 """
 

@@ -2,9 +2,9 @@
 
 Each leaf field `name` of the config tree becomes the flag `--name-with-dashes` and the
 variable `PHOENIX_NAME`; a flag given on the command line wins over its variable, which wins
-over the field's default. `options_table()` renders the same facts as the README's table
-(`python -m server.flags` prints it, `--update-readme` rewrites the README's copy; a test
-keeps the README in step).
+over the field's default. `options_table()` renders the same facts as docs/options.md's table
+(`python -m server.flags` prints it, `--update-docs` rewrites that copy; a test keeps it in
+step).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _build(cls: type, values: Mapping[str, Any]) -> Any:
 
 
 def options_table() -> str:
-    """The README's table of serve options (markdown)."""
+    """The table of serve options in docs/options.md (markdown)."""
     lines = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for opt in options():
         default = opt.render(opt.field.default) or "empty"
@@ -166,14 +166,16 @@ def options_table() -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path) -> bool:
-    """Replace the options table in a README with the generated one; True if it changed."""
+OPTIONS_DOC = ROOT / "docs" / "options.md"
+
+
+def update_docs(path: Path = OPTIONS_DOC) -> bool:
+    """Replace the options table in `path` with the generated one; True if it changed."""
     return replace_table(path, options_table())
 
 
 if __name__ == "__main__":
-    if "--update-readme" in sys.argv:
-        readme = ROOT / "README.md"
-        print(f"{readme}: {'updated' if update_readme(readme) else 'already current'}")
+    if "--update-docs" in sys.argv:
+        print(f"{OPTIONS_DOC}: {'updated' if update_docs() else 'already current'}")
     else:
         print(options_table())

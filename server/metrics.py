@@ -3,8 +3,8 @@
 All names carry the `phoenix_` prefix; histograms have explicit buckets chosen for a ranking
 service (sub-millisecond to seconds latencies, batch sizes up to a few hundred requests).
 Each series' help text is its documentation: `metrics_table()` renders them all, and the
-tables in README.md and docs/monitoring.md are that rendering
-(`python -m server.metrics --update-docs`; a test keeps them in step).
+table in docs/monitoring.md is that rendering
+(`python -m server.metrics --update-docs`; a test keeps it in step).
 """
 
 from __future__ import annotations
@@ -395,7 +395,7 @@ def metrics_table() -> str:
     return "\n".join(lines)
 
 
-DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "monitoring.md")
+DOCUMENTS = (ROOT / "docs" / "monitoring.md",)
 
 if __name__ == "__main__":
     import sys

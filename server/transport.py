@@ -7,9 +7,10 @@ the calls it may hold: `server.call_limits.call_capacity`, sized from the proces
 and memory) and which decides on its polling thread, before a handler or the request body is
 touched, whether to take a call: `server.call_limits.Door` refuses a scoring call while the
 queue is full, or past the capacity, RESOURCE_EXHAUSTED with a retry hint computed from the
-queue, about 50 us of CPU a call (grpcio 1.85.3, measured in a probe). Its asyncio server can only refuse in a handler, at about four times that cost, or let
-gRPC's core shed calls past a backlog with status CANCELLED (the previous design: the README's
-host-path figures compare them). The handlers hand their requests to the queue on the
+queue, about 50 us of CPU a call (grpcio 1.85.3, measured in a probe). Its asyncio server
+can only refuse in a handler, at about four times that cost, or let gRPC's core shed calls
+past a backlog with status CANCELLED (the previous design: docs/performance.md's host-path
+figures compare them). The handlers hand their requests to the queue on the
 process's event loop (`server.service`).
 
 Two fronts serve the gRPC port, both driven the same way by `server.app`:
