@@ -181,7 +181,6 @@ class Batcher:
         self._outstanding = 0  # accepted requests not yet resolved
         self._idle = asyncio.Event()
         self._idle.set()
-        self._batches = 0
         self._task: asyncio.Task | None = None
         # Called (on the loop) with the version whose batch scored non-finite values.
         self.on_non_finite: Callable[[Any], None] | None = None
@@ -223,10 +222,6 @@ class Batcher:
     @property
     def queued_requests(self) -> int:
         return self._queued_requests
-
-    @property
-    def batches_run(self) -> int:
-        return self._batches
 
     # -- submission ----------------------------------------------------------------------
 
@@ -599,7 +594,6 @@ class Batcher:
         self._slots.release()
         self._in_flight -= 1
         self._in_flight_units -= units
-        self._batches += 1
         self._wakeup.set()
         try:
             out, seconds = result.result()

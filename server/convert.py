@@ -36,14 +36,6 @@ def decode_rank_request(data: bytes, config: PhoenixModelConfig, limits: Limits)
     return _raw_request(request, config, limits)
 
 
-def raw_request_from_pb(
-    request: pb.RankRequest, config: PhoenixModelConfig, limits: Limits
-) -> RawRequest:
-    """Validate a RankRequest and turn it into numpy columns; InvalidArgument on bad input."""
-    _check_size(request.ByteSize(), limits)
-    return _raw_request(request, config, limits)
-
-
 def _check_size(size: int, limits: Limits) -> None:
     if size > limits.max_request_bytes:
         raise InvalidArgument(
@@ -196,7 +188,7 @@ def raw_request_to_columnar_pb(raw: RawRequest) -> pb.RankRequest:
 
 
 def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
-    """The inverse of `raw_request_from_pb` in the row form (clients, tests)."""
+    """The inverse of `decode_rank_request` in the row form (clients, tests)."""
     return pb.RankRequest(
         user_id=int(raw.user_id),
         history=[

@@ -11,7 +11,6 @@ from server.convert import (
     decode_rank_request,
     logits_from_pb,
     rank_response_bytes,
-    raw_request_from_pb,
     raw_request_to_columnar_pb,
     raw_request_to_pb,
 )
@@ -51,7 +50,7 @@ def test_response_bytes_parse_to_the_protobuf_message(m):
 
 def test_request_round_trip(config):
     raw = random_request(np.random.default_rng(0), 9, 5, "rid")
-    back = raw_request_from_pb(raw_request_to_pb(raw), config, Limits())
+    back = decode_rank_request(raw_request_to_pb(raw).SerializeToString(), config, Limits())
     assert back.user_id == raw.user_id and back.request_id == "rid"
     for name in ("history_post_ids", "history_actions", "history_surface", "candidate_post_ids",
                  "candidate_author_ids", "candidate_surface"):  # fmt: skip
@@ -72,17 +71,19 @@ def test_bad_actions_name_the_event_and_position(config, actions, field, message
         candidates=[pb.Candidate(post_id=2)],
     )
     with pytest.raises(InvalidArgument, match=message) as error:
-        raw_request_from_pb(request, config, Limits())
+        decode_rank_request(request.SerializeToString(), config, Limits())
     assert error.value.field == field
 
 
 def test_limits_name_their_field(config):
     request = pb.RankRequest(candidates=[pb.Candidate(post_id=i) for i in range(11)])
     with pytest.raises(InvalidArgument, match="max_candidates_per_request=10") as error:
-        raw_request_from_pb(request, config, Limits(max_candidates_per_request=10))
+        decode_rank_request(
+            request.SerializeToString(), config, Limits(max_candidates_per_request=10)
+        )
     assert error.value.field == "candidates"
     with pytest.raises(InvalidArgument, match="exceeds the server's limit") as error:
-        raw_request_from_pb(request, config, Limits(max_request_bytes=50))
+        decode_rank_request(request.SerializeToString(), config, Limits(max_request_bytes=50))
     assert error.value.field == "request"
 
 
