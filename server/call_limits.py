@@ -393,9 +393,14 @@ class ReceiveWatchdog:
                 late = call in self._late
             if late:
                 raise CallEnded(grpc.StatusCode.DEADLINE_EXCEEDED) from None
-            if isinstance(e, StopIteration):
+            # A call that ended (its deadline passed, gRPC refused its message, its client
+            # went away) may also end its stream as if empty: only a client still there, with
+            # time left, that closed its side without a message sent none.
+            code = ended_code(context)
+            if (isinstance(e, StopIteration) and code == grpc.StatusCode.CANCELLED
+                    and context.is_active()):  # fmt: skip
                 raise InvalidArgument("request", "no request message") from None
-            raise CallEnded(ended_code(context)) from None
+            raise CallEnded(code) from None
         finally:
             with self._cond:
                 self._waiting.pop(call, None)

@@ -100,6 +100,7 @@ class FakeCall:
         self.body = threading.Event()
         self.ended = threading.Event()
         self.code = None
+        self.remaining = 100.0
         self._rpc_event = self  # the watchdog ends a call through context._rpc_event.call
         self.call = self
 
@@ -108,7 +109,10 @@ class FakeCall:
         self.ended.set()
 
     def time_remaining(self):
-        return 100.0
+        return self.remaining
+
+    def is_active(self):
+        return not self.ended.is_set()
 
     def peer(self):
         return self.peer_name
@@ -198,6 +202,23 @@ def test_a_call_with_no_message_is_invalid():
     watchdog = ReceiveWatchdog(5.0)
     with pytest.raises(InvalidArgument, match="no request message"):
         watchdog.receive(iter(()), FakeCall())
+
+
+def test_a_stream_that_ends_with_its_call_is_counted_as_its_client_saw_it():
+    # grpcio may end the request stream of a call whose deadline passed (or whose client went
+    # away) as if the client had sent no message: the call, not the request, ended.
+    watchdog = ReceiveWatchdog(5.0)
+    late, gone = FakeCall(), FakeCall()
+    late.remaining = 0.0
+    for call in (late, gone):
+        call.ended.set()
+    with pytest.raises(call_limits.CallEnded) as ended:
+        watchdog.receive(iter(()), late)
+    assert ended.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(call_limits.CallEnded) as ended:
+        watchdog.receive(iter(()), gone)
+    assert ended.value.code == grpc.StatusCode.CANCELLED
+    watchdog.stop()
     watchdog.stop()
 
 
