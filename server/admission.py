@@ -13,9 +13,10 @@ of compute) and 256 queued 16-candidate ones (milliseconds) are not the same que
    of it a request is always tried (its own estimate alone is not trusted to refuse it).
 3. A queue that would hold more than `max_queue_s` of work with this request (or, for a
    request with a far deadline, more than a share of the time it has left: `queue_bound_s`),
-   or more than `max_queue` requests: RESOURCE_EXHAUSTED, with a retry hint equal to the time the device
-   needs to work the queue down to where this request would fit (at least `MIN_RETRY_MS`). A
-   request always fits an empty queue, however large it is (the request limits bound it).
+   or more than `max_queue` requests: RESOURCE_EXHAUSTED, with a retry hint equal to the time
+   the device needs to work the queue down to where this request would fit (at least
+   `MIN_RETRY_MS`). A request always fits an empty queue, however large it is (the request
+   limits bound it).
 """
 
 from __future__ import annotations

@@ -301,8 +301,13 @@ def install_door(server: grpc.Server, thread_pool, door: Door) -> bool:
 
 def _remaining_s(deadline: float) -> float | None:
     """Seconds to a call's deadline (grpcio's wall-clock seconds), None for none."""
-    remaining = deadline - time.time()
-    return None if remaining > NO_DEADLINE_S else remaining
+    return deadline_remaining_s(deadline - time.time())
+
+
+def deadline_remaining_s(remaining: float | None) -> float | None:
+    """Seconds to a call's deadline as grpcio reports them (`time_remaining()`), None for a
+    call without one (grpcio gives it one NO_DEADLINE_S away at least)."""
+    return None if remaining is None or remaining > NO_DEADLINE_S else remaining
 
 
 # grpcio gives a call without a deadline one this far away at least (~9.2e18 s).

@@ -55,7 +55,7 @@ import grpc
 
 from model.config import PhoenixModelConfig, TableRows
 from request.encoding import EncodedRequest
-from server.call_limits import NO_DEADLINE_S, CallEnded, ended_code
+from server.call_limits import CallEnded, deadline_remaining_s, ended_code
 from server.checkpoint_dir import ReloadState
 from server.codecs import Codec, Decoded, PredictCodec, RankCodec
 from server.config import Limits
@@ -306,8 +306,8 @@ class RankingService:
         self.recorder.started()
         try:
             self.lifecycle.admit()
-            remaining = context.time_remaining()
-            if remaining is None or remaining > NO_DEADLINE_S:
+            remaining = deadline_remaining_s(context.time_remaining())
+            if remaining is None:
                 remaining = self.limits.default_deadline_ms / 1000
             deadline = time.monotonic() + remaining
             self.queue.precheck(deadline)

@@ -45,6 +45,7 @@ re-send then fails to connect: UNAVAILABLE again, at the client). A caller waits
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import sys
@@ -273,7 +274,9 @@ class GrpcFront:
         )
         self.door = Door(self.capacity, SCORING_METHODS, queue.fullness_s,
                          limits.default_deadline_ms / 1000,
-                         lambda: self.service.queued_calls, lambda: self.watchdog.waiting, self.watchdog.penalties)  # fmt: skip
+                         queued=lambda: self.service.queued_calls,
+                         waiting=lambda: self.watchdog.waiting,
+                         penalties=self.watchdog.penalties)  # fmt: skip
         install_door(self.server, self._pool, self.door)
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -316,11 +319,10 @@ class GrpcFront:
     def door_refusals(self) -> dict[tuple[str | None, str], int]:
         """Calls the transport refused before any handler so far, by (method, reason): the
         method's short name if it is one of ours (`server.metrics.short_method`), else None."""
-        out: dict[tuple[str | None, str], int] = {}
+        out: collections.Counter = collections.Counter()
         for (method, reason), count in self.door.refused().items():
-            key = (short_method(method), reason)
-            out[key] = out.get(key, 0) + count
-        return out
+            out[(short_method(method), reason)] += count
+        return dict(out)
 
     def _set_health(self, status) -> None:
         for name in ("", *SERVICE_NAMES):
