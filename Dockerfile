@@ -26,6 +26,7 @@ COPY model ./model
 COPY request ./request
 COPY server ./server
 COPY training ./training
+COPY phoenix_ranker ./phoenix_ranker
 RUN python3 -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . 2>/dev/null \
     || python3 -m pip wheel --no-deps --wheel-dir /wheels .
 

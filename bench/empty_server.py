@@ -3,7 +3,7 @@
     python bench/empty_server.py [--port 50071] [--refuse] [--sync]
 
 grpcio's asyncio server by default; with `--sync`, its synchronous server (handlers on a pool
-of 64 threads), the kind the ranking server's transport is (`server.transport`).
+of 64 threads), the kind the ranking server's transport is (`server.door.transport`).
 
 With `--refuse`, Rank parses nothing and answers RESOURCE_EXHAUSTED at once: what a call
 refused by a Python handler costs grpcio at the least (`bench/host_path.py` measures its CPU
@@ -27,7 +27,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.actions import ACTIONS  # noqa: E402
+from request.actions import ACTIONS  # noqa: E402
 from server.rpc import ranking_pb2 as pb  # noqa: E402
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name

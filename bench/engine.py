@@ -67,10 +67,10 @@ from request.encoding import encode  # noqa: E402
 from request.layout import Piece, empty_batch, pack_rows, split_batch, windows  # noqa: E402
 from request.raw import RawRequest  # noqa: E402
 from request.synthetic import synthetic_request_dict  # noqa: E402
-from server.buckets import make_plan  # noqa: E402
-from server.composition import next_batch_size  # noqa: E402
 from server.config import ServerConfig, ShapeConfig  # noqa: E402
-from server.runner import ModelRunner  # noqa: E402
+from server.engine.runner import ModelRunner  # noqa: E402
+from server.scheduling.buckets import make_plan  # noqa: E402
+from server.scheduling.composition import next_batch_size  # noqa: E402
 from tests.server.harness import ServerProcess  # noqa: E402
 
 CANDIDATE_BUCKETS = ShapeConfig().candidate_buckets  # the server's defaults
@@ -150,7 +150,7 @@ def nano_checkpoint(workdir: Path, smoke: bool) -> Path:
         config.update(emb_size=64, history_seq_len=64)
         rows = {"user": 1031, "post": 4099, "author": 1031}
     cfg = PhoenixModelConfig.from_dict(config)
-    from model.config import TableRows
+    from request.hashing import TableRows
 
     forward = make_forward(cfg, TableRows(**rows), jnp.float32)
     params = forward.init(jax.random.PRNGKey(0), empty_batch(cfg, 1, cfg.history_seq_len, 8))
@@ -158,7 +158,7 @@ def nano_checkpoint(workdir: Path, smoke: bool) -> Path:
     np.savez(npz, **{k: np.asarray(v) for k, v in flatten(params).items()})
     cfg_path.write_text(json.dumps(config))
     subprocess.run(
-        [sys.executable, "-m", "server.cli", "import", "--params", str(npz), "--config",
+        [sys.executable, "-m", "phoenix_ranker", "import", "--params", str(npz), "--config",
          str(cfg_path), "--out", str(out), "--model-version", "nano-random"],
         check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip

@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 from request.raw import RawRequest  # noqa: E402
 from request.synthetic import synthetic_request_dict  # noqa: E402
 from server.client import RankingClient  # noqa: E402
-from server.convert import raw_request_to_columnar_pb, raw_request_to_pb  # noqa: E402
+from server.contracts.convert import raw_request_to_columnar_pb, raw_request_to_pb  # noqa: E402
 from server.rpc import ranking_pb2 as pb  # noqa: E402
 from tests.server.harness import ServerProcess  # noqa: E402
 
@@ -243,7 +243,7 @@ def bare_engine(candidates: int, requests: int, repeats: int = 20,
     from model.checkpoint import default_checkpoint_path
     from request.encoding import encode
     from request.layout import Piece, windows
-    from server.composition import next_batch_size
+    from server.scheduling.composition import next_batch_size
 
     ckpt = load_checkpoint(default_checkpoint_path())
     engine = PrefixOnce(ckpt) if buckets is None else PrefixOnce(ckpt, buckets=buckets)

@@ -41,7 +41,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from server.config import Limits  # noqa: E402
-from server.convert import raw_request_to_columnar_pb  # noqa: E402
+from server.contracts.convert import raw_request_to_columnar_pb  # noqa: E402
 from tests.helpers import random_request  # noqa: E402
 from tests.server import h2raw  # noqa: E402
 from tests.server.harness import ServerProcess  # noqa: E402

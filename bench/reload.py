@@ -41,7 +41,7 @@ from model.checkpoint import default_checkpoint_path, load_checkpoint, save_chec
 from model.params import flatten, unflatten  # noqa: E402
 from request.raw import RawRequest  # noqa: E402
 from request.synthetic import synthetic_request_dict  # noqa: E402
-from server.convert import raw_request_to_pb  # noqa: E402
+from server.contracts.convert import raw_request_to_pb  # noqa: E402
 from server.rpc import ranking_pb2 as pb  # noqa: E402
 from tests.server.harness import ServerProcess  # noqa: E402
 

@@ -8,7 +8,7 @@ and author rows at 2 hashes each), the pages cached (what serving reaches after 
 Ways of reading them, microseconds a gather (median of `--gathers`):
 
   mapping        numpy's fancy index on the mapping, unguarded (what a truncation faults)
-  lease          the same inside `server.mapped_file.MappedFile.reading()` with a read lease
+  lease          the same inside `server.engine.mapped_file.MappedFile.reading()` with a read lease
                  (a lock; the kernel signals a writer)
   stat           the same inside `reading()` without a lease: one fstat before each gather
   pread          each row read with os.preadv into the gathered array instead of through the
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from server import mapped_file  # noqa: E402
-from server.mapped_file import MappedFile  # noqa: E402
+from server.engine.mapped_file import MappedFile  # noqa: E402
 
 
 def timed(fn, gathers: int) -> float:

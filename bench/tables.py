@@ -59,7 +59,7 @@ from bench.host_path import emit as _emit  # noqa: E402
 from model.checkpoint import default_checkpoint_path, load_checkpoint  # noqa: E402
 from model.config import NANO, PhoenixModelConfig  # noqa: E402
 from model.tables import TABLE_DTYPES, bytes_per_row  # noqa: E402
-from server.convert import logits_from_pb, raw_request_to_pb  # noqa: E402
+from server.contracts.convert import logits_from_pb, raw_request_to_pb  # noqa: E402
 from tests.helpers import random_request  # noqa: E402
 from tests.server.harness import ServerProcess, phoenix_ranker  # noqa: E402
 from training.manifest import manifest_path  # noqa: E402

@@ -33,7 +33,7 @@ from model.checkpoint import default_checkpoint_path  # noqa: E402
 from request.raw import RawRequest  # noqa: E402
 from request.synthetic import synthetic_request_dict  # noqa: E402
 from server.client import RankingClient  # noqa: E402
-from server.convert import logits_from_pb, raw_request_to_pb  # noqa: E402
+from server.contracts.convert import logits_from_pb, raw_request_to_pb  # noqa: E402
 
 GRACE_SECONDS = 10
 START_TIMEOUT = 600  # seconds: a cold warm-up in a busy container took up to ~245 s

@@ -1,9 +1,10 @@
 """The Phoenix ranking model (JAX + haiku), parameter for parameter the reference's.
 
-Public API: configuration, the pure mask/position/hash functions the contract depends on, the
-haiku forward pass, checkpoints and the exchange format. `_EXPORTS` is the one list of public
-names; they resolve lazily (PEP 562), so `import model` alone does not import JAX and the
-request path (`request/`) can use `model.config` and `model.hashing` without it.
+Public API: configuration, the pure mask and position functions, the haiku forward pass,
+checkpoints and the exchange format. The model reads the request's arrays (`request/`); the
+request package imports nothing of the model (the action names and the id hashing are its:
+`request.actions`, `request.hashing`). `_EXPORTS` is the one list of public names; they
+resolve lazily (PEP 562), so `import model` alone does not import JAX.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "model.actions": ["ACTIONS", "NEGATIVE_ACTIONS", "NUM_ACTIONS", "action_index"],
     "model.checkpoint": ["Checkpoint", "CheckpointInfo", "load_checkpoint", "save_checkpoint"],
     "model.config": [
         "ConfigError",
         "HashConfig",
         "PhoenixModelConfig",
-        "TableRows",
         "TransformerConfig",
     ],
     "model.errors": [
@@ -33,7 +32,6 @@ _EXPORTS = {
         "UnexpectedParameterError",
     ],
     "model.exchange": ["export_exchange", "import_exchange", "read_exchange"],
-    "model.hashing": ["hash_ids", "hash_rows", "splitmix64_mix"],
     "model.mask": ["make_recsys_attn_mask"],
     "model.params": ["TrainingState"],
     "model.network": ["default_compute_dtype", "make_forward"],

@@ -52,7 +52,7 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
-from model.config import ConfigError, PhoenixModelConfig, TableRows
+from model.config import ConfigError, PhoenixModelConfig
 from model.errors import (
     CheckpointError,
     ChecksumMismatchError,
@@ -65,6 +65,7 @@ from model.errors import (
 )
 from model.params import TABLE_PREFIX, TrainingState, flatten, unflatten, validate
 from model.tables import TABLE_MODULE, table_bytes, table_dtype
+from request.hashing import TableRows
 
 FORMAT = "phoenix-ranking-checkpoint"
 FORMAT_VERSION = "1"

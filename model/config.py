@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from model.actions import NUM_ACTIONS
+from request.actions import NUM_ACTIONS
+from request.hashing import TableRows
 
 # RoPE position schemes.
 #   "right_anchored": the later release. The newest history item sits at `history_end - 1`
@@ -179,19 +180,6 @@ def validate(config: PhoenixModelConfig) -> None:
             f"history_attention must be one of {HISTORY_ATTENTION}, "
             f"got {config.history_attention!r}"
         )
-
-
-class TableRows(NamedTuple):
-    """Row counts of the three hash tables (read from the parameters' shapes)."""
-
-    user: int
-    post: int
-    author: int
-
-    @classmethod
-    def from_params(cls, params) -> TableRows:
-        tables = params["hash_embeddings"]
-        return cls(*(int(tables[name].shape[0]) for name in cls._fields))
 
 
 # xAI's "nano" shape (emb 512, 4 layers, history 1,022), the benchmarks' large model, with the

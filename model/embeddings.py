@@ -14,7 +14,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from model.config import TableRows
+from request.hashing import TableRows
 
 
 class HashEmbeddings(hk.Module):

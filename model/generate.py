@@ -23,9 +23,10 @@ from model.checkpoint import (
     verify_file,
 )
 from model.checkpoint_writer import StreamingWriter
-from model.config import NANO, NANO_TABLE_ROWS, PhoenixModelConfig, TableRows
+from model.config import NANO, NANO_TABLE_ROWS, PhoenixModelConfig
 from model.params import TABLE_PREFIX, flatten
 from model.tables import TABLES, convert_rows, numpy_dtype, scale_name
+from request.hashing import TableRows
 
 BLOCK_BYTES = 32 * 2**20  # float32 bytes of table rows made or converted at a time
 GROUP_ROWS = 4096  # random rows come from one generator per group, seeded by its index

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from model.attention import SequenceContext
-from model.config import PhoenixModelConfig, TableRows
+from model.config import PhoenixModelConfig
 from model.embeddings import (
     HashEmbeddings,
     action_embeddings,
@@ -31,6 +31,7 @@ from model.embeddings import (
 from model.layers import RMSNorm
 from model.rope import sequence_positions
 from model.transformer import Transformer
+from request.hashing import TableRows
 from request.layout import RankingBatch
 
 
@@ -114,7 +115,7 @@ def make_forward(
 
     Args:
       config: the model configuration.
-      rows: hash table row counts (`TableRows.from_params(params)` for loaded parameters).
+      rows: hash table row counts (`TableRows.of_params(params)` for loaded parameters).
       dtype: forward dtype; parameters stay float32. Default: `default_compute_dtype()`.
       attention: "isolated" (serving) or "dense" (the reference's [T, T] masked softmax).
     """

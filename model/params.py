@@ -16,7 +16,7 @@ import haiku as hk
 import jax
 import numpy as np
 
-from model.config import PhoenixModelConfig, TableRows
+from model.config import PhoenixModelConfig
 from model.errors import (
     MissingParameterError,
     ParameterDtypeError,
@@ -25,6 +25,7 @@ from model.errors import (
 )
 from model.network import make_forward
 from model.tables import TABLE_DTYPES, TABLE_MODULE, scale_name
+from request.hashing import TableRows
 from request.layout import empty_batch
 
 TABLE_PREFIX = TABLE_MODULE + "/"

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.checkpoint import load_checkpoint
-from model.config import PhoenixModelConfig, TableRows
+from model.config import PhoenixModelConfig
 from model.network import make_forward
 from model.tables import dequantized
 from request.encoding import encode
+from request.hashing import TableRows
 from request.layout import Piece, pack_rows, windows
 from request.raw import RawRequest
 
@@ -39,7 +40,7 @@ class Ranker:
         attention: str = "isolated",
     ):
         self.config = config
-        self.rows = TableRows.from_params(params)
+        self.rows = TableRows.of_params(params)
         self.params = jax.device_put(dequantized(params))  # the haiku model reads float32
         self._apply = jax.jit(make_forward(config, self.rows, dtype, attention).apply)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from model.actions import ACTIONS
+from request.actions import ACTIONS
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "favorite": 0.5,

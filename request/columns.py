@@ -13,13 +13,13 @@ hashed from. The rest of the request path is derived from this list, never resta
     PrefixInputs / CandidateInputs  the user+history columns and the candidate columns of a batch
     empty / fill / split            padding, filling a row, splitting a batch into its two halves
     Layout                          the columns resolved for one model config (dtypes and shapes:
-                                    what the frontend-worker frame carries, `server.ipc`)
+                                    what the frontend-worker frame carries, `server.door.ipc`)
     prefix_digest                   what identifies an encoded prefix (the prefix cache's key)
     filled                          a synthetic request of any size (the device-rate measurement)
 
 `request.encoding.encode` hashes a `RawRequest` into an EncodedRequest column by column from
 the same list. Adding an input array is therefore one `Column` here, its raw form and
-decoders (`request.raw`, the proto and `server.convert`) and the model that reads it.
+decoders (`request.raw`, the proto and `server.contracts.convert`) and the model that reads it.
 
 numpy only, and nothing of this project below it: model code and the request path both
 import it.
@@ -34,9 +34,19 @@ import hashlib
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class ModelShape(Protocol):
+    """What the request side reads of a model's config (`model.config.PhoenixModelConfig` is
+    one): the request package depends on no model code, the model on the request's arrays."""
+
+    history_seq_len: int  # S: history events kept, the newest
+    num_actions: int  # A
+    product_surface_vocab_size: int  # surfaces are 0 .. this - 1
+    hash_config: Any  # num_user_hashes, num_item_hashes, num_author_hashes
 
 
 class Part(enum.Enum):
@@ -64,8 +74,8 @@ class Column:
     source: str = ""  # RawRequest attribute it is encoded from (hashed when `table` is set)
     doc: str = ""
 
-    def row_shape(self, config: Any) -> tuple[int, ...]:
-        """The shape of one row for a model config (`PhoenixModelConfig`)."""
+    def row_shape(self, config: ModelShape) -> tuple[int, ...]:
+        """The shape of one row for a model config."""
         return () if self.width is None else (int(operator.attrgetter(self.width)(config)),)
 
 
@@ -159,7 +169,7 @@ class Schema:
         self.candidate_type = _record("CandidateInputs", self.candidates)
         self._layouts: dict[Any, Layout] = {}
 
-    def layout(self, config: Any) -> Layout:
+    def layout(self, config: ModelShape) -> Layout:
         """The columns' dtypes and row shapes for a model config (computed once per config)."""
         layout = self._layouts.get(config)
         if layout is None:

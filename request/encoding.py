@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.config import PhoenixModelConfig, TableRows
-from model.hashing import hash_ids
-from request.columns import SCHEMA, EncodedRequest, Part, Schema
+from request.columns import SCHEMA, EncodedRequest, ModelShape, Part, Schema
+from request.hashing import TableRows, hash_ids
 from request.raw import RawRequest
 
 __all__ = ["EncodedRequest", "encode", "hash_segments"]
 
 
 def encode(
-    raw: RawRequest, config: PhoenixModelConfig, rows: TableRows, schema: Schema = SCHEMA
+    raw: RawRequest, config: ModelShape, rows: TableRows, schema: Schema = SCHEMA
 ) -> EncodedRequest:
     """Hash a (validated) request's ids and keep its newest `history_seq_len` events.
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.config import PhoenixModelConfig
-from request.columns import SCHEMA, EncodedRequest, RankingBatch
+from request.columns import SCHEMA, EncodedRequest, ModelShape, RankingBatch
 
 __all__ = [
     "Piece", "RankingBatch", "empty_batch", "fill_candidates", "fill_prefix", "pack_rows",
@@ -24,7 +23,7 @@ __all__ = [
 
 
 def empty_batch(
-    config: PhoenixModelConfig, num_rows: int, history_slots: int, candidate_slots: int
+    config: ModelShape, num_rows: int, history_slots: int, candidate_slots: int
 ) -> RankingBatch:
     """An all-padding numpy batch of the given shape."""
     return SCHEMA.empty_batch(SCHEMA.layout(config), num_rows, history_slots, candidate_slots)
@@ -55,7 +54,7 @@ class Piece:
 
 
 def pack_rows(
-    config: PhoenixModelConfig,
+    config: ModelShape,
     pieces: Sequence[Piece],
     num_rows: int,
     history_slots: int,

@@ -20,8 +20,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from model.actions import ACTIONS, NUM_ACTIONS, action_index
-from model.config import PhoenixModelConfig
+from request.actions import ACTIONS, NUM_ACTIONS, action_index
+from request.columns import ModelShape
 from request.schema import UINT64_MAX, request_schema
 
 
@@ -136,7 +136,7 @@ class RawRequest:
             "request_id": self.request_id,
         }
 
-    def validate(self, config: PhoenixModelConfig) -> None:
+    def validate(self, config: ModelShape) -> None:
         """Raise RequestError naming the first field the model cannot take."""
         n, m = self.num_history, self.num_candidates
         for name, arr, length in (

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.actions import ACTIONS
+from request.actions import ACTIONS
 
 UINT64_MAX = 2**64 - 1
 MAX_REQUEST_ID_BYTES = 128

@@ -22,7 +22,7 @@ The specification:
 `surfaces` is the model's product surface vocabulary size (`ModelInfo.product_surface_vocab_size`).
 In the JSON layout (the parity fixture's, which `RawRequest.from_dict` and
 `phoenix-ranker rank --request` read) ids are integers and actions are names: action value `a`
-is `model.actions.ACTIONS[a - 1]`.
+is `request.actions.ACTIONS[a - 1]`.
 
 Pure Python: this module imports neither JAX, haiku nor gRPC.
 """
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.actions import ACTIONS
+from request.actions import ACTIONS
 
 MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15

@@ -1,15 +1,12 @@
-"""`phoenix-ranker`: the service's one command line.
+"""The server's commands of `phoenix-ranker` (`phoenix_ranker.cli`):
 
 serve    run the gRPC ranking server (flags also settable as PHOENIX_* variables)
 rank     send a request to a running server and print the ranked candidates
 health   exit 0 only if a server's standard health service reports SERVING
-import / export   checkpoint interop (model/cli.py)
-train / eval / demo   the synthetic world and the default model (training/cli.py)
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -17,9 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from model import cli as model_cli
 from server.flags import ENV_PREFIX, add_flags, config_from_args
-from training import cli as training_cli
 
 
 def _env(name: str, default: str) -> str:
@@ -40,8 +35,8 @@ def _add_serve(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from server import logs
     from server.app import serve
+    from server.operations import logs
 
     config = config_from_args(args)
     logs.configure(config.log_level, config.log_json)
@@ -104,7 +99,7 @@ def cmd_rank(args) -> int:
     from model.scoring import format_ranking, parse_weights
     from request.raw import RawRequest, read_json_file
     from request.synthetic import synthetic_request_dict
-    from server.convert import probabilities_from_pb, raw_request_to_pb
+    from server.contracts.convert import probabilities_from_pb, raw_request_to_pb
 
     data = read_json_file(args.request) if args.request else None
     if isinstance(data, dict) and "candidateSets" in data:
@@ -138,10 +133,10 @@ def _rank_xai(args, data: dict) -> int:
     import numpy as np
     from google.protobuf import json_format
 
-    from model.actions import ACTIONS
     from model.scoring import format_ranking, parse_weights
+    from request.actions import ACTIONS
+    from server.contracts.xai import distribution_probabilities, response_mode
     from server.rpc import recsys_pb2 as xpb
-    from server.xai import distribution_probabilities, response_mode
 
     request = xpb.PredictNextActionsRequest()
     try:
@@ -182,36 +177,7 @@ def cmd_health(args) -> int:
     return 0 if status == "SERVING" else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phoenix-ranker", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_commands(sub) -> None:
+    """serve, rank and health, into the product's command line (`phoenix_ranker.cli`)."""
     _add_serve(sub)
     _add_client_commands(sub)
-    model_cli.add_commands(sub)
-    training_cli.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from model.errors import CheckpointError  # light: no JAX
-
-    try:
-        args = build_parser().parse_args(argv)
-    except ValueError as e:  # a malformed PHOENIX_* variable
-        print(f"phoenix-ranker: {e}", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except BrokenPipeError:  # `phoenix-ranker rank | head`: the reader has all it wants
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (CheckpointError, ValueError) as e:
-        print(f"phoenix-ranker {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as e:
-        print(f"phoenix-ranker {args.command}: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,7 +36,7 @@ class Limits:
     # xAI's home-mixer's largest call (2,800 candidates and 1,022 engagements with the
     # TweetInfo and UserActionMeta fields it sets) is 0.28-0.57 MB depending on the history's
     # form (tests/server/test_largest_call.py): 2 MiB takes it with room for fields we did not
-    # model. The limit also bounds what a request may inflate to (server.inflate) and what one
+    # model. The limit also bounds what a request may inflate to (server.contracts.inflate) and what one
     # may cost to parse (protobuf's own objects: up to ~24 bytes a byte), so it is no larger.
     max_request_bytes: int = setting(2 * MiB, "largest serialized request", "bytes")
     max_candidate_sets: int = setting(
@@ -50,7 +50,7 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class ShapeConfig:
-    """The compiled batch shapes (see `server.buckets`)."""
+    """The compiled batch shapes (see `server.scheduling.buckets`)."""
 
     max_batch_size: int = setting(
         32, "most rows per call: chunks (a chunk is one request window) or prefixes"
@@ -72,7 +72,7 @@ class ShapeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BatcherConfig:
-    """Queueing and batch formation (see `server.batcher`)."""
+    """Queueing and batch formation (see `server.scheduling.batcher`)."""
 
     max_batch_wait_ms: float = setting(
         2.0, "longest a request waits for company while the device is busy", "ms"
@@ -106,7 +106,7 @@ class BatcherConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Transport:
-    """The gRPC transport: concurrency bounds, connection hygiene and TLS (see server.transport).
+    """The gRPC transport: concurrency bounds, connection hygiene and TLS (see server.door.transport).
 
     Every call's life is bounded: a scoring call that carries no deadline gets
     `Limits.default_deadline_ms`; one whose request body has not arrived within
@@ -117,9 +117,9 @@ class Transport:
 
     # Each call holds a handler thread while it waits for its batch. What bounds the work
     # admitted is the queue (max_queue_ms, deadlines), and while the queue is full for a call
-    # the transport refuses it before any handler (server.call_limits.Door); this bound is what
+    # the transport refuses it before any handler (server.door.call_limits.Door); this bound is what
     # one process's gRPC transport holds at once and still refuses promptly under a flood
-    # (server.call_limits.MAX_AUTO_CAPACITY says what was measured), within its thread and
+    # (server.door.call_limits.MAX_AUTO_CAPACITY says what was measured), within its thread and
     # memory limits. Raise it where each gRPC server has cores to spare.
     max_concurrent_rpcs: int = setting(
         0,
@@ -131,7 +131,7 @@ class Transport:
     # The backlog of calls gRPC's core holds before the server's polling thread takes them.
     # That thread takes ~20,000 calls/s a core (it refuses past max_concurrent_rpcs itself),
     # so the backlog grows only in stalls; past it the core sheds calls with status
-    # CANCELLED, counted in phoenix_transport_calls_shed_total (server.transport_stats).
+    # CANCELLED, counted in phoenix_transport_calls_shed_total (server.operations.transport_stats).
     max_pending_calls: int = setting(
         0,
         "calls gRPC's core holds before the server takes them; past it the core sheds new "
@@ -185,13 +185,13 @@ class Transport:
     )
 
 
-TABLE_PLACEMENTS = ("auto", "device", "host")  # see server.placement
-TABLE_SHARDINGS = ("replicated", "rows")  # see server.engine
+TABLE_PLACEMENTS = ("auto", "device", "host")  # see server.engine.placement
+TABLE_SHARDINGS = ("replicated", "rows")  # see server.engine.device
 
 
 @dataclasses.dataclass(frozen=True)
 class TableConfig:
-    """Where the hash tables live (see `server.placement`)."""
+    """Where the hash tables live (see `server.engine.placement`)."""
 
     table_placement: str = setting(
         "auto",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import ServerConfig
-from server.doc_tables import ROOT, replace_table
+from server.operations.doc_tables import ROOT, replace_table
 
 ENV_PREFIX = "PHOENIX_"
 _TRUE = ("1", "true", "yes", "on")

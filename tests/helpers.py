@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model import NUM_ACTIONS
+from request.actions import NUM_ACTIONS
 from request.raw import RawRequest
 from server.config import ServerConfig, ShapeConfig
 

@@ -62,8 +62,9 @@ def cmd_train(args) -> int:
     import jax
 
     from model.checkpoint import save_checkpoint
-    from model.config import HashConfig, PhoenixModelConfig, TableRows, TransformerConfig
+    from model.config import HashConfig, PhoenixModelConfig, TransformerConfig
     from model.ranker import Ranker
+    from request.hashing import TableRows
     from training.evaluate import evaluate, format_table, popularity_table
     from training.train import EVAL_STREAM, TrainConfig, datasets, train
     from training.world import World, WorldConfig

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.actions import ACTIONS
 from model.ranker import Ranker
+from request.actions import ACTIONS
 from training.world import Dataset
 
 

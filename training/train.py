@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from model.config import PhoenixModelConfig, TableRows
+from model.config import PhoenixModelConfig
 from model.network import make_forward
+from request.hashing import TableRows
 from training.world import Dataset, World
 
 TRAIN_STREAM, EVAL_STREAM = 1, 2  # sample() seeds of the training and held-out requests

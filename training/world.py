@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model.actions import ACTIONS, NEGATIVE_ACTIONS, NUM_ACTIONS
-from model.config import PhoenixModelConfig, TableRows
-from model.hashing import hash_rows
+from model.config import PhoenixModelConfig
+from request.actions import ACTIONS, NEGATIVE_ACTIONS, NUM_ACTIONS
+from request.hashing import TableRows, hash_rows
 from request.layout import RankingBatch
 from request.raw import RawRequest
 

@@ -1,6 +1,6 @@
 """Facts the Python and Rust sides both state, checked to agree: the synthetic request for a
 seed (request/synthetic.py's spec), the default ranking weights (model/scoring.py) and our
-actions' xAI ActionNames (server/xai.py).
+actions' xAI ActionNames (server/contracts/xai.py).
 
 The Rust side is `rank --print-request` of the client crate, in the debug build that
 tests/clients/test_rust_client.py's `cargo test` has already compiled the dependencies of.
@@ -83,8 +83,8 @@ def test_rust_print_request_defaults(rank_binary):
 
 @pytest.mark.rust
 def test_rust_default_weights_are_pythons(rank_binary):
-    from model.actions import ACTIONS
     from model.scoring import DEFAULT_WEIGHTS
+    from request.actions import ACTIONS
 
     run = subprocess.run([str(rank_binary), "--print-weights"], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "PHOENIX_TARGET": "127.0.0.1:1"})  # fmt: skip
@@ -96,7 +96,7 @@ def test_rust_default_weights_are_pythons(rank_binary):
 
 @pytest.mark.rust
 def test_rust_xai_actions_are_pythons(rank_binary):
-    from server.xai import XAI_ACTION_OF
+    from server.contracts.xai import XAI_ACTION_OF
 
     run = subprocess.run([str(rank_binary), "--print-xai-actions"], capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PHOENIX_TARGET": "127.0.0.1:1"})  # fmt: skip
@@ -126,7 +126,7 @@ def test_layout_and_ranges():
 
 
 def test_the_module_stays_light():
-    # Neither JAX, haiku nor gRPC: importing it (and model.actions) must not pull them in.
+    # Neither JAX, haiku nor gRPC: importing it (and request.actions) must not pull them in.
     code = (
         "import sys; import request.synthetic; "
         "heavy = [m for m in ('jax', 'haiku', 'grpc') if m in sys.modules]; "

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from server.app import DRAIN_RESERVE_SECONDS
 from server.flags import ENV_PREFIX, add_flags, config_from_args, options
-from server.metrics import Metrics
+from server.operations.metrics import Metrics
 from tests.conftest import ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import yaml
 
-from server.convert import raw_request_to_pb
-from server.metrics import LATENCY_BUCKETS, METHODS
+from server.contracts.convert import raw_request_to_pb
+from server.operations.metrics import LATENCY_BUCKETS, METHODS
 from tests.conftest import ROOT
 from tests.helpers import random_request
 from tests.server import xai_forms

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import model.params
 from model import CheckpointError, ChecksumMismatchError, PhoenixModelConfig, load_checkpoint
-from model.config import TableRows
 from model.generate import init_checkpoint
+from request.hashing import TableRows
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from server.cli import main
+from phoenix_ranker.cli import main
 from tests.conftest import PARITY_DIR
 
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model import NUM_ACTIONS, Ranker, load_checkpoint, make_forward
+from model import Ranker, load_checkpoint, make_forward
+from request.actions import NUM_ACTIONS
 from request.encoding import encode
 from request.layout import Piece, pack_rows
 from request.raw import RawRequest

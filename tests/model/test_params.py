@@ -2,8 +2,9 @@
 
 import pytest
 
-from model import TableRows, ffn_size
+from model import ffn_size
 from model.params import expected_shapes
+from request.hashing import TableRows
 
 
 @pytest.mark.parametrize(

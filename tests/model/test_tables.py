@@ -116,7 +116,7 @@ def test_init_is_deterministic_and_blockwise(tmp_path, monkeypatch):
 
 def _peak_rss_mb(args: list[str]) -> float:
     """Peak resident memory of `phoenix-ranker ARGS` in a process of its own, in MB."""
-    code = ("import resource, sys; from server.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import resource, sys; from phoenix_ranker.cli import main; rc = main(sys.argv[1:]); "
             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout  # fmt: skip

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.config import PhoenixModelConfig, TableRows
+from model.config import PhoenixModelConfig
 from request.columns import COLUMNS, SCHEMA, Column, Part, Schema
 from request.encoding import encode
-from server import ipc
-from server.prefix_cache import prefix_key
+from request.hashing import TableRows
+from server.door import ipc
+from server.engine.prefix_cache import prefix_key
 from tests.helpers import random_request
 
 ROWS = TableRows(11, 1031, 97)

@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.config import HashConfig, TableRows
-from model.hashing import hash_rows
+from model.config import HashConfig
 from request.encoding import hash_segments
+from request.hashing import TableRows, hash_rows
 
 ids = st.lists(st.integers(0, 2**64 - 1), max_size=20).map(lambda v: np.array(v, np.uint64))
 

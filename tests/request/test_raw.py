@@ -87,8 +87,8 @@ def test_a_missing_or_broken_file_is_a_one_line_error(tmp_path, content):
 def test_the_request_path_and_the_frontend_import_neither_jax_nor_haiku():
     code = (
         "import sys, request.raw, request.encoding, request.layout, request.synthetic, "
-        "server.convert, server.composition, server.config, server.flags, server.ipc, "
-        "server.service, server.transport, server.frontend_worker, server.lifecycle; "
+        "server.contracts.convert, server.scheduling.composition, server.config, server.flags, server.door.ipc, "
+        "server.door.service, server.door.transport, server.door.frontend_worker, server.operations.lifecycle; "
         "print(sorted(m for m in ('jax', 'haiku', 'optax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

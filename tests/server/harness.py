@@ -28,7 +28,7 @@ def phoenix_ranker() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("phoenix-ranker")
-    return [found] if found else [sys.executable, "-m", "server.cli"]
+    return [found] if found else [sys.executable, "-m", "phoenix_ranker"]
 
 
 class ServerProcess:

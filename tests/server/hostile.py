@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from server.arrow_stream import I64, PAIR, U32, Table
 from server.config import Limits
+from server.contracts.arrow_stream import I64, PAIR, U32, Table
 from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request, varint
 from tests.server import xai_forms
@@ -355,7 +355,7 @@ def protobuf_cases(limits: Limits) -> list[Case]:
         Case("protobuf_length_past_the_end", PREDICT, b"\x0a\xff\xff\xff\x7f" + bytes(64), REFUSED),
         Case("protobuf_varint_of_11_bytes", PREDICT, b"\x08" + b"\xff" * 10 + b"\x01", REFUSED),
         Case("request_one_byte_over_the_limit", PREDICT, bytes(size + 1), REFUSED),
-        # gRPC's own limit is twice the service's (server.transport): refused before decoding.
+        # gRPC's own limit is twice the service's (server.door.transport): refused before decoding.
         Case("request_over_the_transport_limit", PREDICT, bytes(2 * size + 1),
              ("RESOURCE_EXHAUSTED",)),
     ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The admission policy alone (server.admission): the queue's bound by work and deadline, for
+"""The admission policy alone (server.scheduling.admission): the queue's bound by work and deadline, for
 which calls it is full, and the retry hint's floor, on cases small enough to check by hand."""
 
 from __future__ import annotations
@@ -7,7 +7,13 @@ import math
 
 import grpc
 
-from server.admission import MIN_RETRY_MS, decide, fullness_s, queue_bound_s, retry_hint_ms
+from server.scheduling.admission import (
+    MIN_RETRY_MS,
+    decide,
+    fullness_s,
+    queue_bound_s,
+    retry_hint_ms,
+)
 
 
 def _decide(queued_s: float, remaining_s: float | None, share: float = 0.1, own_s: float = 0.01):

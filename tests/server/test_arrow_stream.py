@@ -1,4 +1,4 @@
-"""Arrow IPC streams checked before pyarrow reads them (server/arrow_stream.py): what pyarrow
+"""Arrow IPC streams checked before pyarrow reads them (server/contracts/arrow_stream.py): what pyarrow
 writes reads back as pyarrow reads it, every lie in a header is refused from the metadata,
 and no bytes give anything but InvalidArgument."""
 
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import arrow_stream, xai
-from server.arrow_stream import I64, PAIR, StreamError, Table
 from server.config import Limits
+from server.contracts import arrow_stream, xai
+from server.contracts.arrow_stream import I64, PAIR, StreamError, Table
+from server.contracts.inflate import Budget
 from server.errors import InvalidArgument
-from server.inflate import Budget
 from tests.helpers import random_request
 from tests.server import hostile, xai_forms
 from tests.server.hostile import arrow_stream as written

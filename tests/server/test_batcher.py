@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from model import HashConfig, PhoenixModelConfig, TransformerConfig
 from request.encoding import EncodedRequest
-from server.batcher import Batcher, BatchFailed
-from server.buckets import BucketPlan
 from server.config import BatcherConfig
 from server.errors import DeadlineExceeded, QueueFull, ShuttingDown
-from server.metrics import Metrics
+from server.operations.metrics import Metrics
+from server.scheduling.batcher import Batcher, BatchFailed
+from server.scheduling.buckets import BucketPlan
 
 A = 19
 CONFIG = PhoenixModelConfig(
@@ -511,7 +511,7 @@ def test_row_buckets_must_start_at_one():
 def test_a_request_no_batch_takes_fails_instead_of_freezing_the_loop(monkeypatch):
     # Whatever makes batch formation take nothing must not make the batching task spin
     # without awaiting (which froze the event loop): the head request fails, the loop goes on.
-    import server.batcher as batcher_module
+    import server.scheduling.batcher as batcher_module
 
     real = batcher_module.next_batch_size
 
@@ -548,7 +548,7 @@ class CheckingRunner(FakeRunner):
         self.nan_users = set(nan_users)
 
     def run(self, packed, wanted=None):
-        from server.batch_result import Scores, Unwanted
+        from server.scheduling.batch_result import Scores, Unwanted
 
         self.started.set()
         self.gate.wait(10)

@@ -1,6 +1,6 @@
 import pytest
 
-from server.buckets import BatchShape, BucketPlan, make_plan, powers_of_two_up_to
+from server.scheduling.buckets import BatchShape, BucketPlan, make_plan, powers_of_two_up_to
 
 
 def test_powers_of_two():

@@ -10,8 +10,8 @@ import time
 import grpc
 import pytest
 
-from server import call_limits
-from server.call_limits import CONTROL_RESERVE, Door, ReceiveWatchdog, call_capacity
+from server.door import call_limits
+from server.door.call_limits import CONTROL_RESERVE, Door, ReceiveWatchdog, call_capacity
 from server.errors import InvalidArgument
 
 RANK = "/phoenix.ranking.v1.RankingService/Rank"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from server.cli import build_parser
+from phoenix_ranker.cli import build_parser
 from server.config import ServerConfig
 from server.flags import OPTIONS_DOC, config_from_args, options, options_table
 from tests.conftest import ROOT
@@ -89,13 +89,13 @@ def test_the_options_doc_table_is_the_generated_one():
 
 
 def test_the_metrics_tables_are_the_generated_one():
-    from server.metrics import DOCUMENTS, metrics_table
+    from server.operations.metrics import DOCUMENTS, metrics_table
 
     table = metrics_table()
     assert len(table.splitlines()) > 30  # every series, not a stub
     for path in DOCUMENTS:
         assert table in path.read_text(), (
-            f"{path.name} is stale: run `python -m server.metrics --update-docs`"
+            f"{path.name} is stale: run `python -m server.operations.metrics --update-docs`"
         )
 
 
@@ -114,7 +114,7 @@ def test_the_compilation_cache_is_on_by_default_and_an_empty_value_turns_it_off(
 
 
 def test_a_compilation_cache_that_cannot_be_created_is_a_warning(tmp_path, caplog):
-    from server.engine import enable_compilation_cache
+    from server.engine.device import enable_compilation_cache
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.buckets import BucketPlan
-from server.composition import MAX_PADDING_ROWS, next_batch_size
+from server.scheduling.buckets import BucketPlan
+from server.scheduling.composition import MAX_PADDING_ROWS, next_batch_size
 
 PLAN = BucketPlan((1, 2, 4, 8), (16, 64), (8, 32, 128), max_batch_candidates=256)
 

@@ -7,7 +7,7 @@ import pytest
 
 from model.checkpoint import load_checkpoint
 from server.config import Limits
-from server.convert import (
+from server.contracts.convert import (
     decode_rank_request,
     logits_from_pb,
     rank_response_bytes,

@@ -15,7 +15,7 @@ import textwrap
 
 import numpy as np
 
-from server.convert import logits_from_pb, raw_request_to_pb
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
 from tests.conftest import ROOT
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
@@ -32,7 +32,7 @@ RUNNER_CHECK = textwrap.dedent(
     from model.checkpoint import default_checkpoint_path
     from request.encoding import encode
     from request.layout import Piece, windows
-    from server.runner import ModelRunner
+    from server.engine.runner import ModelRunner
     from tests.helpers import random_request, runner_config
 
     ckpt = load_checkpoint(default_checkpoint_path())

@@ -22,8 +22,8 @@ import pytest
 
 from model.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
 from server.config import Limits
-from server.convert import logits_from_pb, raw_request_to_columnar_pb
-from server.transport import transport_limit
+from server.contracts.convert import logits_from_pb, raw_request_to_columnar_pb
+from server.door.transport import transport_limit
 from tests.helpers import random_request, varint
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess

@@ -67,10 +67,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from model.actions import NUM_ACTIONS
+from request.actions import NUM_ACTIONS
 from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
-from server.convert import raw_request_to_columnar_pb
+from server.contracts.convert import raw_request_to_columnar_pb
 from server.rpc import ranking_pb2 as pb
 from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request, varint
@@ -86,12 +86,12 @@ METHODS = ("Rank", "GetModelInfo", "PredictNextActions")
 
 # The fuzzed server's limits: small, so that lists at and past them are cheap to send and
 # to score; the byte limit is above the 16 KiB beyond which requests are decoded off the
-# event loop (server.service.INLINE_BYTES), so both paths are fuzzed.
+# event loop (server.door.service.INLINE_BYTES), so both paths are fuzzed.
 MAX_CANDIDATES = 96
 MAX_HISTORY = 600
 MAX_ACTIONS = 1500
 MAX_BYTES = 48 * 1024
-TRANSPORT_BYTES = 2 * MAX_BYTES  # gRPC's own limit (server.transport.transport_limit)
+TRANSPORT_BYTES = 2 * MAX_BYTES  # gRPC's own limit (server.door.transport.transport_limit)
 FLAGS = ("--max-batch-size", "2", "--candidate-buckets", "8,32", "--max-batch-wait-ms", "1",
          "--max-candidates-per-request", str(MAX_CANDIDATES),
          "--max-history-events", str(MAX_HISTORY),
@@ -278,7 +278,7 @@ class Fuzzed:
         """phoenix_requests_total from /metrics: {method: {code: calls}}."""
         out: dict[str, Counter[str]] = {m: Counter() for m in METHODS}
         pattern = re.compile(r"phoenix_requests_total\{code=(\w+),method=(\w+)\}")
-        for key, value in self.server.metrics().items():
+        for key, value in self.server.operations.metrics().items():
             if (m := pattern.fullmatch(key)) and m[2] in out:
                 out[m[2]][m[1]] = int(value)
         return out

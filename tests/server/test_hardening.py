@@ -22,9 +22,9 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server.client import ClientTLS, RankingClient
-from server.convert import logits_from_pb, raw_request_to_pb
-from server.logs import TextFormatter
-from server.metrics_http import MAX_CONNECTIONS, TIMEOUT_SECONDS
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
+from server.operations.logs import TextFormatter
+from server.operations.metrics_http import MAX_CONNECTIONS, TIMEOUT_SECONDS
 from tests.certs import make_certs
 from tests.helpers import random_request, varint
 from tests.server.conftest import SMALL_PLAN
@@ -307,7 +307,7 @@ def test_reflection_can_be_switched_off(mtls_server, certs, default_server):
 
 def test_oversize_requests_are_refused_distinguishably_from_overload(default_server):
     from server.config import Limits
-    from server.transport import transport_limit
+    from server.door.transport import transport_limit
 
     limit = Limits().max_request_bytes
 

@@ -1,4 +1,4 @@
-"""Budgeted inflation (server/inflate.py) and the bounds it gives `xai.decode_request`: zstd
+"""Budgeted inflation (server/contracts/inflate.py) and the bounds it gives `xai.decode_request`: zstd
 within a call's budget, refusals before allocation, amplification as a measured property of
 every history form, and the hostile corpus (tests/server/hostile.py) decoded directly."""
 
@@ -19,10 +19,10 @@ import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from server import convert, inflate, xai
 from server.config import Limits
+from server.contracts import convert, inflate, xai
+from server.contracts.inflate import Budget
 from server.errors import InvalidArgument
-from server.inflate import Budget
 from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request, varint
 from tests.server import hostile, xai_forms

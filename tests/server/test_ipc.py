@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from request.columns import SCHEMA
-from server import ipc
-from server.batcher import Scored
-from server.checkpoint_dir import ReloadState
-from server.metrics import CallRecord
-from server.transport_stats import TransportCounts
+from server.door import ipc
+from server.operations.checkpoint_dir import ReloadState
+from server.operations.lifecycle import Phase
+from server.operations.metrics import CallRecord
+from server.operations.transport_stats import TransportCounts
+from server.scheduling.batch_result import Scored
 from tests.helpers import random_request
 
 
@@ -26,8 +27,8 @@ def layout(parity_config):
 
 @pytest.mark.parametrize(("n", "m"), [(0, 0), (0, 3), (7, 1), (16, 40)])
 def test_a_submitted_request_arrives_identical(parity_config, layout, n, m):
-    from model.config import TableRows
     from request.encoding import encode
+    from request.hashing import TableRows
 
     encoded = encode(random_request(np.random.default_rng(n + m), n, m), parity_config,
                      TableRows(11, 1031, 97))  # fmt: skip
@@ -77,15 +78,15 @@ def test_done_cancel_reload_and_state_frames():
     assert ipc.parse_transport(payload) == (counts, refusals)
     kind, payload = asyncio.run(_read(ipc.cancel_frame(2**40 + 7)))
     assert (kind, ipc.parse_cancel(payload)) == (ipc.CANCEL, 2**40 + 7)
-    _, payload = asyncio.run(_read(ipc.state_frame(ipc.DRAINING)))
-    assert ipc.parse_state(payload) == (ipc.DRAINING, "")
-    _, payload = asyncio.run(_read(ipc.state_frame(ipc.HELD, "version 3 withdrawn: é")))
-    assert ipc.parse_state(payload) == (ipc.HELD, "version 3 withdrawn: é")
+    _, payload = asyncio.run(_read(ipc.state_frame(Phase.DRAINING, None)))
+    assert ipc.parse_state(payload) == (Phase.DRAINING, None)
+    _, payload = asyncio.run(_read(ipc.state_frame(Phase.SERVING, "version 3 withdrawn: é")))
+    assert ipc.parse_state(payload) == (Phase.SERVING, "version 3 withdrawn: é")
 
 
 def test_a_submit_frame_with_stray_bytes_is_refused(parity_config, layout):
-    from model.config import TableRows
     from request.encoding import encode
+    from request.hashing import TableRows
 
     encoded = encode(random_request(np.random.default_rng(1), 2, 2), parity_config,
                      TableRows(11, 1031, 97))  # fmt: skip
@@ -108,8 +109,8 @@ async def _read(data: bytes):
 
 
 def test_a_frontend_refuses_at_its_door_while_the_devices_latest_answer_says_full():
+    from server.door.frontend_worker import DeviceLink
     from server.errors import QueueFull
-    from server.frontend_worker import DeviceLink
 
     async def main():
         link = DeviceLink(asyncio.StreamReader(), None, None, 38)

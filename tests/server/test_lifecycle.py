@@ -16,7 +16,7 @@ import pytest
 
 from model import PhoenixModelConfig
 from server.client import RankingClient
-from server.convert import raw_request_to_pb
+from server.contracts.convert import raw_request_to_pb
 from tests.conftest import PARITY_DIR
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN

@@ -1,4 +1,4 @@
-"""The lifecycle state machine alone (server.lifecycle): phases, refusals, parking, settling,
+"""The lifecycle state machine alone (server.operations.lifecycle): phases, refusals, parking, settling,
 from threads as gRPC's handlers call it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from server.errors import ShuttingDown
-from server.lifecycle import Lifecycle, Phase
+from server.operations.lifecycle import Lifecycle, Phase
 
 
 def test_phases_only_advance():

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from server import mapped_file
+from server.engine import mapped_file
+from server.engine.mapped_file import MappedFile, install_lease_handler
 from server.errors import Withdrawn
-from server.mapped_file import MappedFile, install_lease_handler
 
 
 def _file(tmp_path, size=1 << 20):

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from server.admission import MIN_RETRY_MS
-from server.convert import raw_request_to_columnar_pb
+from server.contracts.convert import raw_request_to_columnar_pb
+from server.scheduling.admission import MIN_RETRY_MS
 from tests.helpers import random_request
 from tests.server import xai_forms
 from tests.server.conftest import SMALL_PLAN
@@ -141,7 +141,7 @@ def test_closed_loop_clients_honouring_retry_hints_all_get_through_without_cance
     compilation_cache, clients
 ):
     # Closed loops of 48-candidate calls with 10 s deadlines, honouring retry hints, against the
-    # default capacity (80 calls at once: server.call_limits.MAX_AUTO_CAPACITY says why): up to
+    # default capacity (80 calls at once: server.door.call_limits.MAX_AUTO_CAPACITY says why): up to
     # it every call is answered OK at its first try; past it the calls over are refused
     # RESOURCE_EXHAUSTED at the door with a hint of at least MIN_RETRY_MS, and, waiting as
     # told, every client gets all its answers. Never CANCELLED, nothing shed.
@@ -172,7 +172,7 @@ def test_a_request_body_that_never_arrives_takes_no_place_of_a_call_that_has_its
     compilation_cache,
 ):
     # 4 calls at once, and 4 calls whose body never comes: they wait in places of their own
-    # (server.call_limits.RECEIVE_PLACES), so the next call is served while they wait, and the
+    # (server.door.call_limits.RECEIVE_PLACES), so the next call is served while they wait, and the
     # receive timeout ends them (DEADLINE_EXCEEDED, long before their own 60 s deadline).
     timeout_s = 2.0
     with ServerProcess(*SMALL_PLAN, "--max-concurrent-rpcs", "4", "--receive-timeout-s",

@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
-from server.admission import queue_bound_s
 from server.config import BatcherConfig
-from server.convert import raw_request_to_columnar_pb, raw_request_to_pb
+from server.contracts.convert import raw_request_to_columnar_pb, raw_request_to_pb
 from server.rpc import ranking_pb2 as pb
+from server.scheduling.admission import queue_bound_s
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess

@@ -17,15 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import server.placement
+import server.engine.placement
 from model.checkpoint import default_checkpoint_path, load_checkpoint
-from model.config import TableRows
 from model.generate import init_checkpoint, preset, quantize_checkpoint
 from model.tables import TABLES, host_lookup, quantize_int8, scale_name
 from request.columns import SCHEMA
-from server.buckets import BatchShape
-from server.convert import logits_from_pb, raw_request_to_pb
-from server.placement import HostTables, choose, gathered_rows, hashes_per_table
+from request.hashing import TableRows
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
+from server.engine.placement import HostTables, choose, gathered_rows, hashes_per_table
+from server.scheduling.buckets import BatchShape
 from tests.conftest import ROOT
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
@@ -157,7 +157,7 @@ def test_gathering_keeps_the_mapped_tables_out_of_resident_memory(release, tmp_p
     config, rows = preset("default")
     path = tmp_path / "big.safetensors"
     init_checkpoint(path, config, rows._replace(post=1_000_000))
-    monkeypatch.setattr(server.placement, "RELEASE_BYTES", 16 * 2**20 if release else 2**62)
+    monkeypatch.setattr(server.engine.placement, "RELEASE_BYTES", 16 * 2**20 if release else 2**62)
     ckpt = load_checkpoint(path, verify_tables=False)
     tables = HostTables(ckpt.tables, hashes_per_table(config))
     shape = BatchShape(8, 0, 32)
@@ -225,9 +225,9 @@ RUNNER_PARITY = textwrap.dedent(
     from model import load_checkpoint
     from request.encoding import encode
     from request.layout import Piece, windows
-    from server.buckets import BatchShape
+    from server.scheduling.buckets import BatchShape
     from server.config import ServerConfig, ShapeConfig, TableConfig
-    from server.runner import ModelRunner
+    from server.engine.runner import ModelRunner
     from tests.helpers import random_request
 
     ckpt = load_checkpoint(sys.argv[1])
@@ -340,7 +340,7 @@ def test_a_corrupt_host_placed_table_is_reported_after_serving(tmp_path, compila
     # With device placement the same file is refused at start (its tables are read anyway).
     started = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(bad), "--port", "0",
+        [sys.executable, "-m", "phoenix_ranker", "serve", "--checkpoint", str(bad), "--port", "0",
          "--metrics-port", "0", "--table-placement", "device"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -11,9 +11,9 @@ from model import load_checkpoint
 from model.checkpoint import default_checkpoint_path
 from request.encoding import encode
 from request.layout import Piece, windows
-from server.convert import logits_from_pb, raw_request_to_pb
-from server.prefix_cache import PrefixCache, prefix_key
-from server.runner import ModelRunner
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
+from server.engine.prefix_cache import PrefixCache, prefix_key
+from server.engine.runner import ModelRunner
 from tests.helpers import random_request, runner_config, with_candidates
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess

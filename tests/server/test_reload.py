@@ -22,7 +22,7 @@ import pytest
 import safetensors.numpy
 from prometheus_client import CollectorRegistry
 
-import server.reload
+import server.engine.reload
 from model import Ranker
 from model.checkpoint import (
     content_sha256,
@@ -31,10 +31,10 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.params import flatten, unflatten
-from server.checkpoint_dir import candidates, scan
-from server.convert import logits_from_pb, raw_request_to_pb
-from server.metrics import Metrics
-from server.reload import VersionWatcher, load_best
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
+from server.engine.reload import VersionWatcher, load_best
+from server.operations.checkpoint_dir import candidates, scan
+from server.operations.metrics import Metrics
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import ServerProcess, phoenix_ranker
@@ -110,7 +110,7 @@ def test_whatever_has_a_version_name_is_refused_once_and_the_best_valid_one_load
 
 
 class ServingOne:
-    """`server.versions.Versions` serving version 1, for a watcher that never gets as far as
+    """`server.engine.versions.Versions` serving version 1, for a watcher that never gets as far as
     preparing another (nothing loads)."""
 
     resident = 1
@@ -124,14 +124,14 @@ def test_a_loader_bug_refuses_its_version_with_a_traceback_and_a_lower_one_serve
 ):
     for number in (1, 2):
         shutil.copyfile(default_checkpoint_path(), tmp_path / f"{number}.safetensors")
-    real = server.reload.load_checkpoint
+    real = server.engine.reload.load_checkpoint
 
     def buggy(path, verify_tables=True):
         if Path(path).name != "1.safetensors":
             raise TypeError("a bug in the loader")
         return real(path, verify_tables)
 
-    monkeypatch.setattr(server.reload, "load_checkpoint", buggy)
+    monkeypatch.setattr(server.engine.reload, "load_checkpoint", buggy)
     refused, metrics = set(), Metrics(CollectorRegistry())
     serving, _ = load_best(tmp_path, refused, metrics)  # at start
     assert serving.number == 1 and failures(metrics) == 1
@@ -173,7 +173,7 @@ class VersionedRunner(FakeRunner):
 
 
 def test_a_request_split_across_batches_is_scored_by_one_version():
-    from server.buckets import BucketPlan
+    from server.scheduling.buckets import BucketPlan
 
     async def main():
         # One row per batch, windows of 4: a 12-candidate request runs as 3 batches.
@@ -187,7 +187,7 @@ def test_a_request_split_across_batches_is_scored_by_one_version():
         first, second = await split, await later
         assert (first.model_version, second.model_version) == ("1", "2")
         # Every batch of the split request on version 1, the later one's on version 2; the
-        # later request runs between the split one's batches (server.batcher, step 3).
+        # later request runs between the split one's batches (server.scheduling.batcher, step 3).
         assert runner.scored_by == [("1", [1]), ("1", [1]), ("2", [2]), ("1", [1])]
         await batcher.stop()
 
@@ -378,8 +378,8 @@ def test_a_directory_without_a_loadable_version_is_one_line_and_exit_2(tmp_path)
 
 
 def test_prepare_refuses_non_finite_and_incompatible_versions(tmp_path, parity_checkpoint):
-    from server.runner import ModelRunner
-    from server.versions import IncompatibleVersionError
+    from server.engine.runner import ModelRunner
+    from server.engine.versions import IncompatibleVersionError
     from tests.helpers import runner_config
 
     serving = load_checkpoint(default_checkpoint_path())

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server.convert import raw_request_to_columnar_pb
+from server.contracts.convert import raw_request_to_columnar_pb
 from tests.helpers import random_request
 from tests.server.conftest import SMALL_PLAN
 from tests.server.harness import phoenix_ranker

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from server.convert import (
+from server.contracts.convert import (
     logits_from_pb,
     probabilities_from_pb,
     raw_request_to_columnar_pb,

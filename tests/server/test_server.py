@@ -14,12 +14,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from model import ACTIONS, load_checkpoint
+from model import load_checkpoint
 from model.checkpoint import default_checkpoint_path
-from server.buckets import make_plan
+from request.actions import ACTIONS
 from server.config import Limits
-from server.convert import logits_from_pb, raw_request_to_pb
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
 from server.rpc import ranking_pb2 as pb
+from server.scheduling.buckets import make_plan
 from tests.conftest import ROOT
 from tests.helpers import random_request, with_candidates
 from tests.server.harness import phoenix_ranker

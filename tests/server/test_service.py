@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from model import hash_rows, load_checkpoint
-from server.app import describe
-from server.batcher import Batcher
+from model import load_checkpoint
+from request.hashing import hash_rows
 from server.config import BatcherConfig, Limits, ServerConfig
-from server.convert import logits_from_pb, raw_request_to_pb
-from server.metrics import Metrics, MetricsRecorder
+from server.contracts.convert import logits_from_pb, raw_request_to_pb
+from server.door.service import ModelFacts
+from server.door.transport import GrpcFront
+from server.engine.runner import ModelRunner
+from server.operations.metrics import Metrics, MetricsRecorder
+from server.publication import describe
 from server.rpc import ranking_pb2_grpc
-from server.runner import ModelRunner
-from server.service import ModelFacts
-from server.transport import GrpcFront
+from server.scheduling.batcher import Batcher
 from tests.helpers import random_request, runner_config
 
 POISON_USER = 666

@@ -27,7 +27,7 @@ def test_committed_stubs_match_the_proto(tmp_path):
 
 
 def test_actions_enum_is_the_model_order():
-    from model import ACTIONS
+    from request.actions import ACTIONS
 
     names = [v.name for v in ranking_pb2.Action.DESCRIPTOR.values]
     assert names == ["ACTION_UNSPECIFIED"] + ["ACTION_" + a.upper() for a in ACTIONS]

@@ -1,4 +1,4 @@
-"""What gRPC's transport holds and sheds is in the metrics (server.transport_stats).
+"""What gRPC's transport holds and sheds is in the metrics (server.operations.transport_stats).
 
 The transport's shedding under overload is checked call for call against what clients saw in
 tests/server/test_overload.py; here: the arithmetic, and a call the transport holds that no
@@ -11,7 +11,7 @@ import asyncio
 
 import grpc
 
-from server.transport_stats import TransportCounts, open_streams, server_counts
+from server.operations.transport_stats import TransportCounts, open_streams, server_counts
 from tests.server.harness import ServerProcess
 
 RANK = "/phoenix.ranking.v1.RankingService/Rank"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from server.contracts.wire import length_delimited, varint
 from server.rpc import ranking_pb2 as pb
-from server.wire import length_delimited, varint
 
 
 @pytest.mark.parametrize("value", [1, 127, 128, 300, 2**21, 2**32 - 1])

@@ -1,4 +1,4 @@
-"""xAI's contract (server/xai.py): every history form decoded into our request, pairing of
+"""xAI's contract (server/contracts/xai.py): every history form decoded into our request, pairing of
 sets and sequences, fields outside our subset, refusals naming the field, and the response."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.actions import ACTIONS, NUM_ACTIONS
 from model.checkpoint import load_checkpoint
-from server import xai
+from request.actions import ACTIONS, NUM_ACTIONS
 from server.config import Limits
+from server.contracts import xai
 from server.errors import InvalidArgument
 from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request, sigmoid, varint

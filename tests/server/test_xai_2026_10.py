@@ -17,10 +17,14 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from model.actions import ACTIONS
-from server import xai
+from request.actions import ACTIONS
 from server.config import Limits
-from server.convert import logits_from_pb, probabilities_from_pb, raw_request_to_columnar_pb
+from server.contracts import xai
+from server.contracts.convert import (
+    logits_from_pb,
+    probabilities_from_pb,
+    raw_request_to_columnar_pb,
+)
 from server.rpc import recsys_pb2 as xpb
 from tests.helpers import random_request
 from tests.server import xai_forms

@@ -16,12 +16,16 @@ import grpc
 import numpy as np
 import pytest
 
-from model.actions import ACTIONS, NUM_ACTIONS
 from model.checkpoint import default_checkpoint_path
-from server.convert import logits_from_pb, probabilities_from_pb, raw_request_to_columnar_pb
+from request.actions import ACTIONS, NUM_ACTIONS
+from server.contracts.convert import (
+    logits_from_pb,
+    probabilities_from_pb,
+    raw_request_to_columnar_pb,
+)
+from server.contracts.xai import ACTION_VALUES, OUR_INDEX, VECTOR_LENGTH
 from server.rpc import recsys_pb2 as xpb
 from server.rpc import recsys_pb2_grpc
-from server.xai import ACTION_VALUES, OUR_INDEX, VECTOR_LENGTH
 from tests.conftest import ROOT
 from tests.helpers import random_request
 from tests.server import xai_forms

@@ -1,5 +1,5 @@
 """Building xAI PredictNextActions requests from our RawRequests, in each history form the
-contract defines (for the tests of server/xai.py and the served parity tests), and reading the
+contract defines (for the tests of server/contracts/xai.py and the served parity tests), and reading the
 examples for xAI's caller (examples/xai-*.json)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import json
 import numpy as np
 from google.protobuf import json_format
 
-from model.actions import ACTIONS
+from request.actions import ACTIONS
 from request.raw import RawRequest
+from server.contracts.xai import XAI_ACTION_OF
 from server.rpc import recsys_pb2 as xpb
-from server.xai import XAI_ACTION_OF
 from tests.conftest import ROOT
 
 # Each history form of the contract; the first two carry one action per event.

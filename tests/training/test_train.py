@@ -11,11 +11,11 @@ from model import (
     HashConfig,
     PhoenixModelConfig,
     Ranker,
-    TableRows,
     TransformerConfig,
     load_checkpoint,
 )
 from model.checkpoint import default_checkpoint_path
+from request.hashing import TableRows
 from training.evaluate import evaluate, popularity_table, roc_auc
 from training.manifest import manifest_path
 from training.train import TrainConfig, datasets, train

@@ -4,7 +4,7 @@ use crate::xai::{ActionName, ContinuousActionName, NextActionDistribution};
 
 /// The 19 action names in proto order: `pb::Action` value `a` is named `ACTIONS[a - 1]`.
 ///
-/// Must match `model/actions.py` `ACTIONS` (the Python side's list, which the server reports as
+/// Must match `request/actions.py` `ACTIONS` (the Python side's list, which the server reports as
 /// `ModelInfo.actions`) and the `Action` enum of `proto/phoenix/ranking/v1/ranking.proto`. The
 /// unit test `actions_follow_the_proto_enum` checks the proto; the integration test
 /// `contract_against_a_live_server` checks the server's `ModelInfo.actions`; and
@@ -32,7 +32,7 @@ pub const ACTIONS: [&str; 19] = [
 ];
 
 /// Our action name -> xAI's `ActionName`: the 18 actions xAI's home-mixer reads, indexing the
-/// `topLogProbs` of a `PredictNextActions` answer. Python's `server/xai.py` `XAI_ACTION_OF`
+/// `topLogProbs` of a `PredictNextActions` answer. Python's `server/contracts/xai.py` `XAI_ACTION_OF`
 /// states the same table (`tests/clients/test_rust_python_parity.py` holds them equal, through
 /// `rank --print-xai-actions`). Our 19th action, `dwell_time`, comes back as the continuous
 /// value `DWELL_TIME`.

@@ -112,7 +112,7 @@ try:
 except ImportError:  # before RawRequest moved from model.features to the request package
     from model.features import RawRequest
 from server.client import RankingClient
-from server.convert import raw_request_to_pb
+from server.contracts.convert import raw_request_to_pb
 raw = RawRequest.from_dict(json.load(open(sys.argv[2])))
 with RankingClient(sys.argv[1]) as client:
     response = client.rank(raw_request_to_pb(raw))

@@ -1,0 +1,1 @@
+"""The product: `phoenix-ranker`, its command line (`cli`) over the packages beside it."""
