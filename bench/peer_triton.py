@@ -53,6 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from request.columns import COLUMNS  # noqa: E402
+
 PEER_VENV = Path(
     os.environ.get("PHOENIX_PEER_VENV", Path.home() / ".cache" / "phoenix-bench" / "peer-venv")
 )
@@ -65,10 +67,7 @@ PEER_PACKAGES = [
     "jsonschema",  # request.raw (imported by request.layout)
 ]
 MODEL_NAME = "phoenix"
-INPUTS = (
-    "user_rows", "history_post_rows", "history_author_rows", "history_actions",
-    "history_surface", "candidate_post_rows", "candidate_author_rows", "candidate_surface",
-)  # fmt: skip
+INPUTS = tuple(c.name for c in COLUMNS)  # the model's inputs, in RankingBatch order
 TRITON_CALL = "inference.GRPCInferenceService/ModelInfer"
 
 

@@ -21,13 +21,7 @@ import jax.numpy as jnp
 
 from model.attention import SequenceContext
 from model.config import PhoenixModelConfig
-from model.embeddings import (
-    HashEmbeddings,
-    action_embeddings,
-    candidate_tokens,
-    history_tokens,
-    user_tokens,
-)
+from model.embeddings import HashEmbeddings, part_tokens
 from model.layers import RMSNorm
 from model.rope import sequence_positions
 from model.transformer import Transformer
@@ -60,28 +54,10 @@ class PhoenixModel(hk.Module):
         dtype: jnp.dtype,
         attention: str,
     ) -> jax.Array:
-        c, h = self.config, self.config.hash_config
+        c = self.config
         d, a = c.emb_size, c.num_actions
-        surfaces = self._param("product_surface_embedding_table", [c.product_surface_vocab_size, d])
-
-        user = user_tokens(
-            tables.lookup("user", batch.user_rows),
-            self._param("proj_mat_1", [h.num_user_hashes * d, d]),
-        )  # [B, 1, D]
-        history = history_tokens(
-            tables.lookup("post", batch.history_post_rows),
-            tables.lookup("author", batch.history_author_rows),
-            action_embeddings(batch.history_actions, self._param("action_projection", [a, d])),
-            jnp.take(surfaces, batch.history_surface, axis=0),
-            self._param("proj_mat_3", [(h.num_item_hashes + h.num_author_hashes + 2) * d, d]),
-        )  # [B, S, D]
-        candidates = candidate_tokens(
-            tables.lookup("post", batch.candidate_post_rows),
-            tables.lookup("author", batch.candidate_author_rows),
-            jnp.take(surfaces, batch.candidate_surface, axis=0),
-            self._param("proj_mat_2", [(h.num_item_hashes + h.num_author_hashes + 1) * d, d]),
-        )  # [B, C, D]
-
+        user, history, candidates = part_tokens(batch, c, self._param, tables.lookup)
+        # user [B, 1, D], history [B, S, D], candidates [B, C, D]
         tokens = jnp.concatenate([user, history, candidates], axis=1).astype(dtype)  # [B, T, D]
         padding_mask = jnp.concatenate(
             [

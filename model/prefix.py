@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from model.attention import candidate_attention, masked_attention
 from model.config import PhoenixModelConfig
-from model.embeddings import action_embeddings, candidate_tokens, history_tokens, user_tokens
+from model.embeddings import part_tokens
 from model.layers import rms_norm
 from model.mask import prefix_attn_mask
 from model.rope import apply_rope, sequence_positions
@@ -140,9 +140,12 @@ def _param(params, name: str) -> jax.Array:
     return params["phoenix_model"][name]
 
 
-def _table(params, table: str, rows: jax.Array) -> jax.Array:
-    """float32 rows of a table in any storage dtype (`model.tables`)."""
-    return lookup(params[TABLE_MODULE], table, rows)
+def _tokens(params, config: PhoenixModelConfig, inputs, parts: tuple[str, ...]):
+    """`model.embeddings.part_tokens` over a parameter tree, its tables in any storage
+    dtype (`model.tables`)."""
+    param = lambda name, _shape: _param(params, name)  # noqa: E731
+    table = lambda name, rows: lookup(params[TABLE_MODULE], name, rows)  # noqa: E731
+    return part_tokens(inputs, config, param, table, parts)
 
 
 def encode_prefixes(
@@ -150,15 +153,7 @@ def encode_prefixes(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """User + history of R requests -> (keys, values [L, R, P, G, K], valid bool [R, P])."""
     c, m = config, config.model
-    surfaces = _param(params, "product_surface_embedding_table")
-    user = user_tokens(_table(params, "user", prefix.user_rows), _param(params, "proj_mat_1"))
-    history = history_tokens(
-        _table(params, "post", prefix.history_post_rows),
-        _table(params, "author", prefix.history_author_rows),
-        action_embeddings(prefix.history_actions, _param(params, "action_projection")),
-        jnp.take(surfaces, prefix.history_surface, axis=0),
-        _param(params, "proj_mat_3"),
-    )
+    user, history = _tokens(params, c, prefix, ("user", "history"))  # [R, 1, D], [R, S, D]
     h = jnp.concatenate([user, history], axis=1).astype(dtype)  # [R, P, D]
     p = h.shape[1]
     valid = jnp.concatenate(
@@ -212,13 +207,8 @@ def score_chunks(
     chunk_slot: int32 [Kc], the slab slot holding each chunk's request's prefix.
     """
     c, m = config, config.model
-    surfaces = _param(params, "product_surface_embedding_table")
-    h = candidate_tokens(
-        _table(params, "post", chunks.candidate_post_rows),
-        _table(params, "author", chunks.candidate_author_rows),
-        jnp.take(surfaces, chunks.candidate_surface, axis=0),
-        _param(params, "proj_mat_2"),
-    ).astype(dtype)  # [Kc, C, D]
+    (h,) = _tokens(params, c, chunks, ("candidate",))
+    h = h.astype(dtype)  # [Kc, C, D]
     kc, size = h.shape[:2]
     real = chunks.candidate_post_rows[:, :, 0] != 0  # [Kc, C]
     positions = candidate_positions(c, kc, size)

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-TABLES = ("user", "post", "author")  # the order of `model.config.TableRows`
+from request.hashing import TableRows
+
+TABLES = TableRows._fields  # "user", "post", "author"
 TABLE_MODULE = "hash_embeddings"  # the parameter subtree holding the tables (and scales)
 TABLE_DTYPES = ("float32", "bfloat16", "int8")
 SCALE_SUFFIX = "_scale"

@@ -3,10 +3,11 @@
 Glossary: n history events of one request, m its candidates, B batch rows, S history slots,
 C candidate slots, U / I / Au hashes per user / post / author id, A actions.
 
-Every array the model reads about a request is one `Column` of `COLUMNS`: its name, dtype,
-per-row width, which part of the request it describes (the user, one history event, or one
-candidate) and, for hashed ids, the table whose rows it holds and the raw id column it is
-hashed from. The rest of the request path is derived from this list, never restated:
+Every array the model reads about a request is one `Column` of `COLUMNS`, derived from one
+`request.features.Feature`: its name, dtype, per-row width, which part of the request it
+describes (the user, one history event, or one candidate) and, for hashed ids, the table whose
+rows it holds and the raw feature it is hashed from. The rest of the request path is derived
+from this list, never restated:
 
     EncodedRequest                  one request's arrays: user [U], history [n, ...], candidates [m, ...]
     RankingBatch                    padded batch rows: user [B, U], history [B, S, ...], candidates [B, C, ...]
@@ -18,18 +19,17 @@ hashed from. The rest of the request path is derived from this list, never resta
     filled                          a synthetic request of any size (the device-rate measurement)
 
 `request.encoding.encode` hashes a `RawRequest` into an EncodedRequest column by column from
-the same list. Adding an input array is therefore one `Column` here, its raw form and
-decoders (`request.raw`, the proto and `server.contracts.convert`) and the model that reads it.
+the same list. Adding an input array is therefore one feature (`request.features`) and the
+model that reads it.
 
-numpy only, and nothing of this project below it: model code and the request path both
-import it.
+numpy only, and nothing of this project below it but the request's own declarations: model
+code and the request path both import it.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 import hashlib
 import operator
 from collections.abc import Iterable, Mapping
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from request.features import FEATURES, Part
 
 
 class ModelShape(Protocol):
@@ -47,19 +49,6 @@ class ModelShape(Protocol):
     num_actions: int  # A
     product_surface_vocab_size: int  # surfaces are 0 .. this - 1
     hash_config: Any  # num_user_hashes, num_item_hashes, num_author_hashes
-
-
-class Part(enum.Enum):
-    """What one row of a column describes."""
-
-    USER = "user"  # the request's user: one row per request, [*width]
-    HISTORY = "history"  # one history event: [n, *width] per request, [B, S, *width] batched
-    CANDIDATE = "candidate"  # one candidate: [m, *width] per request, [B, C, *width] batched
-
-    @property
-    def prefix(self) -> bool:
-        """User and history make a request's prefix: the same for all of its candidates."""
-        return self is not Part.CANDIDATE
 
 
 @dataclass(frozen=True)
@@ -79,24 +68,9 @@ class Column:
         return () if self.width is None else (int(operator.attrgetter(self.width)(config)),)
 
 
-COLUMNS: tuple[Column, ...] = (
-    Column("user_rows", "int32", Part.USER, "hash_config.num_user_hashes", "user", "user_id",
-           "the user id hashed into the user table, [U]"),
-    Column("history_post_rows", "int32", Part.HISTORY, "hash_config.num_item_hashes", "post",
-           "history_post_ids", "each event's post hashed into the post table, [n, I]"),
-    Column("history_author_rows", "int32", Part.HISTORY, "hash_config.num_author_hashes",
-           "author", "history_author_ids", "each event's author, [n, Au]"),
-    Column("history_actions", "uint8", Part.HISTORY, "num_actions", None, "history_actions",
-           "each event's actions, multi-hot, [n, A]"),
-    Column("history_surface", "int32", Part.HISTORY, None, None, "history_surface",
-           "each event's product surface, [n]"),
-    Column("candidate_post_rows", "int32", Part.CANDIDATE, "hash_config.num_item_hashes", "post",
-           "candidate_post_ids", "each candidate's post, [m, I]"),
-    Column("candidate_author_rows", "int32", Part.CANDIDATE, "hash_config.num_author_hashes",
-           "author", "candidate_author_ids", "each candidate's author, [m, Au]"),
-    Column("candidate_surface", "int32", Part.CANDIDATE, None, None, "candidate_surface",
-           "where each candidate would be shown, [m]"),
-)  # fmt: skip
+COLUMNS: tuple[Column, ...] = tuple(
+    Column(f.input_name, f.input_dtype, f.part, f.width, f.table, f.name, f.doc) for f in FEATURES
+)
 
 
 @dataclass(frozen=True)

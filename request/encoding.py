@@ -9,13 +9,15 @@ hashes its raw id column into that table's rows, the others are copied in their 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from request.columns import SCHEMA, EncodedRequest, ModelShape, Part, Schema
 from request.hashing import TableRows, hash_ids
 from request.raw import RawRequest
 
-__all__ = ["EncodedRequest", "encode", "hash_segments"]
+__all__ = ["EncodedRequest", "encode", "hash_segments", "model_inputs"]
 
 
 def encode(
@@ -28,23 +30,35 @@ def encode(
     a few dozen numpy calls per request instead of a few dozen per column.
     """
     keep = slice(max(0, raw.num_history - config.history_seq_len), None)
-
-    def source(column) -> np.ndarray:
-        value = getattr(raw, column.source)
-        if column.part is Part.USER:
-            return np.array([value], np.uint64 if column.table else column.dtype)
-        return value[keep] if column.part is Part.HISTORY else value
-
-    hashed = [c for c in schema.columns if c.table is not None]
-    segments = [(source(c), c.row_shape(config)[0], getattr(rows, c.table)) for c in hashed]
-    arrays = dict(zip((c.name for c in hashed), hash_segments(segments), strict=True))
+    features = {}
     for c in schema.columns:
-        if c.table is None:
-            arrays[c.name] = np.ascontiguousarray(source(c), dtype=c.dtype)
+        value = getattr(raw, c.source)
+        if c.part is Part.USER:  # one row: [1] while hashing
+            value = np.array([value], np.uint64 if c.table else c.dtype)
+        features[c.source] = value[keep] if c.part is Part.HISTORY else value
+    arrays = model_inputs(features, config, rows, schema)
     for c in schema.columns:
         if c.part is Part.USER:
             arrays[c.name] = arrays[c.name][0]
     return schema.request(arrays)
+
+
+def model_inputs(features: Mapping[str, np.ndarray], config: ModelShape, rows: TableRows,
+                 schema: Schema = SCHEMA) -> dict[str, np.ndarray]:  # fmt: skip
+    """Raw features by name, of any leading shape [...] (one request's [n] or [m], or a
+    dataset's [N, S]), as the model inputs they become: ids hashed into their table's rows
+    [..., k] (all in one pass), the others cast to the input's dtype."""
+    hashed = [c for c in schema.columns if c.table is not None]
+    segments = [(np.asarray(features[c.source]).reshape(-1), c.row_shape(config)[0],
+                 getattr(rows, c.table)) for c in hashed]  # fmt: skip
+    arrays = {
+        c.name: r.reshape(*np.shape(features[c.source]), r.shape[1])
+        for c, r in zip(hashed, hash_segments(segments), strict=True)
+    }
+    for c in schema.columns:
+        if c.table is None:
+            arrays[c.name] = np.ascontiguousarray(features[c.source], dtype=c.dtype)
+    return arrays
 
 
 def hash_segments(segments) -> list[np.ndarray]:

@@ -13,7 +13,8 @@ Shapes: N ids, n hashes per id.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import operator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,7 +25,7 @@ _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 class TableRows(NamedTuple):
-    """Row counts of the three hash tables a request's ids hash into."""
+    """Row counts of the hash tables a request's ids hash into (its fields: the tables)."""
 
     user: int
     post: int
@@ -35,6 +36,21 @@ class TableRows(NamedTuple):
         """Read from a parameter tree's `hash_embeddings/<table>` shapes."""
         tables = params["hash_embeddings"]
         return cls(*(int(tables[name].shape[0]) for name in cls._fields))
+
+
+# Each table's hashes per id: the model config attribute that counts them (the reference's
+# names: a post is an "item").
+HASHES = {
+    "user": "hash_config.num_user_hashes",
+    "post": "hash_config.num_item_hashes",
+    "author": "hash_config.num_author_hashes",
+}
+assert tuple(HASHES) == TableRows._fields
+
+
+def hashes_per_table(config: Any) -> dict[str, int]:
+    """Hashes per id of each table, for a model config (`request.columns.ModelShape`)."""
+    return {table: int(operator.attrgetter(attr)(config)) for table, attr in HASHES.items()}
 
 
 def splitmix64_mix(z: np.ndarray) -> np.ndarray:

@@ -2,18 +2,19 @@
 
 Glossary: n history events, m candidates, A actions (19).
 
-`RawRequest` is what a client sends, as numpy columns. Its JSON form (what
+`RawRequest` is what a client sends, as numpy columns: one field per feature of
+`request.features`, from which its JSON form and its validation are derived too. Its JSON form (what
 `phoenix-ranker rank --request FILE` reads; `examples/request.json` is one) is defined by the
 JSON Schema in `request.schema`, which `from_dict` validates against before anything else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from request.actions import ACTIONS, NUM_ACTIONS, action_index
 from request.columns import ModelShape
+from request.features import FEATURES, Feature, Kind, Part, of_part
 from request.schema import UINT64_MAX, request_schema
 
 
@@ -46,27 +48,18 @@ def read_json_file(path: str | os.PathLike) -> Any:
         raise RequestError("request", f"{path} is not JSON: {e}") from None
 
 
-@dataclass(frozen=True, eq=False)
-class RawRequest:
-    """One ranking request in raw ids. History is oldest first; candidates in request order."""
-
-    user_id: int
-    history_post_ids: np.ndarray  # uint64 [n]
-    history_author_ids: np.ndarray  # uint64 [n]
-    history_actions: np.ndarray  # uint8 [n, A], multi-hot over ACTIONS
-    history_surface: np.ndarray  # int64 [n], product surface index
-    candidate_post_ids: np.ndarray  # uint64 [m]
-    candidate_author_ids: np.ndarray  # uint64 [m]
-    candidate_surface: np.ndarray  # int64 [m]
-    request_id: str = ""
+class _RawRequest:
+    """One ranking request in raw ids: one field per feature (`request.features.FEATURES`;
+    ids uint64, indices int64, actions uint8 [A] multi-hot over ACTIONS; history [n, ...]
+    oldest first, candidates [m, ...] in request order), then `request_id`."""
 
     @property
     def num_candidates(self) -> int:
-        return len(self.candidate_post_ids)
+        return len(getattr(self, of_part(Part.CANDIDATE)[0].name))
 
     @property
     def num_history(self) -> int:
-        return len(self.history_post_ids)
+        return len(getattr(self, of_part(Part.HISTORY)[0].name))
 
     @classmethod
     def from_dict(cls, data: Any) -> RawRequest:
@@ -75,94 +68,99 @@ class RawRequest:
         RequestError names the first field that breaks the schema.
         """
         check_schema(data)
-        history = data.get("history", [])
-        candidates = data.get("candidates", [])
-        actions = np.zeros((len(history), NUM_ACTIONS), dtype=np.uint8)
-        for i, event in enumerate(history):
-            for name in event.get("actions", []):  # names the schema has checked
-                actions[i, action_index(name)] = 1
-        return cls(
-            user_id=_uint64(data.get("user_id"), "user_id"),
-            history_post_ids=_ids(history, "post_id", "history"),
-            history_author_ids=_ids(history, "author_id", "history"),
-            history_actions=actions,
-            history_surface=np.array([e.get("product_surface", 0) for e in history], np.int64),
-            candidate_post_ids=_ids(candidates, "post_id", "candidates"),
-            candidate_author_ids=_ids(candidates, "author_id", "candidates"),
-            candidate_surface=np.array([c.get("product_surface", 0) for c in candidates], np.int64),
-            request_id=str(data.get("request_id", "")),
-        )
-
-    def history_rows(self) -> Iterator[tuple[int, int, list[int], int]]:
-        """(post_id, author_id, indices of the actions taken, product_surface) per event."""
-        for p, a, acts, s in zip(
-            self.history_post_ids,
-            self.history_author_ids,
-            self.history_actions,
-            self.history_surface,
-            strict=True,
-        ):
-            yield int(p), int(a), np.flatnonzero(acts).tolist(), int(s)
-
-    def candidate_rows(self) -> Iterator[tuple[int, int, int]]:
-        """(post_id, author_id, product_surface) per candidate."""
-        for p, a, s in zip(
-            self.candidate_post_ids, self.candidate_author_ids, self.candidate_surface, strict=True
-        ):
-            yield int(p), int(a), int(s)
+        fields = {}
+        for f in FEATURES:
+            if f.part is Part.USER:
+                fields[f.name] = _uint64(data.get(f.key), f.key)
+                continue
+            items = data.get(f.part.items, [])
+            fields[f.name] = _from_items(f, items)
+        return cls(**fields, request_id=str(data.get("request_id", "")))
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RawRequest:
         """Read a request file; RequestError (one line) if it is missing or malformed."""
         return cls.from_dict(read_json_file(path))
 
+    def items(self, part: Part) -> list[dict[str, Any]]:
+        """The history events or candidates as the JSON form's items: {key: value} (actions
+        as indices into ACTIONS)."""
+        features = of_part(part)
+        columns = [getattr(self, f.name) for f in features]
+        count = len(columns[0])
+        return [
+            {f.key: _item_value(f, column[i]) for f, column in zip(features, columns, strict=True)}
+            for i in range(count)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form `from_dict` reads."""
-        return {
-            "user_id": int(self.user_id),
-            "history": [
-                {
-                    "post_id": p,
-                    "author_id": a,
-                    "actions": [ACTIONS[j] for j in acts],
-                    "product_surface": s,
-                }
-                for p, a, acts, s in self.history_rows()
-            ],
-            "candidates": [
-                {"post_id": p, "author_id": a, "product_surface": s}
-                for p, a, s in self.candidate_rows()
-            ],
-            "request_id": self.request_id,
-        }
+        out: dict[str, Any] = {f.key: int(getattr(self, f.name)) for f in of_part(Part.USER)}
+        for part in (Part.HISTORY, Part.CANDIDATE):
+            items = self.items(part)
+            for item in items:
+                for f in of_part(part):
+                    if f.kind is Kind.ACTIONS:
+                        item[f.key] = [ACTIONS[j] for j in item[f.key]]
+            out[part.items] = items
+        out["request_id"] = self.request_id
+        return out
 
     def validate(self, config: ModelShape) -> None:
         """Raise RequestError naming the first field the model cannot take."""
-        n, m = self.num_history, self.num_candidates
-        for name, arr, length in (
-            ("history.author_id", self.history_author_ids, n),
-            ("history.product_surface", self.history_surface, n),
-            ("candidates.author_id", self.candidate_author_ids, m),
-            ("candidates.product_surface", self.candidate_surface, m),
-        ):
-            if len(arr) != length:
-                raise RequestError(name, f"has {len(arr)} values for {length} items")
-        if self.history_actions.shape != (n, NUM_ACTIONS):
-            raise RequestError(
-                "history.actions", f"shape {self.history_actions.shape} != ({n}, {NUM_ACTIONS})"
-            )
-        vocab = config.product_surface_vocab_size
-        for where, surfaces in (
-            ("history", self.history_surface),
-            ("candidates", self.candidate_surface),
-        ):
-            bad = np.flatnonzero((surfaces < 0) | (surfaces >= vocab))
+        for part in (Part.HISTORY, Part.CANDIDATE):
+            features = of_part(part)
+            count = len(getattr(self, features[0].name))
+            for f in features:
+                value = getattr(self, f.name)
+                if value.shape != (count, *f.row_shape):
+                    where = f"{part.items}.{f.key}"
+                    if f.kind is Kind.ACTIONS:
+                        raise RequestError(where, f"shape {value.shape} != "
+                                           f"({count}, {NUM_ACTIONS})")  # fmt: skip
+                    raise RequestError(where, f"has {len(value)} values for {count} items")
+        for f in FEATURES:
+            if f.vocab is None:
+                continue
+            values, vocab = getattr(self, f.name), getattr(config, f.vocab)
+            bad = np.flatnonzero((values < 0) | (values >= vocab))
             if bad.size:
                 i = int(bad[0])
                 raise RequestError(
-                    f"{where}[{i}].product_surface",
-                    f"{int(surfaces[i])} is outside the vocabulary [0, {vocab})",
+                    f"{f.part.items}[{i}].{f.key}",
+                    f"{int(values[i])} is outside the vocabulary [0, {vocab})",
                 )
+
+
+RawRequest = dataclasses.make_dataclass(
+    "RawRequest",
+    [(f.name, int if f.part is Part.USER else np.ndarray) for f in FEATURES]
+    + [("request_id", str, dataclasses.field(default=""))],
+    bases=(_RawRequest,),
+    frozen=True,
+    eq=False,
+)
+RawRequest.__module__ = __name__
+RawRequest.__doc__ = _RawRequest.__doc__
+
+
+def _from_items(f: Feature, items: Sequence[dict[str, Any]]) -> np.ndarray:
+    """A history or candidate feature's column from the JSON form's items (schema-checked)."""
+    where = f.part.items
+    if f.kind is Kind.ID:
+        return _ids(items, f.key, where)
+    if f.kind is Kind.ACTIONS:
+        out = f.empty(len(items))
+        for i, item in enumerate(items):
+            for name in item.get(f.key, []):  # names the schema has checked
+                out[i, action_index(name)] = 1
+        return out
+    return np.array([item.get(f.key, 0) for item in items], f.dtype)
+
+
+def _item_value(f: Feature, value: np.ndarray) -> Any:
+    """One item's value of a feature as a Python value (actions: the indices taken)."""
+    return np.flatnonzero(value).tolist() if f.kind is Kind.ACTIONS else int(value)
 
 
 def check_schema(data: Any) -> None:

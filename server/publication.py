@@ -25,6 +25,7 @@ from pathlib import Path
 from model.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, verify_file
 from model.errors import CheckpointError
 from request.actions import ACTIONS
+from request.features import VOCABULARIES
 from server.config import Limits, ServerConfig
 from server.door.transport import Front
 from server.engine.reload import VersionWatcher, load_best
@@ -83,7 +84,7 @@ def describe(runner: ModelRunner, limits: Limits, checkpoint_sha256: str | None 
         key_size=m.key_size,
         widening_factor=m.widening_factor,
         attn_output_multiplier=m.attn_output_multiplier,
-        product_surface_vocab_size=c.product_surface_vocab_size,
+        **{vocab: getattr(c, vocab) for vocab in VOCABULARIES},
         num_user_hashes=h.num_user_hashes,
         num_item_hashes=h.num_item_hashes,
         num_author_hashes=h.num_author_hashes,

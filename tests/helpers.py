@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from request.actions import NUM_ACTIONS
+from request.features import FEATURES, Kind, Part, of_part
 from request.raw import RawRequest
 from server.config import ServerConfig, ShapeConfig
 
@@ -25,38 +28,29 @@ def runner_config(
 def random_request(
     rng: np.random.Generator, history: int, candidates: int, request_id: str = ""
 ) -> RawRequest:
-    """Uniformly random 64-bit ids, actions and surfaces (surfaces < 16)."""
-
-    def ids(n: int) -> np.ndarray:
-        return rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True)
-
-    return RawRequest(
-        user_id=int(ids(1)[0]),
-        history_post_ids=ids(history),
-        history_author_ids=ids(history),
-        history_actions=(rng.random((history, NUM_ACTIONS)) < 0.15).astype(np.uint8),
-        history_surface=rng.integers(0, 16, size=history),
-        candidate_post_ids=ids(candidates),
-        candidate_author_ids=ids(candidates),
-        candidate_surface=rng.integers(0, 16, size=candidates),
-        request_id=request_id,
-    )
+    """Every feature (`request.features`) uniformly random: 64-bit ids, actions (each taken
+    with probability 0.15) and indices below 16."""
+    count = {Part.USER: None, Part.HISTORY: history, Part.CANDIDATE: candidates}
+    fields = {}
+    for f in FEATURES:
+        n = count[f.part]
+        if f.kind is Kind.ID:
+            ids = rng.integers(
+                0, 2**64 - 1, size=1 if n is None else n, dtype=np.uint64, endpoint=True
+            )
+            fields[f.name] = int(ids[0]) if n is None else ids
+        elif f.kind is Kind.ACTIONS:
+            fields[f.name] = (rng.random((n, NUM_ACTIONS)) < 0.15).astype(np.uint8)
+        else:
+            fields[f.name] = rng.integers(0, 16, size=n)
+    return RawRequest(**fields, request_id=request_id)
 
 
 def with_candidates(request: RawRequest, index) -> RawRequest:
     """The same user and history with candidates `index` of `request` (any order, repeats)."""
     index = np.asarray(index, dtype=np.int64)
-    return RawRequest(
-        user_id=request.user_id,
-        history_post_ids=request.history_post_ids,
-        history_author_ids=request.history_author_ids,
-        history_actions=request.history_actions,
-        history_surface=request.history_surface,
-        candidate_post_ids=request.candidate_post_ids[index],
-        candidate_author_ids=request.candidate_author_ids[index],
-        candidate_surface=request.candidate_surface[index],
-        request_id=request.request_id,
-    )
+    picked = {f.name: getattr(request, f.name)[index] for f in of_part(Part.CANDIDATE)}
+    return dataclasses.replace(request, **picked)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

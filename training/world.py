@@ -23,7 +23,10 @@ import numpy as np
 
 from model.config import PhoenixModelConfig
 from request.actions import ACTIONS, NEGATIVE_ACTIONS, NUM_ACTIONS
-from request.hashing import TableRows, hash_rows
+from request.columns import SCHEMA
+from request.encoding import model_inputs
+from request.features import FEATURES, Part, of_part
+from request.hashing import TableRows
 from request.layout import RankingBatch
 from request.raw import RawRequest
 
@@ -69,57 +72,38 @@ def _unique_ids(rng: np.random.Generator, n: int) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """N synthetic requests with labels; history slots past `history_len` are padding."""
+    """N synthetic requests with labels: every feature of a request (`request.features`) as
+    [N] (the user's), [N, S, ...] (history; slots past `history_len` are padding) or
+    [N, C, ...] (candidates)."""
 
-    user_ids: np.ndarray  # uint64 [N]
+    features: dict[str, np.ndarray]  # RawRequest field -> its values over the dataset
     history_len: np.ndarray  # int32 [N]
-    history_post_ids: np.ndarray  # uint64 [N, S]
-    history_author_ids: np.ndarray  # uint64 [N, S]
-    history_actions: np.ndarray  # uint8 [N, S, A]
-    history_surface: np.ndarray  # int64 [N, S]
-    candidate_post_ids: np.ndarray  # uint64 [N, C]
-    candidate_author_ids: np.ndarray  # uint64 [N, C]
-    candidate_surface: np.ndarray  # int64 [N, C]
     candidate_post_index: np.ndarray  # int64 [N, C], index of the post in the world
     labels: np.ndarray  # uint8 [N, C, A]
     probabilities: np.ndarray  # float32 [N, C, A], the ground truth the labels were drawn from
 
     def __len__(self) -> int:
-        return len(self.user_ids)
+        return len(self.history_len)
 
     def request(self, i: int) -> RawRequest:
         n = int(self.history_len[i])
-        return RawRequest(
-            user_id=int(self.user_ids[i]),
-            history_post_ids=self.history_post_ids[i, :n],
-            history_author_ids=self.history_author_ids[i, :n],
-            history_actions=self.history_actions[i, :n],
-            history_surface=self.history_surface[i, :n],
-            candidate_post_ids=self.candidate_post_ids[i],
-            candidate_author_ids=self.candidate_author_ids[i],
-            candidate_surface=self.candidate_surface[i],
-            request_id=f"synthetic-{i}",
-        )
+        fields = {}
+        for f in FEATURES:
+            values = self.features[f.name][i]
+            fields[f.name] = {Part.USER: lambda v: int(v), Part.HISTORY: lambda v: v[:n],
+                              Part.CANDIDATE: lambda v: v}[f.part](values)  # fmt: skip
+        return RawRequest(**fields, request_id=f"synthetic-{i}")
 
     def batch(self, config: PhoenixModelConfig, rows: TableRows, index: np.ndarray) -> RankingBatch:
-        """Rows `index` hashed into a full-size numpy batch [len(index), S, C]."""
-        h = config.hash_config
-        valid = np.arange(self.history_post_ids.shape[1])[None, :] < self.history_len[index, None]
-
-        def rows_of(ids, num_hashes, table_rows, mask=None):
-            out = hash_rows(ids.reshape(-1), num_hashes, table_rows).reshape(*ids.shape, num_hashes)
-            return out if mask is None else out * mask[..., None]
-
-        return RankingBatch(
-            user_rows=rows_of(self.user_ids[index], h.num_user_hashes, rows.user),
-            history_post_rows=rows_of(self.history_post_ids[index], h.num_item_hashes, rows.post, valid),
-            history_author_rows=rows_of(self.history_author_ids[index], h.num_author_hashes, rows.author, valid),
-            history_actions=self.history_actions[index] * valid[..., None].astype(np.uint8),
-            history_surface=(self.history_surface[index] * valid).astype(np.int32),
-            candidate_post_rows=rows_of(self.candidate_post_ids[index], h.num_item_hashes, rows.post),
-            candidate_author_rows=rows_of(self.candidate_author_ids[index], h.num_author_hashes, rows.author),
-            candidate_surface=self.candidate_surface[index].astype(np.int32),
-        )  # fmt: skip
+        """Rows `index` hashed into a full-size numpy batch [len(index), S, C] (the same
+        hashing as serving: `request.encoding.model_inputs`), history padding zeroed."""
+        inputs = model_inputs({k: v[index] for k, v in self.features.items()}, config, rows)
+        slots = self.features[of_part(Part.HISTORY)[0].name].shape[1]
+        padding = np.arange(slots)[None, :] >= self.history_len[index, None]  # [B, S]
+        for c in SCHEMA.columns:
+            if c.part is Part.HISTORY:
+                inputs[c.name][padding] = 0
+        return RankingBatch(**inputs)
 
 
 class World:
@@ -181,17 +165,18 @@ class World:
         cand_surface = rng.integers(0, c.product_surface_vocab_size, size=(n, m))
         cand_p = self.probabilities(users[:, None], cand_posts, cand_surface)
         labels = (rng.random(cand_p.shape) < cand_p).astype(np.uint8)
-        return Dataset(
-            user_ids=self.user_ids[users],
-            history_len=history_len,
-            history_post_ids=self.post_ids[hist_posts],
-            history_author_ids=self.author_ids[self.post_author[hist_posts]],
-            history_actions=hist_actions,
-            history_surface=hist_surface,
-            candidate_post_ids=self.post_ids[cand_posts],
-            candidate_author_ids=self.author_ids[self.post_author[cand_posts]],
-            candidate_surface=cand_surface,
-            candidate_post_index=cand_posts,
-            labels=labels,
-            probabilities=cand_p,
-        )
+        modelled = {
+            "user_id": self.user_ids[users],
+            "history_post_ids": self.post_ids[hist_posts],
+            "history_author_ids": self.author_ids[self.post_author[hist_posts]],
+            "history_actions": hist_actions,
+            "history_surface": hist_surface,
+            "candidate_post_ids": self.post_ids[cand_posts],
+            "candidate_author_ids": self.author_ids[self.post_author[cand_posts]],
+            "candidate_surface": cand_surface,
+        }
+        # A feature the world does not model takes its default everywhere.
+        lead = {Part.USER: (n,), Part.HISTORY: (n, s), Part.CANDIDATE: (n, m)}
+        features = {f.name: modelled[f.name] if f.name in modelled
+                    else np.zeros((*lead[f.part], *f.row_shape), f.dtype) for f in FEATURES}  # fmt: skip
+        return Dataset(features, history_len, cand_posts, labels, cand_p)

@@ -7,11 +7,13 @@ Validation errors are `InvalidArgument` naming the field, using the proto's fiel
 from __future__ import annotations
 
 import itertools
+import operator
 
 import numpy as np
 
 from model.config import PhoenixModelConfig
 from request.actions import NUM_ACTIONS
+from request.features import Kind, Part, of_part
 from request.raw import RawRequest, RequestError
 from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
@@ -47,12 +49,10 @@ def _raw_request(request: pb.RankRequest, config: PhoenixModelConfig, limits: Li
     """A size-checked RankRequest as numpy columns, every other field validated."""
     if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID_BYTES} bytes")
-    history = _history_columns(request, limits)
-    candidates = _candidate_columns(request, limits)
     raw = RawRequest(
-        user_id=request.user_id,
-        **history,
-        **candidates,
+        **{f.name: getattr(request, f.key) for f in of_part(Part.USER)},
+        **_part(request, Part.HISTORY, limits),
+        **_part(request, Part.CANDIDATE, limits),
         request_id=request.request_id,
     )
     try:
@@ -62,92 +62,90 @@ def _raw_request(request: pb.RankRequest, config: PhoenixModelConfig, limits: Li
     return raw
 
 
+# Per part: its columnar form's field, messages, and the limit on its items.
+_COLUMNS = {Part.HISTORY: "history_columns", Part.CANDIDATE: "candidate_columns"}
+_COLUMNS_MESSAGE = {Part.HISTORY: pb.HistoryColumns, Part.CANDIDATE: pb.CandidateColumns}
+_ITEM_MESSAGE = {Part.HISTORY: pb.HistoryEvent, Part.CANDIDATE: pb.Candidate}
+_LIMIT = {Part.HISTORY: "max_history_events", Part.CANDIDATE: "max_candidates_per_request"}
+
+
 def _check_count(field: str, count: int, limit: int, name: str) -> None:
     if count > limit:
         raise InvalidArgument(field, f"{count} exceed {name}={limit}")
 
 
-def _check_columns(field: str, columns, names: tuple[str, ...]) -> None:
-    """Every column as long as `post_ids`; InvalidArgument naming the first that is not."""
-    n = len(columns.post_ids)
-    for name in names:
-        if len(getattr(columns, name)) != n:
-            raise InvalidArgument(
-                f"{field}.{name}", f"has {len(getattr(columns, name))} values for {n} post_ids"
-            )
+def _part(request: pb.RankRequest, part: Part, limits: Limits) -> dict[str, np.ndarray]:
+    """The history's or the candidates' features (`request.features`), from the row form or
+    the columnar form."""
+    rows, columnar = part.items, _COLUMNS[part]
+    features, limit = of_part(part), _LIMIT[part]
+    if request.HasField(columnar):
+        if len(getattr(request, rows)):
+            raise InvalidArgument(rows, f"send {rows} or {columnar}, not both")
+        return _from_columns(getattr(request, columnar), columnar, features, limits, limit)
+    items = getattr(request, rows)
+    n = len(items)
+    _check_count(rows, n, getattr(limits, limit), limit)
+    scalars = [f for f in features if f.kind is not Kind.ACTIONS]
+    read = operator.attrgetter(*(f.key for f in scalars))
+    table = np.array([read(e) for e in items], np.uint64).reshape(n, len(scalars))
+    out = {f.name: table[:, i].astype(f.dtype, copy=False) for i, f in enumerate(scalars)}
+    for f in features:
+        if f.kind is Kind.ACTIONS:
+            out[f.name] = _multi_hot_actions(items, f.key, rows, limits)
+    return out
 
 
-def _history_columns(request: pb.RankRequest, limits: Limits) -> dict[str, np.ndarray]:
-    if request.HasField("history_columns"):
-        if len(request.history):
-            raise InvalidArgument("history", "send history or history_columns, not both")
-        cols = request.history_columns
-        n = len(cols.post_ids)
-        _check_count("history_columns", n, limits.max_history_events, "max_history_events")
-        _check_columns("history_columns", cols, ("author_ids", "action_masks", "product_surfaces"))
-        masks = np.array(cols.action_masks, dtype=np.uint32)
-        bad = np.flatnonzero(masks >> NUM_ACTIONS)
-        if bad.size:
-            i = int(bad[0])
-            raise InvalidArgument(
-                f"history_columns.action_masks[{i}]",
-                f"{int(masks[i]):#x} sets bits above bit {NUM_ACTIONS - 1} (Action {NUM_ACTIONS})",
-            )
-        bits = masks.astype("<u4").view(np.uint8).reshape(n, 4)
-        actions = np.unpackbits(bits, axis=1, bitorder="little")[:, :NUM_ACTIONS]
-        return {
-            "history_post_ids": np.array(cols.post_ids, dtype=np.uint64),
-            "history_author_ids": np.array(cols.author_ids, dtype=np.uint64),
-            "history_actions": actions,
-            "history_surface": np.array(cols.product_surfaces, dtype=np.int64),
-        }
-    n = len(request.history)
-    _check_count("history", n, limits.max_history_events, "max_history_events")
-    hist = np.array(
-        [(e.post_id, e.author_id, e.product_surface) for e in request.history], dtype=np.uint64
-    ).reshape(n, 3)
-    return {
-        "history_post_ids": hist[:, 0],
-        "history_author_ids": hist[:, 1],
-        "history_actions": _multi_hot_actions(request.history, limits),
-        "history_surface": hist[:, 2].astype(np.int64),
-    }
+def _from_columns(cols, field: str, features, limits: Limits, limit: str) -> dict[str, np.ndarray]:
+    """One packed field per feature, each as long as the first; InvalidArgument naming the
+    first that is not, or a value out of its range."""
+    first = features[0].columns_field
+    n = len(getattr(cols, first))
+    _check_count(field, n, getattr(limits, limit), limit)
+    for f in features[1:]:
+        if len(getattr(cols, f.columns_field)) != n:
+            raise InvalidArgument(f"{field}.{f.columns_field}",
+                                  f"has {len(getattr(cols, f.columns_field))} values for {n} {first}")  # fmt: skip
+    out = {}
+    for f in features:
+        values = getattr(cols, f.columns_field)
+        if f.kind is Kind.ACTIONS:
+            out[f.name] = _actions_of_masks(values, f"{field}.{f.columns_field}")
+        else:
+            out[f.name] = np.array(values, dtype=f.dtype)
+    return out
 
 
-def _candidate_columns(request: pb.RankRequest, limits: Limits) -> dict[str, np.ndarray]:
-    limit, name = limits.max_candidates_per_request, "max_candidates_per_request"
-    if request.HasField("candidate_columns"):
-        if len(request.candidates):
-            raise InvalidArgument("candidates", "send candidates or candidate_columns, not both")
-        cols = request.candidate_columns
-        _check_count("candidate_columns", len(cols.post_ids), limit, name)
-        _check_columns("candidate_columns", cols, ("author_ids", "product_surfaces"))
-        return {
-            "candidate_post_ids": np.array(cols.post_ids, dtype=np.uint64),
-            "candidate_author_ids": np.array(cols.author_ids, dtype=np.uint64),
-            "candidate_surface": np.array(cols.product_surfaces, dtype=np.int64),
-        }
-    m = len(request.candidates)
-    _check_count("candidates", m, limit, name)
-    cand = np.array(
-        [(c.post_id, c.author_id, c.product_surface) for c in request.candidates], dtype=np.uint64
-    ).reshape(m, 3)
-    return {
-        "candidate_post_ids": cand[:, 0],
-        "candidate_author_ids": cand[:, 1],
-        "candidate_surface": cand[:, 2].astype(np.int64),
-    }
+def _actions_of_masks(values, field: str) -> np.ndarray:
+    """uint8 [n, A] multi-hot of fixed32 action masks (bit a - 1: Action a)."""
+    masks = np.array(values, dtype=np.uint32)
+    bad = np.flatnonzero(masks >> NUM_ACTIONS)
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidArgument(
+            f"{field}[{i}]",
+            f"{int(masks[i]):#x} sets bits above bit {NUM_ACTIONS - 1} (Action {NUM_ACTIONS})",
+        )
+    bits = masks.astype("<u4").view(np.uint8).reshape(len(masks), 4)
+    return np.unpackbits(bits, axis=1, bitorder="little")[:, :NUM_ACTIONS]
 
 
-def _multi_hot_actions(history, limits: Limits) -> np.ndarray:
-    """uint8 [n, A] multi-hot of every event's actions; InvalidArgument on a bad value."""
-    n = len(history)
-    counts = np.fromiter((len(e.actions) for e in history), np.int64, n)
+def _masks_of_actions(actions: np.ndarray) -> list[int]:
+    """The inverse of `_actions_of_masks`."""
+    masks = np.packbits(actions, axis=1, bitorder="little")  # [n, ceil(A/8)]
+    return np.pad(masks, ((0, 0), (0, 4 - masks.shape[1]))).view("<u4")[:, 0].tolist()
+
+
+def _multi_hot_actions(items, key: str, where: str, limits: Limits) -> np.ndarray:
+    """uint8 [n, A] multi-hot of every item's repeated Action `key`; InvalidArgument on a bad
+    value."""
+    n = len(items)
+    counts = np.fromiter((len(getattr(e, key)) for e in items), np.int64, n)
     _check_count(
-        "history.actions", int(counts.sum()), limits.max_history_actions, "max_history_actions"
+        f"{where}.{key}", int(counts.sum()), limits.max_history_actions, "max_history_actions"
     )
     values = np.fromiter(
-        itertools.chain.from_iterable(e.actions for e in history), np.int64, int(counts.sum())
+        itertools.chain.from_iterable(getattr(e, key) for e in items), np.int64, int(counts.sum())
     )
     bad = np.flatnonzero((values < 1) | (values > NUM_ACTIONS))
     if bad.size:
@@ -160,7 +158,7 @@ def _multi_hot_actions(history, limits: Limits) -> np.ndarray:
             if value == 0
             else f"{value} is not a defined Action (1..{NUM_ACTIONS})"
         )
-        raise InvalidArgument(f"history[{i}].actions[{j}]", what)
+        raise InvalidArgument(f"{where}[{i}].{key}[{j}]", what)
     actions = np.zeros((n, NUM_ACTIONS), np.uint8)
     actions[np.repeat(np.arange(n), counts), values - 1] = 1
     return actions
@@ -168,41 +166,29 @@ def _multi_hot_actions(history, limits: Limits) -> np.ndarray:
 
 def raw_request_to_columnar_pb(raw: RawRequest) -> pb.RankRequest:
     """A RankRequest in the columnar form (what the Rust client sends)."""
-    masks = np.packbits(raw.history_actions, axis=1, bitorder="little")  # [n, ceil(A/8)]
-    masks = np.pad(masks, ((0, 0), (0, 4 - masks.shape[1]))).view("<u4")[:, 0]
-    return pb.RankRequest(
-        user_id=int(raw.user_id),
-        history_columns=pb.HistoryColumns(
-            post_ids=raw.history_post_ids.tolist(),
-            author_ids=raw.history_author_ids.tolist(),
-            action_masks=masks.tolist(),
-            product_surfaces=raw.history_surface.tolist(),
-        ),
-        candidate_columns=pb.CandidateColumns(
-            post_ids=raw.candidate_post_ids.tolist(),
-            author_ids=raw.candidate_author_ids.tolist(),
-            product_surfaces=raw.candidate_surface.tolist(),
-        ),
-        request_id=raw.request_id,
-    )
+    parts = {}
+    for part in (Part.HISTORY, Part.CANDIDATE):
+        parts[_COLUMNS[part]] = _COLUMNS_MESSAGE[part](**{
+            f.columns_field: (_masks_of_actions(getattr(raw, f.name)) if f.kind is Kind.ACTIONS
+                              else getattr(raw, f.name).tolist())
+            for f in of_part(part)
+        })  # fmt: skip
+    user = {f.key: int(getattr(raw, f.name)) for f in of_part(Part.USER)}
+    return pb.RankRequest(**user, **parts, request_id=raw.request_id)
 
 
 def raw_request_to_pb(raw: RawRequest) -> pb.RankRequest:
     """The inverse of `decode_rank_request` in the row form (clients, tests)."""
-    return pb.RankRequest(
-        user_id=int(raw.user_id),
-        history=[
-            pb.HistoryEvent(
-                post_id=p, author_id=a, actions=[j + 1 for j in acts], product_surface=s
-            )
-            for p, a, acts, s in raw.history_rows()
-        ],
-        candidates=[
-            pb.Candidate(post_id=p, author_id=a, product_surface=s)
-            for p, a, s in raw.candidate_rows()
-        ],
-        request_id=raw.request_id,
-    )
+    parts = {}
+    for part in (Part.HISTORY, Part.CANDIDATE):
+        actions = [f.key for f in of_part(part) if f.kind is Kind.ACTIONS]
+        items = raw.items(part)
+        for item in items:
+            for key in actions:  # ACTIONS indices -> Action values
+                item[key] = [j + 1 for j in item[key]]
+        parts[part.items] = [_ITEM_MESSAGE[part](**item) for item in items]
+    user = {f.key: int(getattr(raw, f.name)) for f in of_part(Part.USER)}
+    return pb.RankRequest(**user, **parts, request_id=raw.request_id)
 
 
 def rank_response_bytes(

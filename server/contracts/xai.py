@@ -37,6 +37,7 @@ import numpy as np
 
 from model.config import PhoenixModelConfig
 from request.actions import ACTIONS, NUM_ACTIONS
+from request.features import Part, defaults
 from request.raw import RawRequest
 from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
@@ -99,17 +100,17 @@ _NO_INDICES = np.zeros(0, np.int64)
 
 @dataclasses.dataclass(frozen=True)
 class History:
-    """One user's history in our columns, oldest first."""
+    """One user's history as our history features (`request.features`), oldest first: those
+    xAI's contract carries (`_keep_posts`), any other at its default."""
 
-    post_ids: np.ndarray  # uint64 [n]
-    author_ids: np.ndarray  # uint64 [n]
-    actions: np.ndarray  # uint8 [n, A]
-    surfaces: np.ndarray  # int64 [n]
+    features: dict[str, np.ndarray]  # RawRequest field -> [n, ...]
 
     @classmethod
     def empty(cls) -> History:
-        z = np.zeros(0, np.uint64)
-        return cls(z, z, np.zeros((0, NUM_ACTIONS), np.uint8), np.zeros(0, np.int64))
+        return cls(defaults(Part.HISTORY, 0))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.features[name]
 
 
 EMPTY = History.empty()
@@ -191,13 +192,10 @@ def decode_request(
             echo.append(c.SerializeToString())
         ids = np.array(ids, np.uint64).reshape(m, 2)
         user = candidate_set.userId or (sequence[1].userId if sequence is not None else 0)
-        raws.append(RawRequest(
-            user_id=int(user),
-            history_post_ids=history.post_ids, history_author_ids=history.author_ids,
-            history_actions=history.actions, history_surface=history.surfaces,
-            candidate_post_ids=ids[:, 0], candidate_author_ids=ids[:, 1],
-            candidate_surface=np.full(m, surface, np.int64),
-        ))  # fmt: skip
+        candidates = defaults(Part.CANDIDATE, m, {
+            "candidate_post_ids": ids[:, 0], "candidate_author_ids": ids[:, 1],
+            "candidate_surface": np.full(m, surface, np.int64)})  # fmt: skip
+        raws.append(RawRequest(user_id=int(user), **history.features, **candidates))
         user_ids.append(int(candidate_set.userId or user))
         if request.returnCandidateTweetIdOnly:
             echo = [_tweet_id_only(int(t)) for t in ids[:, 0]]
@@ -601,7 +599,10 @@ def _keep_posts(post_ids, author_ids, actions, surfaces, vocab: int, surface_fie
         raise InvalidArgument(surface_field.format(i),
                               f"{int(surfaces[i])} is outside the vocabulary [0, {vocab})")  # fmt: skip
     keep = post_ids != 0
-    return History(post_ids[keep], author_ids[keep], actions[keep], surfaces[keep])
+    features = defaults(Part.HISTORY, len(post_ids), {
+        "history_post_ids": post_ids, "history_author_ids": author_ids,
+        "history_actions": actions, "history_surface": surfaces})  # fmt: skip
+    return History({name: values[keep] for name, values in features.items()})
 
 
 def _tweet_id_only(tweet_id: int) -> bytes:

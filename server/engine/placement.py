@@ -61,12 +61,6 @@ def choose(placement: str, table_bytes: int, device_bytes: int | None, share: fl
     return "host" if per_device > share * device_bytes else "device"
 
 
-def hashes_per_table(config) -> dict[str, int]:
-    """Hashes per id of each table (a `PhoenixModelConfig`'s hash config)."""
-    h = config.hash_config
-    return {"user": h.num_user_hashes, "post": h.num_item_hashes, "author": h.num_author_hashes}
-
-
 def device_memory_bytes() -> int | None:
     """One device's memory: what the accelerator reports, or the machine's RAM on CPU."""
     import jax

@@ -29,6 +29,7 @@ from model.network import default_compute_dtype
 from model.prefix import slab_slot_bytes
 from model.tables import dense
 from request.columns import SCHEMA
+from request.hashing import hashes_per_table
 from request.layout import Piece
 from server.config import ServerConfig
 from server.engine.device import Engine, Progress
@@ -39,7 +40,6 @@ from server.engine.placement import (
     device_memory_bytes,
     gathered_dtype,
     gathered_spec,
-    hashes_per_table,
 )
 from server.engine.prefix_cache import PrefixCache
 from server.engine.versions import ServedModel, Versions

@@ -29,9 +29,10 @@ import numpy as np
 from model.checkpoint import Checkpoint
 from model.params import TABLE_PREFIX, flatten
 from model.tables import TABLES, dense
+from request.hashing import hashes_per_table
 from server.engine.device import Engine
 from server.engine.mapped_file import MappedFile
-from server.engine.placement import HostTables, hashes_per_table
+from server.engine.placement import HostTables
 
 _TABLE_NAMES = {TABLE_PREFIX + t for t in TABLES}
 

@@ -243,4 +243,4 @@ def test_a_history_from_any_stream_is_decoded_or_refused(data):
     except InvalidArgument as e:
         assert e.field.startswith("columnar_sequences[0]")
         return
-    assert len(history.post_ids) == len(history.actions) <= 5
+    assert len(history["history_post_ids"]) == len(history["history_actions"]) <= 5

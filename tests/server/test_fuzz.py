@@ -278,7 +278,7 @@ class Fuzzed:
         """phoenix_requests_total from /metrics: {method: {code: calls}}."""
         out: dict[str, Counter[str]] = {m: Counter() for m in METHODS}
         pattern = re.compile(r"phoenix_requests_total\{code=(\w+),method=(\w+)\}")
-        for key, value in self.server.operations.metrics().items():
+        for key, value in self.server.metrics().items():
             if (m := pattern.fullmatch(key)) and m[2] in out:
                 out[m[2]][m[1]] = int(value)
         return out

@@ -203,7 +203,7 @@ def _frontends(pid: int) -> set[int]:
             with open(f"/proc/{child}/cmdline", "rb") as f:
                 if b"spawn_main" in f.read():  # not the resource tracker
                     found.add(child)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # it exited while being read
             pass
     return found
 

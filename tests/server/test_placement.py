@@ -22,9 +22,9 @@ from model.checkpoint import default_checkpoint_path, load_checkpoint
 from model.generate import init_checkpoint, preset, quantize_checkpoint
 from model.tables import TABLES, host_lookup, quantize_int8, scale_name
 from request.columns import SCHEMA
-from request.hashing import TableRows
+from request.hashing import TableRows, hashes_per_table
 from server.contracts.convert import logits_from_pb, raw_request_to_pb
-from server.engine.placement import HostTables, choose, gathered_rows, hashes_per_table
+from server.engine.placement import HostTables, choose, gathered_rows
 from server.scheduling.buckets import BatchShape
 from tests.conftest import ROOT
 from tests.helpers import random_request

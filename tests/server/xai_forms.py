@@ -97,6 +97,13 @@ def action_meta_fields(i: int) -> bytes:
             + _field(24, 10**12 + i) + _field(25, 10**11 + i))  # fmt: skip
 
 
+def _history_rows(raw: RawRequest):
+    """(post, author, action indices, surface) per event: the features xAI's forms carry."""
+    for p, a, acts, s in zip(raw.history_post_ids, raw.history_author_ids, raw.history_actions,
+                             raw.history_surface, strict=True):  # fmt: skip
+        yield int(p), int(a), np.flatnonzero(acts).tolist(), int(s)
+
+
 def candidate_set(raw: RawRequest, user_id: int | None = None) -> xpb.CandidateSet:
     return xpb.CandidateSet(
         userId=raw.user_id if user_id is None else user_id,
@@ -108,7 +115,7 @@ def candidate_set(raw: RawRequest, user_id: int | None = None) -> xpb.CandidateS
 
 def _user_actions(raw: RawRequest) -> list[xpb.UserAction]:
     out = []
-    for post, author, acts, surface in raw.history_rows():
+    for post, author, acts, surface in _history_rows(raw):
         assert len(acts) <= 1, "a UserAction carries one action"
         out.append(xpb.UserAction(
             userId=raw.user_id, tweetInfo=xpb.TweetInfo(tweetId=post, authorId=author),
@@ -120,7 +127,7 @@ def _user_actions(raw: RawRequest) -> list[xpb.UserAction]:
 
 def _aggregated(raw: RawRequest) -> xpb.AggregatedUserActionList:
     entries = []
-    for post, author, acts, surface in raw.history_rows():
+    for post, author, acts, surface in _history_rows(raw):
         values = [action_value(a) for a in acts] or [IMPRESSION]
         entries.append(xpb.AggregatedUserAction(  # its int64 userId is not read: left unset
             tweetInfo=xpb.TweetInfo(tweetId=post, authorId=author),
@@ -160,7 +167,7 @@ def arrow_history(raw: RawRequest, batches: int = 2) -> bytes:
     import pyarrow.ipc
 
     hot = np.zeros((raw.num_history, WIDTH), bool)
-    for i, (_, _, acts, _) in enumerate(raw.history_rows()):
+    for i, (_, _, acts, _) in enumerate(_history_rows(raw)):
         hot[i, [action_value(a) for a in acts]] = True
     table = pa.table({
         "tweetId": pa.array(raw.history_post_ids.view(np.int64)),

@@ -34,7 +34,9 @@ def test_roc_auc_against_hand_computed_cases():
 def test_synthetic_world_is_deterministic():
     a = World(WorldConfig(seed=3, num_users=50, num_posts=200)).sample(5, 8, 4, seed=1)
     b = World(WorldConfig(seed=3, num_users=50, num_posts=200)).sample(5, 8, 4, seed=1)
-    np.testing.assert_array_equal(a.candidate_post_ids, b.candidate_post_ids)
+    np.testing.assert_array_equal(
+        a.features["candidate_post_ids"], b.features["candidate_post_ids"]
+    )
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
