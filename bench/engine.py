@@ -63,8 +63,9 @@ from model.checkpoint import default_checkpoint_path  # noqa: E402
 from model.config import NANO, NANO_TABLE_ROWS, PhoenixModelConfig  # noqa: E402
 from model.params import flatten  # noqa: E402
 from model.prefix import empty_slab, score_chunks  # noqa: E402
+from request.columns import SCHEMA  # noqa: E402
 from request.encoding import encode  # noqa: E402
-from request.layout import Piece, empty_batch, pack_rows, split_batch, windows  # noqa: E402
+from request.layout import Piece, empty_batch, pack_rows, windows  # noqa: E402
 from request.raw import RawRequest  # noqa: E402
 from request.synthetic import synthetic_request_dict  # noqa: E402
 from server.config import ServerConfig, ShapeConfig  # noqa: E402
@@ -193,7 +194,7 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
             batch = fill(
                 empty_batch(c, shape.rows, shape.history, 0), rng, c.product_surface_vocab_size
             )
-            inputs = split_batch(batch)[0]
+            inputs = SCHEMA.split(batch)[0]
             slots = np.arange(shape.rows, dtype=np.int32)
             state = {"slab": slab}
 
@@ -207,7 +208,7 @@ def forward_section(name: str, ckpt, peak: float, shapes, repeats: int) -> list[
             batch = fill(
                 empty_batch(c, shape.rows, 0, shape.candidates), rng, c.product_surface_vocab_size
             )
-            chunks = split_batch(batch)[1]
+            chunks = SCHEMA.split(batch)[1]
             slots = np.zeros(shape.rows, np.int32)
             seconds = timed(lambda e=executable, ch=chunks, s=slots, b=slab: e(runner.model.params, b, ch, s),
                             repeats)  # fmt: skip
@@ -233,7 +234,7 @@ def profile_section(ckpt, peak: float, rows: int, size: int, repeats: int) -> di
     c = ckpt.config
     params = jax.device_put(ckpt.state.params)
     slab = empty_slab(c, 1, c.history_seq_len, jnp.float32)
-    chunks = split_batch(
+    chunks = SCHEMA.split(
         fill(empty_batch(c, rows, 0, size), np.random.default_rng(0), c.product_surface_vocab_size)
     )[1]
     slots = np.zeros(rows, np.int32)

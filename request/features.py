@@ -68,6 +68,9 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Feature:
+    """One raw column of a request: [] for the user's, [n, *row] for history, [m, *row] for
+    candidates (row: [A] for actions, else one value)."""
+
     name: str  # the RawRequest field
     part: Part
     kind: Kind
@@ -129,6 +132,7 @@ FEATURES: tuple[Feature, ...] = (
 
 
 def of_part(part: Part) -> tuple[Feature, ...]:
+    """The features of the user, of each history event, or of each candidate, in order."""
     return tuple(f for f in FEATURES if f.part is part)
 
 

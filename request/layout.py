@@ -18,7 +18,7 @@ from request.columns import SCHEMA, EncodedRequest, ModelShape, RankingBatch
 
 __all__ = [
     "Piece", "RankingBatch", "empty_batch", "fill_candidates", "fill_prefix", "pack_rows",
-    "split_batch", "windows",
+    "windows",
 ]  # fmt: skip
 
 
@@ -27,11 +27,6 @@ def empty_batch(
 ) -> RankingBatch:
     """An all-padding numpy batch of the given shape."""
     return SCHEMA.empty_batch(SCHEMA.layout(config), num_rows, history_slots, candidate_slots)
-
-
-def split_batch(batch: RankingBatch):
-    """A batch as (PrefixInputs [B, S], CandidateInputs [B, C])."""
-    return SCHEMA.split(batch)
 
 
 def fill_prefix(batch, row: int, request: EncodedRequest) -> None:

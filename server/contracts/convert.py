@@ -15,8 +15,8 @@ from model.config import PhoenixModelConfig
 from request.actions import NUM_ACTIONS
 from request.features import Kind, Part, of_part
 from request.raw import RawRequest, RequestError
-from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
+from server.contracts.envelope import check_request_id, check_size
 from server.contracts.wire import present_bytes, varint
 from server.errors import InvalidArgument
 from server.rpc import ranking_pb2 as pb
@@ -30,7 +30,7 @@ def decode_rank_request(data: bytes, config: PhoenixModelConfig, limits: Limits)
     column) becomes numpy arrays with one copy per column; the row form costs a Python object
     per event and candidate, about 10x more host time (bench/host_path.py).
     """
-    _check_size(len(data), limits)  # before parsing: an oversize request costs nothing
+    check_size(len(data), limits)
     try:
         request = pb.RankRequest.FromString(data)
     except Exception as e:  # DecodeError, or a RuntimeWarning-free upb error: bad bytes
@@ -38,17 +38,9 @@ def decode_rank_request(data: bytes, config: PhoenixModelConfig, limits: Limits)
     return _raw_request(request, config, limits)
 
 
-def _check_size(size: int, limits: Limits) -> None:
-    if size > limits.max_request_bytes:
-        raise InvalidArgument(
-            "request", f"{size} bytes exceeds the server's limit of {limits.max_request_bytes}"
-        )
-
-
 def _raw_request(request: pb.RankRequest, config: PhoenixModelConfig, limits: Limits) -> RawRequest:
     """A size-checked RankRequest as numpy columns, every other field validated."""
-    if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
-        raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID_BYTES} bytes")
+    check_request_id(request.request_id, "request_id")
     raw = RawRequest(
         **{f.name: getattr(request, f.key) for f in of_part(Part.USER)},
         **_part(request, Part.HISTORY, limits),

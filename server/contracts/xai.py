@@ -39,9 +39,9 @@ from model.config import PhoenixModelConfig
 from request.actions import ACTIONS, NUM_ACTIONS
 from request.features import Part, defaults
 from request.raw import RawRequest
-from request.schema import MAX_REQUEST_ID_BYTES
 from server.config import Limits
 from server.contracts import arrow_stream, inflate
+from server.contracts.envelope import check_request_id, check_size
 from server.contracts.wire import length_delimited, present_bytes, varint
 from server.errors import InvalidArgument
 from server.rpc import recsys_pb2 as xpb
@@ -146,16 +146,12 @@ def decode_request(
     """A PredictNextActionsRequest's bytes -> (its `metadata` request id, one RawRequest per
     candidate set, what the response needs). InvalidArgument names the field of anything the
     model cannot score, or that inflates past the call's budget (`inflate.Budget`)."""
-    if len(data) > limits.max_request_bytes:
-        raise InvalidArgument(
-            "request", f"{len(data)} bytes exceeds the server's limit of {limits.max_request_bytes}"
-        )
+    check_size(len(data), limits)
     try:
         request = xpb.PredictNextActionsRequest.FromString(data)
     except Exception as e:  # DecodeError: bytes that do not parse
         raise InvalidArgument("request", f"not a valid PredictNextActionsRequest ({e})") from None
-    if len(request.metadata.encode()) > MAX_REQUEST_ID_BYTES:
-        raise InvalidArgument("metadata", f"longer than {MAX_REQUEST_ID_BYTES} bytes")
+    check_request_id(request.metadata, "metadata")
     sets = request.candidateSets
     if not sets:
         raise InvalidArgument("candidateSets", "no candidate set: send at least one")

@@ -21,8 +21,9 @@ from model.prefix import (
     slab_slot_bytes,
     write_prefixes,
 )
+from request.columns import SCHEMA
 from request.encoding import encode
-from request.layout import Piece, empty_batch, fill_candidates, fill_prefix, split_batch, windows
+from request.layout import Piece, empty_batch, fill_candidates, fill_prefix, windows
 from tests.conftest import PARITY_ATOL, PARITY_CASES, PARITY_RTOL
 from tests.model.test_isolation import requests
 
@@ -55,7 +56,7 @@ class Engine:
             for r, (slot, req) in enumerate(part):
                 fill_prefix(batch, r, req)
                 slots[r] = slot
-            self.slab = self.encode(self.params, self.slab, split_batch(batch)[0], slots)
+            self.slab = self.encode(self.params, self.slab, SCHEMA.split(batch)[0], slots)
 
     def chunks(self, pieces_at_slots: list[tuple[int, Piece]], size: int) -> np.ndarray:
         """Score pieces (each <= size candidates) against their slots: [len, size, A]."""
@@ -64,7 +65,7 @@ class Engine:
         for r, (slot, piece) in enumerate(pieces_at_slots):
             fill_candidates(batch, r, piece)
             slots[r] = slot
-        chunks = split_batch(batch)[1]
+        chunks = SCHEMA.split(batch)[1]
         out = self.score(self.params, slab=self.slab, chunks=chunks, chunk_slot=slots)
         return np.asarray(out)[: len(pieces_at_slots)]
 
