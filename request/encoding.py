@@ -49,11 +49,12 @@ def model_inputs(features: Mapping[str, np.ndarray], config: ModelShape, rows: T
     dataset's [N, S]), as the model inputs they become: ids hashed into their table's rows
     [..., k] (all in one pass), the others cast to the input's dtype."""
     hashed = [c for c in schema.columns if c.table is not None]
-    segments = [(np.asarray(features[c.source]).reshape(-1), c.row_shape(config)[0],
-                 getattr(rows, c.table)) for c in hashed]  # fmt: skip
+    ids = [np.asarray(features[c.source]) for c in hashed]
+    segments = [(x.ravel(), c.row_shape(config)[0], getattr(rows, c.table))
+                for x, c in zip(ids, hashed, strict=True)]  # fmt: skip
     arrays = {
-        c.name: r.reshape(*np.shape(features[c.source]), r.shape[1])
-        for c, r in zip(hashed, hash_segments(segments), strict=True)
+        c.name: r if x.ndim == 1 else r.reshape(*x.shape, r.shape[1])
+        for c, x, r in zip(hashed, ids, hash_segments(segments), strict=True)
     }
     for c in schema.columns:
         if c.table is None:

@@ -28,6 +28,7 @@ numpy only, and nothing of this project below it.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,10 @@ class Part(enum.Enum):
     @property
     def items(self) -> str:
         """The JSON request's (and RankRequest's row form's) list of this part's items."""
-        return {Part.HISTORY: "history", Part.CANDIDATE: "candidates"}.get(self, "")
+        return _ITEMS[self]
+
+
+_ITEMS = {Part.USER: "", Part.HISTORY: "history", Part.CANDIDATE: "candidates"}
 
 
 class Kind(enum.Enum):
@@ -81,11 +85,12 @@ class Feature:
     input: str = ""  # the model input it becomes (`request.columns`); default: its own name
     doc: str = ""
 
-    @property
+    # Read per request on the hot path: computed once per feature.
+    @functools.cached_property
     def dtype(self) -> np.dtype:
         return self.kind.dtype
 
-    @property
+    @functools.cached_property
     def row_shape(self) -> tuple[int, ...]:
         return (NUM_ACTIONS,) if self.kind is Kind.ACTIONS else ()
 
@@ -131,6 +136,7 @@ FEATURES: tuple[Feature, ...] = (
 )  # fmt: skip
 
 
+@functools.cache
 def of_part(part: Part) -> tuple[Feature, ...]:
     """The features of the user, of each history event, or of each candidate, in order."""
     return tuple(f for f in FEATURES if f.part is part)
