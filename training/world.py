@@ -90,8 +90,11 @@ class Dataset:
         fields = {}
         for f in FEATURES:
             values = self.features[f.name][i]
-            fields[f.name] = {Part.USER: lambda v: int(v), Part.HISTORY: lambda v: v[:n],
-                              Part.CANDIDATE: lambda v: v}[f.part](values)  # fmt: skip
+            if f.part is Part.USER:
+                values = int(values)
+            elif f.part is Part.HISTORY:
+                values = values[:n]
+            fields[f.name] = values
         return RawRequest(**fields, request_id=f"synthetic-{i}")
 
     def batch(self, config: PhoenixModelConfig, rows: TableRows, index: np.ndarray) -> RankingBatch:

@@ -11,6 +11,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from request.actions import ACTIONS
+from request.features import Part
 from request.raw import RawRequest
 from server.contracts.xai import XAI_ACTION_OF
 from server.rpc import recsys_pb2 as xpb
@@ -99,9 +100,8 @@ def action_meta_fields(i: int) -> bytes:
 
 def _history_rows(raw: RawRequest):
     """(post, author, action indices, surface) per event: the features xAI's forms carry."""
-    for p, a, acts, s in zip(raw.history_post_ids, raw.history_author_ids, raw.history_actions,
-                             raw.history_surface, strict=True):  # fmt: skip
-        yield int(p), int(a), np.flatnonzero(acts).tolist(), int(s)
+    for e in raw.items(Part.HISTORY):
+        yield e["post_id"], e["author_id"], e["actions"], e["product_surface"]
 
 
 def candidate_set(raw: RawRequest, user_id: int | None = None) -> xpb.CandidateSet:
